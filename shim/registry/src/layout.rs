@@ -1,0 +1,195 @@
+//! The fixed, `repr(C)` layout of a registry segment in shared memory.
+//!
+//! Every process of a domain maps the same bytes, so nothing here holds a pointer:
+//! records refer to each other by index, and every index read from shared memory is
+//! bounds-checked before use (a corrupt or hostile file must not make us crash).
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+/// First eight bytes of an initialised registry: "SPLCCOW\x01".
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SPLCCOW\x01");
+/// Bumped whenever the layout below changes; a registry of another version is refused.
+pub const LAYOUT_VERSION: u32 = 1;
+/// File records (files with in-flight segments or shared writable mappings).
+pub const MAX_FILES: usize = 4096;
+/// Pipe records (pipes that may hold page-cache pages of a domain's splices).
+pub const MAX_PIPES: usize = 2048;
+/// In-flight segments one pipe can track; adjacent ones are merged.
+pub const SEGMENTS_PER_PIPE: usize = 64;
+/// Processes remembered as holding an fd to a pipe (tried first when settling).
+pub const HOLDERS_PER_PIPE: usize = 4;
+/// How far open addressing probes before a table counts as full.
+pub const MAX_PROBE: usize = 64;
+
+/// Identity of an inode: `st_dev` and `st_ino`. All zeroes marks an empty slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// `st_dev` of the inode.
+    pub dev: u64,
+    /// `st_ino` of the inode.
+    pub ino: u64,
+}
+
+impl FileKey {
+    /// True for the all-zero key that marks a never-used slot.
+    pub fn is_empty(&self) -> bool {
+        self.dev == 0 && self.ino == 0
+    }
+
+    /// Home slot of this key in a table of `n` slots.
+    pub fn home(&self, n: usize) -> usize {
+        let h = self
+            .ino
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29)
+            ^ self.dev.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        (h % n as u64) as usize
+    }
+}
+
+/// Bytes of one file that a splice put into a pipe and that no reader has consumed yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    /// Index of the spliced file's record in [`Layout::files`].
+    pub file_slot: u32,
+    /// Process that spliced the bytes.
+    pub splicer_pid: i32,
+    /// Offset of the first byte in the file.
+    pub file_off: u64,
+    /// Number of bytes.
+    pub len: u64,
+    /// Position of the first byte in the pipe's stream (see [`PipeRecord::bytes_in`]).
+    pub stream_pos: u64,
+    /// `CLOCK_REALTIME` nanoseconds when the splice was recorded.
+    pub created_ns: u64,
+    /// Non-zero once detect mode reported a conflict with this segment.
+    pub reported: u32,
+    /// Keeps the size a multiple of 8.
+    pub reserved: u32,
+}
+
+/// A process known to hold an fd to a pipe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Holder {
+    /// Holder's pid (0 = unused).
+    pub pid: i32,
+    /// The fd number in that process.
+    pub fd: i32,
+}
+
+/// One pipe and its in-flight segments, kept in stream order as a ring.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PipeRecord {
+    /// The pipe's inode (pipefs dev and ino).
+    pub key: FileKey,
+    /// Stream position after the last byte a shimmed process put into the pipe.
+    pub bytes_in: u64,
+    /// Ring index of the oldest segment.
+    pub head: u32,
+    /// Number of live segments in the ring.
+    pub count: u32,
+    /// Processes that held an fd to this pipe when they spliced into it.
+    pub holders: [Holder; HOLDERS_PER_PIPE],
+    /// The ring of segments.
+    pub segments: [Segment; SEGMENTS_PER_PIPE],
+}
+
+/// A file with in-flight segments or live shared writable mappings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileRecord {
+    /// The file's inode.
+    pub key: FileKey,
+    /// Segments (in any pipe) that hold bytes of this file.
+    pub live_segments: u32,
+    /// Live `MAP_SHARED` + `PROT_WRITE` mappings of this file in the domain.
+    pub shared_writable_maps: u32,
+}
+
+/// Domain-wide counters, updated with relaxed atomics, read by `splicecow stats`.
+#[repr(C)]
+#[derive(Default)]
+pub struct Counters {
+    /// File→pipe splices (and sendfiles) recorded.
+    pub splices: AtomicU64,
+    /// Bytes that went into pipes as page-cache references.
+    pub bytes_zero_copy: AtomicU64,
+    /// Pipes drained and refilled because a mutation overlapped them.
+    pub settles: AtomicU64,
+    /// Bytes copied out of the page cache by settles.
+    pub bytes_copied: AtomicU64,
+    /// Splices served by the copy path although the mode was protect.
+    pub copy_fallbacks: AtomicU64,
+    /// Pipes with in-flight segments that no process could be found to hold.
+    pub unreachable_pipes: AtomicU64,
+    /// Mutations that overlapped an in-flight segment.
+    pub conflicts: AtomicU64,
+    /// Bytes that went into pipes through the copy path.
+    pub bytes_copy_path: AtomicU64,
+}
+
+/// The registry's first bytes.
+#[repr(C)]
+pub struct Header {
+    /// [`MAGIC`], written last by the creator (publication of an initialised registry).
+    pub magic: AtomicU64,
+    /// [`LAYOUT_VERSION`].
+    pub layout_version: u32,
+    /// `size_of::<Layout>()` as computed by the creator.
+    pub layout_size: u32,
+    /// The table lock: `pid << 32 | tid` of the holder, 0 when free.
+    pub lock: AtomicU64,
+    /// Live segments in the whole domain: the mutation hooks' fast path reads only this.
+    pub live_segments: AtomicU64,
+    /// Live shared writable mappings in the whole domain.
+    pub shared_writable_maps: AtomicU64,
+    /// Locks taken over from a dead holder.
+    pub lock_takeovers: AtomicU64,
+    /// Number of pipe records in use.
+    pub pipes_in_use: AtomicU32,
+    /// Number of file records in use.
+    pub files_in_use: AtomicU32,
+    /// Counters shown by `splicecow stats`.
+    pub counters: Counters,
+}
+
+/// The whole shared-memory segment.
+#[repr(C)]
+pub struct Layout {
+    /// Header with lock, fast-path word and counters.
+    pub header: Header,
+    /// File table (open addressing by [`FileKey::home`]).
+    pub files: [FileRecord; MAX_FILES],
+    /// Pipe table (open addressing by [`FileKey::home`]).
+    pub pipes: [PipeRecord; MAX_PIPES],
+}
+
+/// Size in bytes of the shared-memory file.
+pub const LAYOUT_SIZE: usize = std::mem::size_of::<Layout>();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{align_of, size_of};
+
+    /// Pins the layout: changing any of these needs a [`LAYOUT_VERSION`] bump.
+    #[test]
+    fn layout_is_pinned() {
+        assert_eq!(size_of::<FileKey>(), 16);
+        assert_eq!(size_of::<Segment>(), 48);
+        assert_eq!(size_of::<Holder>(), 8);
+        assert_eq!(size_of::<PipeRecord>(), 16 + 8 + 8 + 32 + 48 * SEGMENTS_PER_PIPE);
+        assert_eq!(size_of::<FileRecord>(), 24);
+        assert_eq!(size_of::<Counters>(), 64);
+        assert_eq!(size_of::<Header>(), 48 + 8 + 64);
+        assert_eq!(align_of::<Layout>(), 8);
+        assert_eq!(
+            LAYOUT_SIZE,
+            size_of::<Header>() + 24 * MAX_FILES + size_of::<PipeRecord>() * MAX_PIPES
+        );
+    }
+}

@@ -1,0 +1,448 @@
+//! splicecow's registry: a fixed-size shared-memory table of in-flight spliced ranges.
+//!
+//! One registry serves one *domain* (the processes that protect each other). It lives in
+//! `/dev/shm/splicecow-<uid>-<domain>`, mode 0600, and is refused when it belongs to
+//! another user, is not a regular file, has another size or layout version.
+//! This crate knows nothing of hooks: the preload library, the CLI and the test harness
+//! all read and write it through the API below.
+
+pub mod layout;
+pub mod lock;
+pub mod sys;
+pub mod tables;
+
+pub use layout::{FileKey, Segment, LAYOUT_SIZE, LAYOUT_VERSION, MAGIC};
+pub use tables::{Full, SegmentInfo, Tables};
+
+use layout::{Header, Layout, MAX_FILES, MAX_PIPES};
+use std::fmt;
+use std::sync::atomic::{fence, Ordering};
+
+/// The domain joined by processes that have no `SPLICECOW_DOMAIN`.
+pub const DEFAULT_DOMAIN: &str = "default";
+/// Longest accepted domain name.
+pub const MAX_DOMAIN_LEN: usize = 64;
+/// How long an opener waits for a concurrent creator to publish the registry.
+const PUBLISH_WAIT_NS: u64 = 1_000_000_000;
+
+/// Why a registry could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// The domain name is empty, too long or has characters other than `[A-Za-z0-9._-]`.
+    InvalidDomain,
+    /// No registry exists for the domain (only from [`Registry::open_existing`]).
+    Missing,
+    /// A system call failed: which one and its errno.
+    Sys(&'static str, i32),
+    /// The file is not a regular file owned by us with mode 0600.
+    NotOurs,
+    /// The file has the wrong size or magic: not a splicecow registry of this layout.
+    Foreign,
+    /// A splicecow registry of another layout version.
+    Version(u32),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::InvalidDomain => write!(
+                f,
+                "invalid domain name (1-{MAX_DOMAIN_LEN} characters of A-Z a-z 0-9 . _ -)"
+            ),
+            OpenError::Missing => write!(f, "no registry exists for this domain"),
+            OpenError::Sys(what, e) => {
+                write!(f, "{what} failed: {}", std::io::Error::from_raw_os_error(*e))
+            }
+            OpenError::NotOurs => {
+                write!(f, "registry file is not a regular 0600 file owned by this user")
+            }
+            OpenError::Foreign => write!(f, "registry file is corrupt or not a splicecow registry"),
+            OpenError::Version(v) => write!(
+                f,
+                "registry has layout version {v}, this splicecow uses {LAYOUT_VERSION}"
+            ),
+        }
+    }
+}
+
+/// True when `domain` is an acceptable domain name.
+pub fn valid_domain(domain: &str) -> bool {
+    !domain.is_empty()
+        && domain.len() <= MAX_DOMAIN_LEN
+        && !domain.starts_with('.')
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Path of the registry file of `domain` for the effective user (no NUL).
+pub fn registry_path(domain: &str) -> String {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::syscall(libc::SYS_geteuid) };
+    format!("/dev/shm/splicecow-{uid}-{domain}")
+}
+
+/// A mapped registry. Cheap to share between threads: all mutation goes through the lock.
+pub struct Registry {
+    base: *mut Layout,
+}
+
+// SAFETY: the mapping is process-wide and never unmapped while a Registry exists; mutable
+// access only happens through `Guard`, which holds the cross-process lock.
+unsafe impl Send for Registry {}
+// SAFETY: as above.
+unsafe impl Sync for Registry {}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        sys::munmap(self.base as *mut u8, LAYOUT_SIZE);
+    }
+}
+
+/// Holds the table lock; gives exclusive access to the tables until dropped.
+pub struct Guard<'a> {
+    registry: &'a Registry,
+    tables: Tables<'a>,
+}
+
+impl<'a> std::ops::Deref for Guard<'a> {
+    type Target = Tables<'a>;
+    fn deref(&self) -> &Tables<'a> {
+        &self.tables
+    }
+}
+
+impl<'a> std::ops::DerefMut for Guard<'a> {
+    fn deref_mut(&mut self) -> &mut Tables<'a> {
+        &mut self.tables
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        lock::release(&self.registry.header().lock);
+    }
+}
+
+/// A snapshot of the counters and fill levels, for `splicecow stats`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    /// File→pipe splices recorded.
+    pub splices: u64,
+    /// Bytes put into pipes as page-cache references.
+    pub bytes_zero_copy: u64,
+    /// Pipes drained and refilled.
+    pub settles: u64,
+    /// Bytes copied by settles.
+    pub bytes_copied: u64,
+    /// Splices that fell back to the copy path in protect mode.
+    pub copy_fallbacks: u64,
+    /// Bytes that went through the copy path.
+    pub bytes_copy_path: u64,
+    /// Pipes no process could be found to hold.
+    pub unreachable_pipes: u64,
+    /// Mutations that overlapped in-flight segments.
+    pub conflicts: u64,
+    /// Locks taken over from dead holders.
+    pub lock_takeovers: u64,
+    /// Segments live now.
+    pub live_segments: u64,
+    /// Live shared writable mappings.
+    pub shared_writable_maps: u64,
+    /// Pipe records ever used (capacity [`Stats::pipe_capacity`]).
+    pub pipes_in_use: u64,
+    /// File records ever used (capacity [`Stats::file_capacity`]).
+    pub files_in_use: u64,
+    /// Pipe records in the table.
+    pub pipe_capacity: u64,
+    /// File records in the table.
+    pub file_capacity: u64,
+    /// Pipes that hold live segments now.
+    pub busy_pipes: u64,
+}
+
+impl Registry {
+    /// Opens the registry of `domain`, creating it (mode 0600, `O_EXCL`) if needed.
+    pub fn open_or_create(domain: &str) -> Result<Registry, OpenError> {
+        Self::open(domain, true)
+    }
+
+    /// Opens the registry of `domain` only if it exists.
+    pub fn open_existing(domain: &str) -> Result<Registry, OpenError> {
+        Self::open(domain, false)
+    }
+
+    fn open(domain: &str, create: bool) -> Result<Registry, OpenError> {
+        if !valid_domain(domain) {
+            return Err(OpenError::InvalidDomain);
+        }
+        let mut path = registry_path(domain).into_bytes();
+        path.push(0);
+        let base_flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        if create {
+            match sys::open(&path, base_flags | libc::O_CREAT | libc::O_EXCL, 0o600) {
+                Ok(fd) => return Self::initialise(fd),
+                Err(libc::EEXIST) => {}
+                Err(e) => return Err(OpenError::Sys("creating the registry", e)),
+            }
+        }
+        let fd = match sys::open(&path, base_flags, 0) {
+            Ok(fd) => fd,
+            Err(libc::ENOENT) => return Err(OpenError::Missing),
+            Err(libc::ELOOP) => return Err(OpenError::NotOurs),
+            Err(e) => return Err(OpenError::Sys("opening the registry", e)),
+        };
+        let r = Self::attach(fd);
+        sys::close(fd);
+        r
+    }
+
+    /// Creator's half of the handshake: size, map, fill the header, publish the magic.
+    fn initialise(fd: i32) -> Result<Registry, OpenError> {
+        let r = (|| {
+            sys::ftruncate(fd, LAYOUT_SIZE as u64).map_err(|e| OpenError::Sys("sizing the registry", e))?;
+            let base = sys::mmap_rw(LAYOUT_SIZE, libc::MAP_SHARED, fd)
+                .map_err(|e| OpenError::Sys("mapping the registry", e))? as *mut Layout;
+            let reg = Registry { base };
+            // SAFETY: the file is new (O_EXCL) and zero-filled; nobody reads these plain
+            // fields before the magic is published with Release below.
+            unsafe {
+                (*base).header.layout_version = LAYOUT_VERSION;
+                (*base).header.layout_size = LAYOUT_SIZE as u32;
+            }
+            reg.header().magic.store(MAGIC, Ordering::Release);
+            Ok(reg)
+        })();
+        sys::close(fd);
+        r
+    }
+
+    /// Opener's half: check owner, mode and size, map, wait for the magic, check version.
+    fn attach(fd: i32) -> Result<Registry, OpenError> {
+        let deadline = sys::monotonic_ns() + PUBLISH_WAIT_NS;
+        // SAFETY: geteuid cannot fail.
+        let euid = unsafe { libc::syscall(libc::SYS_geteuid) } as u32;
+        loop {
+            let st = sys::fstat(fd).map_err(|e| OpenError::Sys("inspecting the registry", e))?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG
+                || st.st_uid != euid
+                || st.st_mode & 0o077 != 0
+            {
+                return Err(OpenError::NotOurs);
+            }
+            if st.st_size as usize == LAYOUT_SIZE {
+                break;
+            }
+            if st.st_size != 0 || sys::monotonic_ns() > deadline {
+                return Err(OpenError::Foreign);
+            }
+            sys::sleep_ns(1_000_000);
+        }
+        let base = sys::mmap_rw(LAYOUT_SIZE, libc::MAP_SHARED, fd)
+            .map_err(|e| OpenError::Sys("mapping the registry", e))? as *mut Layout;
+        let reg = Registry { base };
+        loop {
+            let magic = reg.header().magic.load(Ordering::Acquire);
+            if magic == MAGIC {
+                break;
+            }
+            if magic != 0 || sys::monotonic_ns() > deadline {
+                return Err(OpenError::Foreign);
+            }
+            sys::sleep_ns(1_000_000);
+        }
+        let h = reg.header();
+        if h.layout_version != LAYOUT_VERSION {
+            return Err(OpenError::Version(h.layout_version));
+        }
+        if h.layout_size as usize != LAYOUT_SIZE {
+            return Err(OpenError::Foreign);
+        }
+        Ok(reg)
+    }
+
+    /// Removes the registry file of `domain` (mappings stay valid until unmapped).
+    pub fn unlink(domain: &str) -> Result<(), OpenError> {
+        if !valid_domain(domain) {
+            return Err(OpenError::InvalidDomain);
+        }
+        let mut path = registry_path(domain).into_bytes();
+        path.push(0);
+        // SAFETY: path is NUL-terminated.
+        let r = unsafe { libc::syscall(libc::SYS_unlink, path.as_ptr()) };
+        match sys::check(r) {
+            Ok(_) | Err(libc::ENOENT) => Ok(()),
+            Err(e) => Err(OpenError::Sys("removing the registry", e)),
+        }
+    }
+
+    /// The header: atomics readable without the lock.
+    pub fn header(&self) -> &Header {
+        // SAFETY: base points to a live mapping of LAYOUT_SIZE bytes; the header holds
+        // only atomics and fields written before publication.
+        unsafe { &(*self.base).header }
+    }
+
+    /// Takes the table lock (taking it over from a dead holder if needed).
+    pub fn lock(&self) -> Guard<'_> {
+        if lock::acquire(&self.header().lock) {
+            self.header().lock_takeovers.fetch_add(1, Ordering::Relaxed);
+        }
+        Guard {
+            registry: self,
+            // SAFETY: the cross-process lock is held until the Guard drops, so no other
+            // thread of any process accesses the tables meanwhile.
+            tables: Tables { layout: unsafe { &mut *self.base } },
+        }
+    }
+
+    /// Lock-free check whether `file` may have in-flight segments or shared writable
+    /// mappings. A false answer races only with calls that are concurrent anyway.
+    pub fn file_may_be_tracked(&self, file: FileKey) -> bool {
+        fence(Ordering::Acquire);
+        let home = file.home(MAX_FILES);
+        for k in 0..layout::MAX_PROBE {
+            let i = (home + k) % MAX_FILES;
+            // SAFETY: i < MAX_FILES; volatile reads of plain integers that another process
+            // may be writing: a torn value only makes this answer conservatively wrong for
+            // one call, and the lock-holding path is then taken.
+            let rec = unsafe { std::ptr::read_volatile(&(*self.base).files[i]) };
+            if rec.key == file {
+                return rec.live_segments > 0 || rec.shared_writable_maps > 0;
+            }
+            if rec.key.is_empty() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Live segments in the domain (the mutation hooks' fast path).
+    pub fn live_segments(&self) -> u64 {
+        self.header().live_segments.load(Ordering::SeqCst)
+    }
+
+    /// Counters and fill levels.
+    pub fn stats(&self) -> Stats {
+        let h = self.header();
+        let c = &h.counters;
+        let busy = self.lock().busy_pipes().count() as u64;
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            splices: r(&c.splices),
+            bytes_zero_copy: r(&c.bytes_zero_copy),
+            settles: r(&c.settles),
+            bytes_copied: r(&c.bytes_copied),
+            copy_fallbacks: r(&c.copy_fallbacks),
+            bytes_copy_path: r(&c.bytes_copy_path),
+            unreachable_pipes: r(&c.unreachable_pipes),
+            conflicts: r(&c.conflicts),
+            lock_takeovers: r(&h.lock_takeovers),
+            live_segments: r(&h.live_segments),
+            shared_writable_maps: r(&h.shared_writable_maps),
+            pipes_in_use: h.pipes_in_use.load(Ordering::Relaxed) as u64,
+            files_in_use: h.files_in_use.load(Ordering::Relaxed) as u64,
+            pipe_capacity: MAX_PIPES as u64,
+            file_capacity: MAX_FILES as u64,
+            busy_pipes: busy,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ino: u64) -> FileKey {
+        FileKey { dev: 7, ino }
+    }
+
+    fn fresh(name: &str) -> Registry {
+        let domain = format!("unit-{}-{name}", std::process::id());
+        let _ = Registry::unlink(&domain);
+        let r = Registry::open_or_create(&domain).unwrap();
+        Registry::unlink(&domain).unwrap();
+        r
+    }
+
+    #[test]
+    fn domain_names_are_checked() {
+        assert!(valid_domain("run-123.a_b"));
+        for bad in ["", ".x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_domain(bad), "{bad:?}");
+            assert_eq!(Registry::open_or_create(bad).err(), Some(OpenError::InvalidDomain));
+        }
+    }
+
+    #[test]
+    fn segments_are_recorded_merged_pruned_and_carried() {
+        let reg = fresh("segments");
+        let (pipe_a, pipe_b, file) = (key(1), key(2), key(3));
+        let mut t = reg.lock();
+        let a = t.pipe_slot(pipe_a, true).unwrap().unwrap();
+        t.push_segment(a, file, 0, 100, 1).unwrap();
+        t.commit(a, 60); // the kernel moved only 60 bytes
+        t.push_segment(a, file, 60, 40, 1).unwrap();
+        t.commit(a, 40);
+        assert_eq!(t.segments(a).count(), 1, "contiguous splices merge");
+        assert_eq!(t.segments(a).next().unwrap().len, 100);
+        assert_eq!(reg.live_segments(), 1);
+        assert!(reg.file_may_be_tracked(file));
+
+        let mut hits = 0;
+        t.for_each_overlapping(file, 99, 200, |_| {
+            hits += 1;
+            true
+        });
+        assert_eq!(hits, 1);
+        t.for_each_overlapping(file, 100, 200, |_| panic!("no overlap expected"));
+
+        // A reader consumed 30 bytes: 70 pending.
+        t.prune(a, 70);
+        let s = t.segments(a).next().unwrap();
+        assert_eq!((s.file_off, s.len, s.stream_pos), (30, 70, 30));
+
+        // Carry 20 bytes from the head of a into b (a pipe→pipe splice).
+        let b = t.pipe_slot(pipe_b, true).unwrap().unwrap();
+        t.carry(a, 30, 20, b).unwrap();
+        t.commit(b, 20);
+        let s = t.segments(b).next().unwrap();
+        assert_eq!((s.file_off, s.len, s.stream_pos), (30, 20, 0));
+        assert_eq!(reg.live_segments(), 2);
+
+        t.prune(a, 0);
+        t.retire_all(b);
+        assert_eq!(reg.live_segments(), 0);
+        assert!(!t.file_has_segments(file));
+        drop(t);
+        assert!(!reg.file_may_be_tracked(file));
+    }
+
+    #[test]
+    fn a_full_ring_is_reported_not_overrun() {
+        let reg = fresh("full");
+        let mut t = reg.lock();
+        let p = t.pipe_slot(key(1), true).unwrap().unwrap();
+        for i in 0..layout::SEGMENTS_PER_PIPE as u64 {
+            t.push_segment(p, key(2), i * 10, 5, 1).unwrap();
+            t.commit(p, 5);
+        }
+        assert_eq!(t.push_segment(p, key(2), 10_000, 5, 1), Err(Full::Segments));
+    }
+
+    #[test]
+    fn foreign_files_are_refused() {
+        let domain = format!("unit-{}-foreign", std::process::id());
+        let path = registry_path(&domain);
+        std::fs::write(&path, b"not a registry").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Registry::open_or_create(&domain).err(), Some(OpenError::Foreign));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(Registry::open_or_create(&domain).err(), Some(OpenError::NotOurs));
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
+        assert_eq!(Registry::open_or_create(&domain).err(), Some(OpenError::NotOurs));
+        std::fs::remove_file(&path).unwrap();
+    }
+}

@@ -1,0 +1,405 @@
+//! Operations on the file and pipe tables. Everything here runs with the table lock held
+//! (see [`crate::Registry::lock`]) and treats the shared bytes as untrusted: indices are
+//! bounds-checked, so a corrupt registry gives wrong answers, never a crash.
+
+use crate::layout::*;
+use std::sync::atomic::Ordering;
+
+/// Exclusive view of the tables while the lock is held.
+pub struct Tables<'a> {
+    pub(crate) layout: &'a mut Layout,
+}
+
+/// Why a segment could not be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// No free file record.
+    Files,
+    /// No free pipe record.
+    Pipes,
+    /// The pipe's segment ring is full even after merging.
+    Segments,
+}
+
+/// A segment as returned by lookups, with the keys resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Pipe slot that holds it.
+    pub pipe_slot: usize,
+    /// Index in the pipe's ring order (0 = oldest).
+    pub index: usize,
+    /// The segment itself.
+    pub segment: Segment,
+}
+
+fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_end: u64) -> bool {
+    a_len > 0 && a_off < b_end && b_off < a_off.saturating_add(a_len)
+}
+
+impl Tables<'_> {
+    /// Finds the slot of `key` in the file table; creates it when `create`.
+    pub fn file_slot(&mut self, key: FileKey, create: bool) -> Result<Option<usize>, Full> {
+        let h = &self.layout.header;
+        let files = &mut self.layout.files;
+        let found = probe(key, MAX_FILES, |i| {
+            (files[i].key, files[i].live_segments == 0 && files[i].shared_writable_maps == 0)
+        });
+        match found {
+            Probe::Found(i) => Ok(Some(i)),
+            _ if !create => Ok(None),
+            Probe::Free(i) => {
+                if files[i].key.is_empty() {
+                    h.files_in_use.fetch_add(1, Ordering::Relaxed);
+                }
+                files[i] = FileRecord { key, ..Default::default() };
+                Ok(Some(i))
+            }
+            Probe::Full => Err(Full::Files),
+        }
+    }
+
+    /// Finds the slot of pipe `key`; creates it when `create`.
+    pub fn pipe_slot(&mut self, key: FileKey, create: bool) -> Result<Option<usize>, Full> {
+        let h = &self.layout.header;
+        let pipes = &mut self.layout.pipes;
+        let found = probe(key, MAX_PIPES, |i| (pipes[i].key, pipes[i].count == 0));
+        match found {
+            Probe::Found(i) => Ok(Some(i)),
+            _ if !create => Ok(None),
+            Probe::Free(i) => {
+                if pipes[i].key.is_empty() {
+                    h.pipes_in_use.fetch_add(1, Ordering::Relaxed);
+                }
+                let p = &mut pipes[i];
+                p.key = key;
+                p.bytes_in = 0;
+                p.head = 0;
+                p.count = 0;
+                p.holders = Default::default();
+                Ok(Some(i))
+            }
+            Probe::Full => Err(Full::Pipes),
+        }
+    }
+
+    /// The record of pipe slot `slot`.
+    pub fn pipe(&self, slot: usize) -> &PipeRecord {
+        &self.layout.pipes[slot % MAX_PIPES]
+    }
+
+    /// The record of file slot `slot`.
+    pub fn file(&self, slot: usize) -> &FileRecord {
+        &self.layout.files[slot % MAX_FILES]
+    }
+
+    /// Remembers that `pid` holds the pipe as `fd` (most recent first).
+    pub fn add_holder(&mut self, slot: usize, pid: i32, fd: i32) {
+        let holders = &mut self.layout.pipes[slot % MAX_PIPES].holders;
+        let new = Holder { pid, fd };
+        if holders[0] == new {
+            return;
+        }
+        let mut kept = [Holder::default(); HOLDERS_PER_PIPE];
+        kept[0] = new;
+        let mut n = 1;
+        for h in holders.iter().filter(|h| **h != new && h.pid != 0) {
+            if n == HOLDERS_PER_PIPE {
+                break;
+            }
+            kept[n] = *h;
+            n += 1;
+        }
+        *holders = kept;
+    }
+
+    /// Segments of pipe `slot`, oldest first.
+    pub fn segments(&self, slot: usize) -> impl Iterator<Item = Segment> + '_ {
+        let p = self.pipe(slot);
+        let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
+        (0..count).map(move |i| p.segments[(p.head as usize + i) % SEGMENTS_PER_PIPE])
+    }
+
+    /// Appends a segment of `len` bytes of file `file` at `file_off` to pipe `slot`, at the
+    /// pipe's current end of stream, merging with the newest segment when contiguous.
+    /// This is the intent recorded before the kernel call; [`Tables::commit`] then trims
+    /// it to what the call really moved and advances the stream end.
+    pub fn push_segment(
+        &mut self,
+        slot: usize,
+        file: FileKey,
+        file_off: u64,
+        len: u64,
+        splicer_pid: i32,
+    ) -> Result<(), Full> {
+        let stream_pos = self.pipe(slot).bytes_in;
+        self.push_at(slot, file, file_off, len, stream_pos, splicer_pid)
+    }
+
+    fn push_at(
+        &mut self,
+        slot: usize,
+        file: FileKey,
+        file_off: u64,
+        len: u64,
+        stream_pos: u64,
+        splicer_pid: i32,
+    ) -> Result<(), Full> {
+        if len == 0 {
+            return Ok(());
+        }
+        let fslot = self.file_slot(file, true)?.ok_or(Full::Files)?;
+        let now = crate::sys::realtime_ns();
+        let p = &mut self.layout.pipes[slot % MAX_PIPES];
+        let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
+        if count > 0 {
+            let last = &mut p.segments[(p.head as usize + count - 1) % SEGMENTS_PER_PIPE];
+            if last.file_slot as usize == fslot
+                && last.splicer_pid == splicer_pid
+                && last.file_off.wrapping_add(last.len) == file_off
+                && last.stream_pos.wrapping_add(last.len) == stream_pos
+                && last.reported == 0
+            {
+                last.len += len;
+                return Ok(());
+            }
+        }
+        if count >= SEGMENTS_PER_PIPE {
+            return Err(Full::Segments);
+        }
+        p.segments[(p.head as usize + count) % SEGMENTS_PER_PIPE] = Segment {
+            file_slot: fslot as u32,
+            splicer_pid,
+            file_off,
+            len,
+            stream_pos,
+            created_ns: now,
+            reported: 0,
+            reserved: 0,
+        };
+        p.count = count as u32 + 1;
+        self.layout.files[fslot].live_segments += 1;
+        self.layout.header.live_segments.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// After a kernel call moved `moved` bytes into pipe `slot` (whose intent segments were
+    /// pushed before the call): trims the intent to what really happened and advances the
+    /// stream end. Also serves writes of bytes that carry no segment (`write` to a pipe).
+    pub fn commit(&mut self, slot: usize, moved: u64) {
+        let end = self.pipe(slot).bytes_in.wrapping_add(moved);
+        self.truncate_stream(slot, end);
+        self.layout.pipes[slot % MAX_PIPES].bytes_in = end;
+    }
+
+    /// Drops or trims segments that lie at or beyond stream position `end`.
+    fn truncate_stream(&mut self, slot: usize, end: u64) {
+        loop {
+            let p = &mut self.layout.pipes[slot % MAX_PIPES];
+            let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
+            if count == 0 {
+                return;
+            }
+            let last = &mut p.segments[(p.head as usize + count - 1) % SEGMENTS_PER_PIPE];
+            if last.stream_pos >= end {
+                let fslot = last.file_slot as usize;
+                p.count = count as u32 - 1;
+                self.release_file_ref(fslot);
+            } else {
+                last.len = last.len.min(end - last.stream_pos);
+                return;
+            }
+        }
+    }
+
+    /// Retires segments already consumed: the pipe holds `pending` bytes (`FIONREAD`),
+    /// so everything before `bytes_in - pending` was read. With writers the shim does not
+    /// know, `pending` is larger and this keeps more than needed, never less.
+    pub fn prune(&mut self, slot: usize, pending: u64) {
+        let p = &self.layout.pipes[slot % MAX_PIPES];
+        if pending == 0 {
+            self.retire_all(slot);
+            return;
+        }
+        let consumed = p.bytes_in.saturating_sub(pending);
+        self.retire_before(slot, consumed);
+    }
+
+    /// Retires every segment before stream position `pos`, trimming one that straddles it.
+    pub fn retire_before(&mut self, slot: usize, pos: u64) {
+        loop {
+            let p = &mut self.layout.pipes[slot % MAX_PIPES];
+            let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
+            if count == 0 {
+                return;
+            }
+            let first = &mut p.segments[p.head as usize % SEGMENTS_PER_PIPE];
+            let end = first.stream_pos.saturating_add(first.len);
+            if end <= pos {
+                let fslot = first.file_slot as usize;
+                p.head = ((p.head as usize + 1) % SEGMENTS_PER_PIPE) as u32;
+                p.count = count as u32 - 1;
+                self.release_file_ref(fslot);
+            } else {
+                if first.stream_pos < pos {
+                    let cut = pos - first.stream_pos;
+                    first.stream_pos = pos;
+                    first.file_off = first.file_off.wrapping_add(cut);
+                    first.len -= cut;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Retires every segment of pipe `slot` (its bytes no longer live in the page cache).
+    pub fn retire_all(&mut self, slot: usize) {
+        let p = &mut self.layout.pipes[slot % MAX_PIPES];
+        let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
+        let head = p.head as usize;
+        p.head = 0;
+        p.count = 0;
+        for i in 0..count {
+            let fslot = self.layout.pipes[slot % MAX_PIPES].segments[(head + i) % SEGMENTS_PER_PIPE].file_slot;
+            self.release_file_ref(fslot as usize);
+        }
+    }
+
+    fn release_file_ref(&mut self, fslot: usize) {
+        let f = &mut self.layout.files[fslot % MAX_FILES];
+        f.live_segments = f.live_segments.saturating_sub(1);
+        let live = &self.layout.header.live_segments;
+        let _ = live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some(v.saturating_sub(1)));
+    }
+
+    /// Copies the segments covering stream range `[from, from + n)` of pipe `src` to the
+    /// end of pipe `dst` (for `tee` and pipe→pipe `splice`), as pushed intents: the caller
+    /// then calls [`Tables::commit`] on `dst` with the bytes really moved.
+    pub fn carry(&mut self, src: usize, from: u64, n: u64, dst: usize) -> Result<(), Full> {
+        let to = from.saturating_add(n);
+        let base = self.pipe(dst).bytes_in;
+        let mut copy = [Segment::default(); SEGMENTS_PER_PIPE];
+        let mut count = 0;
+        for s in self.segments(src) {
+            copy[count] = s;
+            count += 1;
+        }
+        for s in &copy[..count] {
+            let lo = s.stream_pos.max(from);
+            let hi = s.stream_pos.saturating_add(s.len).min(to);
+            if lo >= hi {
+                continue;
+            }
+            let key = self.file(s.file_slot as usize).key;
+            let file_off = s.file_off + (lo - s.stream_pos);
+            self.push_at(dst, key, file_off, hi - lo, base + (lo - from), s.splicer_pid)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `each` for every segment of file `file` that overlaps bytes `[off, end)`, in
+    /// every pipe; stops early when `each` returns false.
+    pub fn for_each_overlapping(
+        &self,
+        file: FileKey,
+        off: u64,
+        end: u64,
+        mut each: impl FnMut(SegmentInfo) -> bool,
+    ) {
+        let Some(fslot) = find(file, MAX_FILES, |i| self.layout.files[i].key) else {
+            return;
+        };
+        if self.layout.files[fslot].live_segments == 0 {
+            return;
+        }
+        for (pipe_slot, p) in self.layout.pipes.iter().enumerate() {
+            let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
+            for index in 0..count {
+                let s = p.segments[(p.head as usize + index) % SEGMENTS_PER_PIPE];
+                if s.file_slot as usize == fslot
+                    && overlaps(s.file_off, s.len, off, end)
+                    && !each(SegmentInfo { pipe_slot, index, segment: s })
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// True when file `file` has in-flight segments (cheap: one hash probe).
+    pub fn file_has_segments(&self, file: FileKey) -> bool {
+        find(file, MAX_FILES, |i| self.layout.files[i].key)
+            .is_some_and(|i| self.layout.files[i].live_segments > 0)
+    }
+
+    /// Marks a segment (found by [`Tables::overlapping`]) as reported; false if it already was.
+    pub fn mark_reported(&mut self, info: &SegmentInfo) -> bool {
+        let p = &mut self.layout.pipes[info.pipe_slot % MAX_PIPES];
+        let s = &mut p.segments[(p.head as usize + info.index) % SEGMENTS_PER_PIPE];
+        if s.reported != 0 {
+            return false;
+        }
+        s.reported = 1;
+        true
+    }
+
+    /// Adjusts the count of shared writable mappings of `file` by `delta`.
+    pub fn add_shared_writable_map(&mut self, file: FileKey, delta: i32) -> Result<(), Full> {
+        let Some(fslot) = self.file_slot(file, delta > 0)? else {
+            return Ok(());
+        };
+        let f = &mut self.layout.files[fslot];
+        let before = f.shared_writable_maps;
+        f.shared_writable_maps = before.saturating_add_signed(delta);
+        let diff = f.shared_writable_maps as i64 - before as i64;
+        let h = &self.layout.header.shared_writable_maps;
+        let _ = h.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+            Some(v.saturating_add_signed(diff))
+        });
+        Ok(())
+    }
+
+    /// True when `file` has a live shared writable mapping in the domain.
+    pub fn has_shared_writable_map(&self, file: FileKey) -> bool {
+        find(file, MAX_FILES, |i| self.layout.files[i].key)
+            .is_some_and(|i| self.layout.files[i].shared_writable_maps > 0)
+    }
+
+    /// Pipe slots that have live segments.
+    pub fn busy_pipes(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..MAX_PIPES).filter(|&i| self.layout.pipes[i].count > 0)
+    }
+}
+
+enum Probe {
+    Found(usize),
+    Free(usize),
+    Full,
+}
+
+/// Open-addressing probe: `slot(i)` gives the key in slot `i` and whether it may be reused.
+fn probe(key: FileKey, n: usize, mut slot: impl FnMut(usize) -> (FileKey, bool)) -> Probe {
+    let home = key.home(n);
+    let mut reusable = None;
+    for k in 0..MAX_PROBE {
+        let i = (home + k) % n;
+        let (k_i, free) = slot(i);
+        if k_i == key {
+            return Probe::Found(i);
+        }
+        if k_i.is_empty() {
+            return Probe::Free(reusable.unwrap_or(i));
+        }
+        if free && reusable.is_none() {
+            reusable = Some(i);
+        }
+    }
+    reusable.map_or(Probe::Full, Probe::Free)
+}
+
+/// Read-only probe for `key`.
+fn find(key: FileKey, n: usize, slot: impl Fn(usize) -> FileKey) -> Option<usize> {
+    match probe(key, n, |i| (slot(i), false)) {
+        Probe::Found(i) => Some(i),
+        _ => None,
+    }
+}
