@@ -1,1 +1,547 @@
+//! Shared helpers for splicecow's differential scenario tests.
+//!
+//! The `scenario` binary and the integration tests under `tests/` use this module for
+//! everything they have in common: the position-dependent file content, temporary
+//! files and domains, spawning commands with or without the shim preloaded, pipes, and
+//! comparing what a consumer read with what was spliced.
 
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Size of the file every scenario splices from: 256 KiB.
+pub const FILE_LEN: usize = 256 * 1024;
+
+/// Default number of bytes a scenario splices: one default-sized pipe (64 KiB).
+pub const DEFAULT_SPLICE_LEN: usize = 64 * 1024;
+
+/// Byte `i` of a scenario file: `(i*7 + i/4096) % 251`.
+///
+/// 251 is prime and does not divide 4096, so every page holds a different sequence and
+/// a byte moved, duplicated, zeroed or taken from another page shows as a mismatch.
+pub fn pattern_byte(i: usize) -> u8 {
+    ((i * 7 + i / 4096) % 251) as u8
+}
+
+/// The first `len` bytes of the scenario pattern (see [`pattern_byte`]).
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(pattern_byte).collect()
+}
+
+/// Creates (or replaces) `path` holding the first `len` bytes of the pattern.
+///
+/// The file is written with plain `write`s so that its pages sit in the page cache, as
+/// they do for a file a program has just produced.
+pub fn write_pattern_file(path: &Path, len: usize) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(&pattern(len))?;
+    f.flush()
+}
+
+/// A unique path under `/var/tmp` (a real disk file system, unlike a `tmpfs` `/tmp`).
+pub fn temp_path(tag: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    PathBuf::from(format!(
+        "/var/tmp/splicecow-{tag}-{}-{n}-{nanos}",
+        std::process::id()
+    ))
+}
+
+/// A file removed (with its `.src` companion, see [`side_path`]) when dropped.
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+}
+
+impl TempFile {
+    /// A fresh pattern file of `len` bytes under `/var/tmp`.
+    pub fn with_pattern(tag: &str, len: usize) -> io::Result<TempFile> {
+        let path = temp_path(tag);
+        write_pattern_file(&path, len)?;
+        Ok(TempFile { path })
+    }
+
+    /// Takes ownership of an existing path: it is removed on drop.
+    pub fn adopt(path: PathBuf) -> TempFile {
+        TempFile { path }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(side_path(&self.path));
+    }
+}
+
+/// The companion file next to `path` that "copy into the file" mutations copy from.
+pub fn side_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".src");
+    PathBuf::from(s)
+}
+
+/// Outcome of comparing what a consumer read with what it should have read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Comparison {
+    /// Positions that differ, counting every missing or extra byte as one.
+    pub mismatched_bytes: usize,
+    /// First differing position, if any.
+    pub first_mismatch: Option<usize>,
+}
+
+/// Compares `got` with `expected` byte by byte.
+pub fn compare(expected: &[u8], got: &[u8]) -> Comparison {
+    let common = expected.len().min(got.len());
+    let mut mismatched = 0;
+    let mut first = None;
+    for (i, (a, b)) in expected[..common].iter().zip(&got[..common]).enumerate() {
+        if a != b {
+            mismatched += 1;
+            first.get_or_insert(i);
+        }
+    }
+    if expected.len() != got.len() {
+        mismatched += expected.len().abs_diff(got.len());
+        first.get_or_insert(common);
+    }
+    Comparison {
+        mismatched_bytes: mismatched,
+        first_mismatch: first,
+    }
+}
+
+/// The JSON line the `scenario` binary prints on stdout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    /// Splice API used (`splice`, `sendfile`, `tee`, ...).
+    pub api: String,
+    /// Mutation kind applied after the splice.
+    pub mutation: String,
+    /// `same` or `other`: which process applied the mutation.
+    pub mutator: String,
+    /// Bytes the splice API moved into the pipe.
+    pub spliced: usize,
+    /// Bytes the unshimmed consumer read from the pipe.
+    pub received: usize,
+    /// Bytes that differ from the original file content (see [`compare`]).
+    pub mismatched_bytes: usize,
+    /// First differing offset, if any.
+    pub first_mismatch: Option<usize>,
+    /// The mutation is not supported here (e.g. `FICLONE` on ext4): nothing was tested.
+    pub unsupported: bool,
+}
+
+impl ScenarioReport {
+    /// True when the consumer got exactly the spliced bytes as the file held them.
+    pub fn exact(&self) -> bool {
+        self.mismatched_bytes == 0 && self.received == self.spliced
+    }
+}
+
+/// Whether a command runs with the shim preloaded.
+#[derive(Debug, Clone)]
+pub enum Protection {
+    /// No `LD_PRELOAD`, no `SPLICECOW_*` variables.
+    Unprotected,
+    /// `LD_PRELOAD=lib` and `SPLICECOW_DOMAIN=domain`; other `SPLICECOW_*` removed.
+    Protected {
+        /// Path of `libsplicecow.so`.
+        lib: PathBuf,
+        /// Domain name (see [`TempDomain`]).
+        domain: String,
+    },
+}
+
+impl Protection {
+    /// `"unprotected"` or `"protected"`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Protection::Unprotected => "unprotected",
+            Protection::Protected { .. } => "protected",
+        }
+    }
+
+    /// Sets `cmd`'s environment for this protection: the inherited `LD_PRELOAD` and
+    /// `SPLICECOW_*` variables are always removed first.
+    pub fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        strip_shim_env(cmd);
+        if let Protection::Protected { lib, domain } = self {
+            cmd.env("LD_PRELOAD", lib).env("SPLICECOW_DOMAIN", domain);
+        }
+        cmd
+    }
+}
+
+/// Removes `LD_PRELOAD` and every `SPLICECOW_*` variable from `cmd`'s environment.
+pub fn strip_shim_env(cmd: &mut Command) -> &mut Command {
+    cmd.env_remove("LD_PRELOAD");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SPLICECOW_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
+/// A unique splicecow domain whose registry is removed from `/dev/shm` on drop.
+#[derive(Debug)]
+pub struct TempDomain {
+    name: String,
+}
+
+impl TempDomain {
+    /// A fresh domain named `test-<pid>-<n>`.
+    pub fn new() -> TempDomain {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        TempDomain {
+            name: format!("test-{}-{n}", std::process::id()),
+        }
+    }
+
+    /// The domain's name (the value of `SPLICECOW_DOMAIN`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Path of the domain's registry: `/dev/shm/splicecow-<uid>-<domain>`.
+    pub fn shm_path(&self) -> PathBuf {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        PathBuf::from(format!("/dev/shm/splicecow-{uid}-{}", self.name))
+    }
+
+    /// A [`Protection::Protected`] for this domain with library `lib`.
+    pub fn protection(&self, lib: &Path) -> Protection {
+        Protection::Protected {
+            lib: lib.to_path_buf(),
+            domain: self.name.clone(),
+        }
+    }
+}
+
+impl Default for TempDomain {
+    fn default() -> Self {
+        TempDomain::new()
+    }
+}
+
+impl Drop for TempDomain {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.shm_path());
+    }
+}
+
+/// The workspace's `target` directory (`CARGO_TARGET_DIR` if set at run time).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    }
+}
+
+/// Locates `libsplicecow.so`: `$SPLICECOW_LIB`, else `target/release`, else
+/// `target/debug`. The error says how to build it.
+pub fn library_path() -> Result<PathBuf, String> {
+    if let Some(lib) = std::env::var_os("SPLICECOW_LIB") {
+        let lib = PathBuf::from(lib);
+        return if lib.is_file() {
+            Ok(lib)
+        } else {
+            Err(format!("SPLICECOW_LIB={} does not exist", lib.display()))
+        };
+    }
+    let target = target_dir();
+    for profile in ["release", "debug"] {
+        let lib = target.join(profile).join("libsplicecow.so");
+        if lib.is_file() {
+            return lib.canonicalize().map_err(|e| e.to_string());
+        }
+    }
+    Err(format!(
+        "libsplicecow.so not found under {}/{{release,debug}}: run `cargo build --release` \
+         first (or set SPLICECOW_LIB)",
+        target.display()
+    ))
+}
+
+/// What a command run by [`run_with_timeout`] produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// Exit status, `None` if it was killed for running too long.
+    pub status: Option<ExitStatus>,
+    /// Everything it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything it wrote to stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl RunOutput {
+    /// A one-line description for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "status {:?}, stdout {:?}, stderr {:?}",
+            self.status,
+            String::from_utf8_lossy(&self.stdout),
+            String::from_utf8_lossy(&self.stderr)
+        )
+    }
+}
+
+fn drain_in_thread<R: Read + Send + 'static>(r: Option<R>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Waits for `child` at most `timeout`; kills it (and returns `None`) when it is late.
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Runs `cmd` with stdin closed and stdout/stderr captured; kills it after `timeout`.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> io::Result<RunOutput> {
+    run_with_stdin(cmd, Stdio::null(), timeout)
+}
+
+/// Runs `cmd` with the given stdin and stdout/stderr captured; kills it after `timeout`.
+pub fn run_with_stdin(cmd: &mut Command, stdin: Stdio, timeout: Duration) -> io::Result<RunOutput> {
+    let mut child = cmd
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = drain_in_thread(child.stdout.take());
+    let err = drain_in_thread(child.stderr.take());
+    let status = wait_with_timeout(&mut child, timeout)?;
+    Ok(RunOutput {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// A pipe `(read end, write end)`, both close-on-exec.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Bytes waiting in a pipe (`ioctl(FIONREAD)`).
+pub fn fionread(fd: &impl AsRawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the valid pointer &mut n.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Makes a pipe hold at least `len` bytes (`F_SETPIPE_SZ`); a no-op up to 64 KiB.
+pub fn ensure_pipe_capacity(fd: &impl AsRawFd, len: usize) -> io::Result<()> {
+    if len <= DEFAULT_SPLICE_LEN {
+        return Ok(());
+    }
+    let size = len.next_power_of_two() as libc::c_int;
+    // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory of ours.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits until `fd` has at least `want` bytes queued or `timeout` passes; returns the
+/// last `FIONREAD` seen.
+pub fn wait_for_fionread(fd: &impl AsRawFd, want: usize, timeout: Duration) -> io::Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = fionread(fd)?;
+        if n >= want || Instant::now() >= deadline {
+            return Ok(n);
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Finds a program: `name` if it is a path, else the first match on `$PATH`.
+pub fn find_program(name: impl AsRef<OsStr>) -> Option<PathBuf> {
+    let name = Path::new(name.as_ref());
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// How the scenario moves file bytes into the pipe the consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    /// `splice(file, NULL, pipe, NULL, ..)` after `lseek(file, 0)`.
+    Splice,
+    /// `splice(file, &off, pipe, NULL, ..)` with an explicit input offset.
+    SpliceOffset,
+    /// `sendfile(pipe, file, &off, ..)`.
+    Sendfile,
+    /// `sendfile64(pipe, file, NULL, ..)` after `lseek(file, 0)`.
+    Sendfile64,
+    /// `splice` file -> pipe A, `tee` A -> P, A drained; the consumer reads P.
+    Tee,
+    /// `splice` file -> pipe A, `splice` A -> P (what uutils `cat` does).
+    SplicePipe,
+}
+
+/// Which process applies the mutation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mutator {
+    /// The splicing process itself (fd-based mutations use the spliced fd).
+    Same,
+    /// A separate process (the scenario binary re-executed with `--do-mutation`).
+    Other,
+}
+
+/// A way of changing the file after its bytes were spliced. Every kind overlaps the
+/// spliced range `0..size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mutation {
+    /// No mutation: the control run.
+    None,
+    /// `pwrite` 16 `B`s at offset 100.
+    Pwrite,
+    /// `pwrite64` 16 `B`s at offset 100.
+    Pwrite64,
+    /// `lseek(100)` then `write` 16 `B`s.
+    Write,
+    /// `lseek(100)` then `writev` of two 8-byte buffers.
+    Writev,
+    /// `pwritev` of two 8-byte buffers at offset 100.
+    Pwritev,
+    /// `pwritev64` at offset 100.
+    Pwritev64,
+    /// `pwritev2` (flags 0) at offset 100.
+    Pwritev2,
+    /// `pwritev64v2` (flags 0) at offset 100.
+    Pwritev64v2,
+    /// `fallocate(PUNCH_HOLE|KEEP_SIZE, 0, size)`.
+    PunchHole,
+    /// `fallocate64(PUNCH_HOLE|KEEP_SIZE, 0, size)`.
+    PunchHole64,
+    /// `fallocate(ZERO_RANGE, 0, size)`.
+    ZeroRange,
+    /// `fallocate(COLLAPSE_RANGE, 0, 4096)`.
+    CollapseRange,
+    /// `fallocate(INSERT_RANGE, 0, 4096)`.
+    InsertRange,
+    /// `ftruncate(fd, 30000)`.
+    Ftruncate,
+    /// `ftruncate64(fd, 30000)`.
+    Ftruncate64,
+    /// `ftruncate(fd, 0)`.
+    Ftruncate0,
+    /// `truncate(path, 30000)`.
+    Truncate,
+    /// `truncate64(path, 30000)`.
+    Truncate64,
+    /// `open(path, O_WRONLY|O_TRUNC)`.
+    OpenTrunc,
+    /// `open64(path, O_WRONLY|O_TRUNC)`.
+    Open64Trunc,
+    /// `openat(AT_FDCWD, path, O_WRONLY|O_TRUNC)`.
+    OpenatTrunc,
+    /// `openat64(AT_FDCWD, path, O_WRONLY|O_TRUNC)`.
+    Openat64Trunc,
+    /// `creat(path)`.
+    Creat,
+    /// `creat64(path)`.
+    Creat64,
+    /// `fopen(path, "w")` then `fclose`.
+    FopenW,
+    /// `fopen64(path, "w")` then `fclose`.
+    Fopen64W,
+    /// `freopen(path, "w", stream)` then `fclose`.
+    FreopenW,
+    /// `freopen64(path, "w", stream)` then `fclose`.
+    Freopen64W,
+    /// Issue 3: `mmap(MAP_SHARED, PROT_WRITE)` after the splice, store 16 `B`s at 100.
+    MmapSharedStore,
+    /// Issue 3: a `MAP_SHARED` writable mapping made *before* the splice, stored to after.
+    MmapEarlyStore,
+    /// Issue 3: `copy_file_range` of 16 bytes from another file to offset 100.
+    CopyFileRange,
+    /// Issue 3: `sendfile` of 16 bytes from another file to offset 100 (via `lseek`).
+    SendfileInto,
+    /// Issue 3: `splice` of 16 bytes from a fresh pipe to `off_out` 100.
+    SpliceInto,
+    /// Issue 3: `ioctl(FICLONE)` from another file (unsupported on ext4).
+    Ficlone,
+    /// Issue 3: `fopen(path, "r+")`, `fseek(100)`, `fwrite` 16 `B`s, `fclose`.
+    StdioFwrite,
+    /// Issue 3: like `stdio-fwrite` with `fputs`.
+    StdioFputs,
+    /// Issue 3: like `stdio-fwrite` with `fprintf`.
+    StdioFprintf,
+}
+
+impl Mutation {
+    /// The issue whose hooks must protect against this mutation (2 or 3; 0 for `none`).
+    pub fn issue(self) -> u32 {
+        use Mutation::*;
+        match self {
+            None => 0,
+            MmapSharedStore | MmapEarlyStore | CopyFileRange | SendfileInto | SpliceInto
+            | Ficlone | StdioFwrite | StdioFputs | StdioFprintf => 3,
+            _ => 2,
+        }
+    }
+}
+
+/// The command-line name of a [`clap::ValueEnum`] value (`punch-hole`, `splice-pipe`...).
+pub fn value_name<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+/// All values of a [`clap::ValueEnum`].
+pub fn all_values<T: clap::ValueEnum + Clone>() -> Vec<T> {
+    T::value_variants().to_vec()
+}
