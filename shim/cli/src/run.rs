@@ -1,0 +1,389 @@
+//! `splicecow run`: run a command in a fresh domain with the library preloaded, forward
+//! signals, wait for the last process of the domain and clean up.
+
+use crate::{library_path, stats, Mode, RunArgs, EXIT_CONFLICTS};
+use splicecow_registry::{registry_path, Registry};
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, ErrorKind};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Signals `run` forwards to CMD.
+const FORWARDED: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// How long `run` still waits for descendants after a signal once CMD is gone.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Runs `splicecow run`; returns the exit status.
+pub fn main(args: RunArgs) -> i32 {
+    let lib = library_path();
+    let program = args.command[0].clone();
+    let mut mode = args.mode;
+
+    // The domain and its registry, created before CMD starts.
+    let given = args.domain.is_some();
+    let domain = args.domain.clone().unwrap_or_else(fresh_domain);
+    let existed = given
+        && Path::new(&registry_path(&domain))
+            .symlink_metadata()
+            .is_ok();
+    let registry = match Registry::open_or_create(&domain) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!(
+                "splicecow: cannot set up the registry of domain {domain}: {e}; running {} in copy mode",
+                program.to_string_lossy()
+            );
+            mode = Mode::Copy;
+            None
+        }
+    };
+    let created = registry.is_some() && !existed;
+
+    // Where detect-mode reports go; a temporary file we own if nobody named one.
+    let mut temp_report = None;
+    let report: Option<PathBuf> = match args.report.clone().or_else(|| {
+        std::env::var_os("SPLICECOW_REPORT")
+            .filter(|r| !r.is_empty())
+            .map(PathBuf::from)
+    }) {
+        Some(p) => Some(std::path::absolute(&p).unwrap_or(p)),
+        None if mode == Mode::Detect => match create_temp_report() {
+            Ok(p) => {
+                temp_report = Some(p.clone());
+                Some(p)
+            }
+            Err(e) => {
+                eprintln!("splicecow: cannot create a report file ({e}); reports go to stderr");
+                None
+            }
+        },
+        None => None,
+    };
+
+    let mut cmd = Command::new(&program);
+    cmd.args(&args.command[1..])
+        .env(
+            "LD_PRELOAD",
+            ld_preload(std::env::var_os("LD_PRELOAD"), &lib),
+        )
+        .env("SPLICECOW_DOMAIN", &domain)
+        .env("SPLICECOW_MODE", mode.as_str());
+    if let Some(r) = &report {
+        cmd.env("SPLICECOW_REPORT", r);
+    }
+    if args.private_snapshots {
+        cmd.env("SPLICECOW_PRIVATE_SNAPSHOTS", "1");
+    }
+
+    let sigs = signal_set();
+    // SAFETY: plain system calls on valid arguments. Becoming a subreaper makes orphaned
+    // descendants our children so that we see when the last one is gone; blocking the
+    // signals (before CMD exists) lets us receive them with sigtimedwait, race-free.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &sigs, std::ptr::null_mut());
+    }
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // pthread_sigmask, which is async-signal-safe; it gives CMD a clean signal mask.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &sigs, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("splicecow: cannot run {}: {e}", program.to_string_lossy());
+            cleanup(created, &domain, temp_report.as_deref());
+            return if e.kind() == ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+        }
+    };
+    let child_pid = child.id() as libc::pid_t;
+    let (status, all_gone) = wait_all(child_pid, &sigs);
+
+    // Reports, counters, the conflict summary: all before the registry goes away.
+    if let Some(p) = &temp_report {
+        copy_to_stderr(p);
+    }
+    let counters = registry.as_ref().map(|r| r.stats());
+    if args.stats {
+        match &counters {
+            Some(s) => eprint!("{}", stats::human(&domain, s)),
+            None => eprintln!("splicecow: no counters (the domain had no registry)"),
+        }
+    }
+    let mut code = status;
+    if args.fail_on_conflict {
+        let summary = report.as_deref().map(summarize_report).unwrap_or_default();
+        let conflicts = counters.map_or(0, |s| s.conflicts).max(summary.lines);
+        if conflicts > 0 {
+            eprintln!("splicecow: {conflicts} splice/mutation conflict(s) detected");
+            for ((path, kind), n) in &summary.by_path_kind {
+                eprintln!("splicecow:   {path}: {kind} x{n}");
+            }
+            if let (Some(p), None) = (&report, &temp_report) {
+                eprintln!("splicecow: details in {}", p.display());
+            }
+            if code == 0 {
+                code = EXIT_CONFLICTS;
+            }
+        }
+    }
+    drop(registry);
+    if all_gone {
+        cleanup(created, &domain, temp_report.as_deref());
+    } else {
+        eprintln!(
+            "splicecow: descendants of {} are still running; leaving the registry of domain {domain}",
+            program.to_string_lossy()
+        );
+        if let Some(p) = &temp_report {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    code
+}
+
+/// A new domain name: `run-<pid>-<nanoseconds since the epoch>`.
+fn fresh_domain() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("run-{}-{nanos}", std::process::id())
+}
+
+/// `existing` with `lib` appended unless it is already one of its entries (entries are
+/// separated by colons or spaces, as ld.so reads them).
+pub fn ld_preload(existing: Option<OsString>, lib: &Path) -> OsString {
+    let lib = lib.as_os_str();
+    let Some(existing) = existing.filter(|e| !e.to_string_lossy().trim().is_empty()) else {
+        return lib.to_os_string();
+    };
+    let present = existing
+        .as_encoded_bytes()
+        .split(|b| *b == b':' || *b == b' ')
+        .any(|entry| entry == lib.as_encoded_bytes());
+    if present {
+        return existing;
+    }
+    let mut out = existing;
+    out.push(OsStr::new(":"));
+    out.push(lib);
+    out
+}
+
+/// The set of forwarded signals plus SIGCHLD.
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set; sigaddset only gets valid signal numbers.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED.iter().chain(&[libc::SIGCHLD]) {
+            libc::sigaddset(&mut set, *s);
+        }
+        set
+    }
+}
+
+/// Shell-style exit status of a wait status.
+fn exit_code(status: i32) -> i32 {
+    if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
+}
+
+/// Reaps every child that has exited. Returns true when no child is left (ECHILD).
+fn reap(child_pid: libc::pid_t, status: &mut Option<i32>) -> bool {
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid writes only to `st`.
+        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+        if r == child_pid {
+            *status = Some(exit_code(st));
+        } else if r == 0 {
+            return false;
+        } else if r < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return true,
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// Waits for CMD, forwarding signals to it, then for every orphaned descendant.
+/// Returns CMD's exit status and whether every descendant is gone.
+fn wait_all(child_pid: libc::pid_t, sigs: &libc::sigset_t) -> (i32, bool) {
+    let mut status = None;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if reap(child_pid, &mut status) {
+            return (status.unwrap_or(0), true);
+        }
+        if let (Some(code), Some(d)) = (status, deadline) {
+            if Instant::now() >= d {
+                return (code, false);
+            }
+        }
+        let timeout = libc::timespec {
+            tv_sec: if deadline.is_some() { 0 } else { 1 },
+            tv_nsec: if deadline.is_some() { 10_000_000 } else { 0 },
+        };
+        // SAFETY: info is written by the kernel; the set and timeout are valid.
+        let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
+        let sig = unsafe { libc::sigtimedwait(sigs, &mut info, &timeout) };
+        if !FORWARDED.contains(&sig) {
+            continue; // SIGCHLD, timeout or EINTR: reap again
+        }
+        if status.is_none() {
+            forward(sig, &info, child_pid);
+        } else if deadline.is_none() {
+            // CMD is gone and we are asked to stop: give the rest a moment.
+            deadline = Some(Instant::now() + GRACE);
+        }
+    }
+}
+
+/// Sends `sig` to CMD unless CMD got it already: a terminal signals the whole
+/// foreground process group, which CMD shares with us unless it left it.
+fn forward(sig: i32, info: &libc::siginfo_t, child_pid: libc::pid_t) {
+    // SAFETY: getpgid/getpgrp/kill are plain system calls; a stale pid only fails.
+    unsafe {
+        let from_terminal = info.si_code == libc::SI_KERNEL;
+        if from_terminal && libc::getpgid(child_pid) == libc::getpgrp() {
+            return;
+        }
+        libc::kill(child_pid, sig);
+    }
+}
+
+/// Removes what `run` created: the registry (if ours) and the temporary report.
+fn cleanup(created: bool, domain: &str, temp_report: Option<&Path>) {
+    if created {
+        if let Err(e) = Registry::unlink(domain) {
+            eprintln!("splicecow: cannot remove the registry of domain {domain}: {e}");
+        }
+    }
+    if let Some(p) = temp_report {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Creates an empty private report file in the temporary directory.
+fn create_temp_report() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    for n in 0.. {
+        let name = if n == 0 {
+            format!("splicecow-report-{pid}.jsonl")
+        } else {
+            format!("splicecow-report-{pid}-{n}.jsonl")
+        };
+        let path = dir.join(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(_) => return Ok(path),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && n < 100 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!()
+}
+
+fn copy_to_stderr(path: &Path) {
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = std::io::copy(&mut f, &mut std::io::stderr());
+    }
+}
+
+/// What a report file says: how many lines, and how many per (path, mutation kind).
+#[derive(Debug, Default)]
+pub struct ReportSummary {
+    /// Conflict reports read (lines that are JSON objects).
+    pub lines: u64,
+    /// Counts per file path and mutation kind.
+    pub by_path_kind: BTreeMap<(String, String), u64>,
+}
+
+/// Reads a detect-mode report leniently: other lines and missing fields are tolerated.
+pub fn summarize_report(path: &Path) -> ReportSummary {
+    let mut summary = ReportSummary::default();
+    let Ok(file) = std::fs::File::open(path) else {
+        return summary;
+    };
+    for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if !v.is_object() {
+            continue;
+        }
+        let text = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+        summary.lines += 1;
+        *summary
+            .by_path_kind
+            .entry((text("path"), text("kind")))
+            .or_default() += 1;
+    }
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ld_preload_is_appended_once() {
+        let lib = Path::new("/x/libsplicecow.so");
+        assert_eq!(ld_preload(None, lib), "/x/libsplicecow.so");
+        assert_eq!(ld_preload(Some(" ".into()), lib), "/x/libsplicecow.so");
+        assert_eq!(
+            ld_preload(Some("/a.so".into()), lib),
+            "/a.so:/x/libsplicecow.so"
+        );
+        assert_eq!(
+            ld_preload(Some("/a.so /x/libsplicecow.so".into()), lib),
+            "/a.so /x/libsplicecow.so"
+        );
+    }
+
+    #[test]
+    fn reports_are_summarized_leniently() {
+        let path =
+            std::env::temp_dir().join(format!("splicecow-unit-{}.jsonl", std::process::id()));
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"kind":"pwrite","path":"/a","offset":1,"len":2,"segment":{}}"#,
+                "\nnot json\n",
+                r#"{"kind":"pwrite","path":"/a"}"#,
+                "\n",
+                r#"{"kind":"ftruncate","len":null}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let s = summarize_report(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(s.lines, 3);
+        assert_eq!(s.by_path_kind[&("/a".into(), "pwrite".into())], 2);
+        assert_eq!(s.by_path_kind[&("?".into(), "ftruncate".into())], 1);
+    }
+}
