@@ -39,10 +39,7 @@ impl FileKey {
 
     /// Home slot of this key in a table of `n` slots.
     pub fn home(&self, n: usize) -> usize {
-        let h = self
-            .ino
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29)
+        let h = self.ino.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
             ^ self.dev.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         (h % n as u64) as usize
     }
@@ -182,7 +179,10 @@ mod tests {
         assert_eq!(size_of::<FileKey>(), 16);
         assert_eq!(size_of::<Segment>(), 48);
         assert_eq!(size_of::<Holder>(), 8);
-        assert_eq!(size_of::<PipeRecord>(), 16 + 8 + 8 + 32 + 48 * SEGMENTS_PER_PIPE);
+        assert_eq!(
+            size_of::<PipeRecord>(),
+            16 + 8 + 8 + 32 + 48 * SEGMENTS_PER_PIPE
+        );
         assert_eq!(size_of::<FileRecord>(), 24);
         assert_eq!(size_of::<Counters>(), 64);
         assert_eq!(size_of::<Header>(), 48 + 8 + 64);

@@ -51,10 +51,17 @@ impl fmt::Display for OpenError {
             ),
             OpenError::Missing => write!(f, "no registry exists for this domain"),
             OpenError::Sys(what, e) => {
-                write!(f, "{what} failed: {}", std::io::Error::from_raw_os_error(*e))
+                write!(
+                    f,
+                    "{what} failed: {}",
+                    std::io::Error::from_raw_os_error(*e)
+                )
             }
             OpenError::NotOurs => {
-                write!(f, "registry file is not a regular 0600 file owned by this user")
+                write!(
+                    f,
+                    "registry file is not a regular 0600 file owned by this user"
+                )
             }
             OpenError::Foreign => write!(f, "registry file is corrupt or not a splicecow registry"),
             OpenError::Version(v) => write!(
@@ -200,9 +207,11 @@ impl Registry {
     /// Creator's half of the handshake: size, map, fill the header, publish the magic.
     fn initialise(fd: i32) -> Result<Registry, OpenError> {
         let r = (|| {
-            sys::ftruncate(fd, LAYOUT_SIZE as u64).map_err(|e| OpenError::Sys("sizing the registry", e))?;
+            sys::ftruncate(fd, LAYOUT_SIZE as u64)
+                .map_err(|e| OpenError::Sys("sizing the registry", e))?;
             let base = sys::mmap_rw(LAYOUT_SIZE, libc::MAP_SHARED, fd)
-                .map_err(|e| OpenError::Sys("mapping the registry", e))? as *mut Layout;
+                .map_err(|e| OpenError::Sys("mapping the registry", e))?
+                as *mut Layout;
             let reg = Registry { base };
             // SAFETY: the file is new (O_EXCL) and zero-filled; nobody reads these plain
             // fields before the magic is published with Release below.
@@ -239,7 +248,8 @@ impl Registry {
             sys::sleep_ns(1_000_000);
         }
         let base = sys::mmap_rw(LAYOUT_SIZE, libc::MAP_SHARED, fd)
-            .map_err(|e| OpenError::Sys("mapping the registry", e))? as *mut Layout;
+            .map_err(|e| OpenError::Sys("mapping the registry", e))?
+            as *mut Layout;
         let reg = Registry { base };
         loop {
             let magic = reg.header().magic.load(Ordering::Acquire);
@@ -292,7 +302,9 @@ impl Registry {
             registry: self,
             // SAFETY: the cross-process lock is held until the Guard drops, so no other
             // thread of any process accesses the tables meanwhile.
-            tables: Tables { layout: unsafe { &mut *self.base } },
+            tables: Tables {
+                layout: unsafe { &mut *self.base },
+            },
         }
     }
 
@@ -370,7 +382,10 @@ mod tests {
         assert!(valid_domain("run-123.a_b"));
         for bad in ["", ".x", "a/b", "a b", &"x".repeat(65)] {
             assert!(!valid_domain(bad), "{bad:?}");
-            assert_eq!(Registry::open_or_create(bad).err(), Some(OpenError::InvalidDomain));
+            assert_eq!(
+                Registry::open_or_create(bad).err(),
+                Some(OpenError::InvalidDomain)
+            );
         }
     }
 
@@ -437,12 +452,21 @@ mod tests {
         std::fs::write(&path, b"not a registry").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(Registry::open_or_create(&domain).err(), Some(OpenError::Foreign));
+        assert_eq!(
+            Registry::open_or_create(&domain).err(),
+            Some(OpenError::Foreign)
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(Registry::open_or_create(&domain).err(), Some(OpenError::NotOurs));
+        assert_eq!(
+            Registry::open_or_create(&domain).err(),
+            Some(OpenError::NotOurs)
+        );
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
-        assert_eq!(Registry::open_or_create(&domain).err(), Some(OpenError::NotOurs));
+        assert_eq!(
+            Registry::open_or_create(&domain).err(),
+            Some(OpenError::NotOurs)
+        );
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -54,7 +54,13 @@ pub fn fstatat(dirfd: c_int, path: *const libc::c_char, flags: c_int) -> Result<
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: the caller passes a NUL-terminated path (or one the kernel rejects with EFAULT).
     check(unsafe {
-        libc::syscall(libc::SYS_newfstatat, dirfd, path, &mut st as *mut libc::stat, flags)
+        libc::syscall(
+            libc::SYS_newfstatat,
+            dirfd,
+            path,
+            &mut st as *mut libc::stat,
+            flags,
+        )
     })?;
     Ok(st)
 }
@@ -137,7 +143,10 @@ pub fn monotonic_ns() -> u64 {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime goes through the vDSO and writes only `ts`.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

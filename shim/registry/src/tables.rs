@@ -42,7 +42,10 @@ impl Tables<'_> {
         let h = &self.layout.header;
         let files = &mut self.layout.files;
         let found = probe(key, MAX_FILES, |i| {
-            (files[i].key, files[i].live_segments == 0 && files[i].shared_writable_maps == 0)
+            (
+                files[i].key,
+                files[i].live_segments == 0 && files[i].shared_writable_maps == 0,
+            )
         });
         match found {
             Probe::Found(i) => Ok(Some(i)),
@@ -51,7 +54,10 @@ impl Tables<'_> {
                 if files[i].key.is_empty() {
                     h.files_in_use.fetch_add(1, Ordering::Relaxed);
                 }
-                files[i] = FileRecord { key, ..Default::default() };
+                files[i] = FileRecord {
+                    key,
+                    ..Default::default()
+                };
                 Ok(Some(i))
             }
             Probe::Full => Err(Full::Files),
@@ -178,7 +184,10 @@ impl Tables<'_> {
         };
         p.count = count as u32 + 1;
         self.layout.files[fslot].live_segments += 1;
-        self.layout.header.live_segments.fetch_add(1, Ordering::SeqCst);
+        self.layout
+            .header
+            .live_segments
+            .fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -259,7 +268,9 @@ impl Tables<'_> {
         p.head = 0;
         p.count = 0;
         for i in 0..count {
-            let fslot = self.layout.pipes[slot % MAX_PIPES].segments[(head + i) % SEGMENTS_PER_PIPE].file_slot;
+            let fslot = self.layout.pipes[slot % MAX_PIPES].segments
+                [(head + i) % SEGMENTS_PER_PIPE]
+                .file_slot;
             self.release_file_ref(fslot as usize);
         }
     }
@@ -268,7 +279,9 @@ impl Tables<'_> {
         let f = &mut self.layout.files[fslot % MAX_FILES];
         f.live_segments = f.live_segments.saturating_sub(1);
         let live = &self.layout.header.live_segments;
-        let _ = live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some(v.saturating_sub(1)));
+        let _ = live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+            Some(v.saturating_sub(1))
+        });
     }
 
     /// Copies the segments covering stream range `[from, from + n)` of pipe `src` to the
@@ -291,7 +304,14 @@ impl Tables<'_> {
             }
             let key = self.file(s.file_slot as usize).key;
             let file_off = s.file_off + (lo - s.stream_pos);
-            self.push_at(dst, key, file_off, hi - lo, base + (lo - from), s.splicer_pid)?;
+            self.push_at(
+                dst,
+                key,
+                file_off,
+                hi - lo,
+                base + (lo - from),
+                s.splicer_pid,
+            )?;
         }
         Ok(())
     }
@@ -317,7 +337,11 @@ impl Tables<'_> {
                 let s = p.segments[(p.head as usize + index) % SEGMENTS_PER_PIPE];
                 if s.file_slot as usize == fslot
                     && overlaps(s.file_off, s.len, off, end)
-                    && !each(SegmentInfo { pipe_slot, index, segment: s })
+                    && !each(SegmentInfo {
+                        pipe_slot,
+                        index,
+                        segment: s,
+                    })
                 {
                     return;
                 }

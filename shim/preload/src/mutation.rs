@@ -1,0 +1,227 @@
+//! The mutation side: before a call changes a file, settle (protect) or report (detect)
+//! every in-flight segment its byte range overlaps.
+
+use crate::fdkind::{current_offset, status_flags, FdKind};
+use crate::runtime::{self, Mode};
+use crate::{report, settle};
+use splicecow_registry::{sys, FileKey, Registry};
+use std::ffi::c_char;
+use std::sync::atomic::Ordering;
+
+/// Most pipes settled per lookup round (more are found by the next round).
+const PIPES_PER_ROUND: usize = 16;
+
+/// How a mutation names its file.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// An open fd.
+    Fd(i32),
+    /// A path relative to `dirfd` (`AT_FDCWD` for plain paths); `follow` symlinks or not.
+    Path {
+        dirfd: i32,
+        path: *const c_char,
+        follow: bool,
+    },
+}
+
+/// The byte range a mutation touches.
+#[derive(Debug, Clone, Copy)]
+pub enum Span {
+    /// `len` bytes at `off`.
+    At(i64, u64),
+    /// `len` bytes at the fd's current offset, nothing when the fd is `O_APPEND`.
+    Cursor(u64),
+    /// Everything from `off` on (truncation, collapse/insert range).
+    From(i64),
+}
+
+/// What kind of call mutates (named in detect-mode reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Write,
+    Writev,
+    Pwrite,
+    Pwritev,
+    PunchHole,
+    ZeroRange,
+    CollapseRange,
+    InsertRange,
+    Ftruncate,
+    Truncate,
+    OpenTruncate,
+    FopenTruncate,
+    CopyFileRange,
+    SendfileInto,
+    SpliceInto,
+    SharedMapping,
+    Clone,
+    Dedupe,
+    Stdio,
+}
+
+impl Kind {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Write => "write",
+            Kind::Writev => "writev",
+            Kind::Pwrite => "pwrite",
+            Kind::Pwritev => "pwritev",
+            Kind::PunchHole => "punch_hole",
+            Kind::ZeroRange => "zero_range",
+            Kind::CollapseRange => "collapse_range",
+            Kind::InsertRange => "insert_range",
+            Kind::Ftruncate => "ftruncate",
+            Kind::Truncate => "truncate",
+            Kind::OpenTruncate => "open_trunc",
+            Kind::FopenTruncate => "fopen_trunc",
+            Kind::CopyFileRange => "copy_file_range",
+            Kind::SendfileInto => "sendfile_into",
+            Kind::SpliceInto => "splice_into",
+            Kind::SharedMapping => "shared_mapping",
+            Kind::Clone => "clone",
+            Kind::Dedupe => "dedupe",
+            Kind::Stdio => "stdio",
+        }
+    }
+}
+
+/// A call about to change a file.
+#[derive(Debug, Clone, Copy)]
+pub struct Mutation {
+    /// The file.
+    pub target: Target,
+    /// The bytes it touches.
+    pub span: Span,
+    /// The call.
+    pub kind: Kind,
+}
+
+impl Mutation {
+    /// `len` bytes at `off` of `fd`.
+    pub fn at(fd: i32, off: i64, len: u64, kind: Kind) -> Mutation {
+        Mutation {
+            target: Target::Fd(fd),
+            span: Span::At(off, len),
+            kind,
+        }
+    }
+
+    /// `len` bytes at the current offset of `fd`.
+    pub fn cursor(fd: i32, len: u64, kind: Kind) -> Mutation {
+        Mutation {
+            target: Target::Fd(fd),
+            span: Span::Cursor(len),
+            kind,
+        }
+    }
+
+    /// Everything from `off` on in `fd`.
+    pub fn from(fd: i32, off: i64, kind: Kind) -> Mutation {
+        Mutation {
+            target: Target::Fd(fd),
+            span: Span::From(off),
+            kind,
+        }
+    }
+
+    /// Everything from `off` on in the file at `path`.
+    pub fn path_from(dirfd: i32, path: *const c_char, off: i64, kind: Kind) -> Mutation {
+        Mutation {
+            target: Target::Path {
+                dirfd,
+                path,
+                follow: true,
+            },
+            span: Span::From(off),
+            kind,
+        }
+    }
+}
+
+/// The registry when mutations must be checked: a tracking mode and live segments.
+pub fn active_registry() -> Option<&'static Registry> {
+    let reg = runtime::get().tracking()?;
+    (reg.live_segments() > 0).then_some(reg)
+}
+
+/// Settles or reports what `m` overlaps. The fast path is one atomic load.
+pub fn before(m: Mutation) {
+    let Some(reg) = active_registry() else {
+        return;
+    };
+    let st = match m.target {
+        Target::Fd(fd) => sys::fstat(fd),
+        Target::Path {
+            dirfd,
+            path,
+            follow,
+        } => sys::fstatat(
+            dirfd,
+            path,
+            if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW },
+        ),
+    };
+    let Ok(st) = st else { return };
+    if let FdKind::Regular(key) = FdKind::of_stat(&st) {
+        check_file(reg, key, m);
+    }
+}
+
+/// The part of [`before`] after the file is known.
+pub fn check_file(reg: &Registry, key: FileKey, m: Mutation) {
+    if !reg.file_may_be_tracked(key) {
+        return;
+    }
+    let Some((off, end)) = resolve_span(m) else {
+        return;
+    };
+    let detect = runtime::get().mode == Mode::Detect;
+    let counters = &reg.header().counters;
+    let mut t = reg.lock();
+    let mut counted = false;
+    loop {
+        let mut slots = [0usize; PIPES_PER_ROUND];
+        let mut n = 0;
+        t.for_each_overlapping(key, off, end, |info| {
+            if !slots[..n].contains(&info.pipe_slot) {
+                slots[n] = info.pipe_slot;
+                n += 1;
+            }
+            n < PIPES_PER_ROUND
+        });
+        if n == 0 {
+            return;
+        }
+        if !counted {
+            counters.conflicts.fetch_add(1, Ordering::Relaxed);
+            counted = true;
+        }
+        if detect {
+            report::conflicts(&mut t, key, m, off, end);
+            return;
+        }
+        for &slot in &slots[..n] {
+            settle::settle(&mut t, slot, counters);
+        }
+    }
+}
+
+/// Turns a span into `[off, end)`; `None` when nothing can conflict.
+fn resolve_span(m: Mutation) -> Option<(u64, u64)> {
+    let clamp = |off: i64| off.max(0) as u64;
+    match m.span {
+        Span::At(off, len) => Some((clamp(off), clamp(off).saturating_add(len))),
+        Span::From(off) => Some((clamp(off), u64::MAX)),
+        Span::Cursor(len) => {
+            let Target::Fd(fd) = m.target else {
+                return None;
+            };
+            if status_flags(fd) & libc::O_APPEND != 0 {
+                return None;
+            }
+            let off = current_offset(fd)?;
+            Some((off, off.saturating_add(len)))
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Pipe helpers: pending bytes, waiting like a blocking call would, finding a process
+//! that holds a pipe and reopening it through `/proc`.
+
+use splicecow_registry::{sys, FileKey};
+
+/// Bytes waiting in the pipe (`FIONREAD`), or `None` when `fd` is no pipe.
+pub fn pending(fd: i32) -> Option<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer we pass.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_ioctl,
+            fd,
+            libc::FIONREAD,
+            &mut n as *mut libc::c_int,
+        )
+    };
+    (r == 0).then_some(n.max(0) as u64)
+}
+
+/// The pipe's capacity in bytes (`F_GETPIPE_SZ`), 64 KiB if unknown.
+pub fn capacity(fd: i32) -> usize {
+    // SAFETY: F_GETPIPE_SZ takes no pointer.
+    let r = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETPIPE_SZ) };
+    if r > 0 {
+        r as usize
+    } else {
+        65536
+    }
+}
+
+/// How a wait for readiness ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// The fd is ready (or in error: the retried call reports it).
+    Ready,
+    /// A signal handler ran and the interrupted call would not restart: return `EINTR`.
+    Interrupted,
+}
+
+/// Waits until `fd` has `events`, as the blocking call being emulated would.
+/// When a signal handler interrupts the wait, the emulated call restarts only if every
+/// installed handler has `SA_RESTART` (the kernel would restart it for such a handler).
+pub fn wait(fd: i32, events: libc::c_short) -> Wait {
+    loop {
+        let mut p = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout pointer.
+        let r = unsafe { libc::syscall(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, -1) };
+        if r >= 0 {
+            return Wait::Ready;
+        }
+        if sys::errno() != libc::EINTR {
+            return Wait::Ready;
+        }
+        if !handlers_restart() {
+            return Wait::Interrupted;
+        }
+    }
+}
+
+/// The kernel's `struct sigaction` for `rt_sigaction`.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// True when every signal with a handler installed has `SA_RESTART`.
+fn handlers_restart() -> bool {
+    (1..=64).all(|sig| {
+        let mut old = KernelSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        // SAFETY: querying only (no new action); `old` is a valid kernel sigaction.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                0usize,
+                &mut old as *mut KernelSigaction,
+                8,
+            )
+        };
+        r != 0
+            || old.handler == libc::SIG_DFL
+            || old.handler == libc::SIG_IGN
+            || old.flags & libc::SA_RESTART as u64 != 0
+    })
+}
+
+/// Opens pipe `key` through `/proc/<pid>/fd/<fd>` (read-write, non-blocking), checking
+/// that the fd still is that pipe.
+pub fn open_via(pid: i32, fd: i32, key: FileKey) -> Option<i32> {
+    if pid <= 0 || fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 48];
+    let path = proc_fd_path(&mut buf, pid, fd);
+    let new = sys::open(path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0).ok()?;
+    match sys::fstat(new) {
+        Ok(st) if st.st_dev == key.dev && st.st_ino == key.ino => Some(new),
+        _ => {
+            sys::close(new);
+            None
+        }
+    }
+}
+
+/// Formats `/proc/<pid>/fd/<fd>\0` into `buf` without allocating (signal handlers reach this).
+fn proc_fd_path(buf: &mut [u8; 48], pid: i32, fd: i32) -> &[u8] {
+    fn put(buf: &mut [u8], at: &mut usize, s: &[u8]) {
+        buf[*at..*at + s.len()].copy_from_slice(s);
+        *at += s.len();
+    }
+    fn put_num(buf: &mut [u8], at: &mut usize, mut n: u32) {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        put(buf, at, &digits[i..]);
+    }
+    let mut at = 0;
+    put(buf, &mut at, b"/proc/");
+    put_num(buf, &mut at, pid as u32);
+    put(buf, &mut at, b"/fd/");
+    put_num(buf, &mut at, fd as u32);
+    put(buf, &mut at, b"\0");
+    &buf[..at]
+}
+
+/// Scans `/proc/*/fd` for any process holding pipe `key` and opens it.
+/// Slow (reads every process's fd table); used only when no recorded holder is left.
+pub fn open_by_scan(key: FileKey) -> Option<i32> {
+    let want = format!("pipe:[{}]", key.ino);
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for f in fds.flatten() {
+            let is_it = std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == want.as_str());
+            let fd = f.file_name().to_str().and_then(|s| s.parse::<i32>().ok());
+            if let (true, Some(fd)) = (is_it, fd) {
+                if let Some(opened) = open_via(pid, fd, key) {
+                    return Some(opened);
+                }
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,141 @@
+//! Detect mode: one JSON line per conflict, appended to `SPLICECOW_REPORT` or stderr.
+
+use crate::mutation::{Mutation, Target};
+use crate::runtime;
+use splicecow_registry::{sys, FileKey, Tables};
+
+/// Reports every not yet reported segment of `key` overlapping `[off, end)`.
+pub fn conflicts(t: &mut Tables, key: FileKey, m: Mutation, off: u64, end: u64) {
+    let mut found = Vec::new();
+    t.for_each_overlapping(key, off, end, |info| {
+        found.push(info);
+        true
+    });
+    for info in found {
+        if t.mark_reported(&info) {
+            let pipe_ino = t.pipe(info.pipe_slot).key.ino;
+            emit(&line(m, off, end, &info.segment, pipe_ino));
+        }
+    }
+}
+
+fn line(m: Mutation, off: u64, end: u64, s: &splicecow_registry::Segment, pipe_ino: u64) -> String {
+    let rt = runtime::get();
+    let now = sys::realtime_ns();
+    let path = match m.target {
+        Target::Fd(fd) => read_link(&format!("/proc/self/fd/{fd}")),
+        Target::Path { path, .. } => {
+            // SAFETY: hooks pass the caller's NUL-terminated path, already used by fstatat.
+            unsafe { std::ffi::CStr::from_ptr(path) }
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    let len = if end == u64::MAX {
+        "null".to_string()
+    } else {
+        (end - off).to_string()
+    };
+    format!(
+        concat!(
+            "{{\"time\":{},\"domain\":{},\"pid\":{},\"exe\":{},\"kind\":{},\"path\":{},",
+            "\"offset\":{},\"len\":{},\"segment\":{{\"offset\":{},\"len\":{},\"pipe_ino\":{},",
+            "\"splicer_pid\":{},\"splicer_exe\":{},\"age_ms\":{}}}}}\n"
+        ),
+        json_str(&rfc3339(now)),
+        json_str(&rt.domain),
+        sys::getpid(),
+        json_str(&read_link("/proc/self/exe")),
+        json_str(m.kind.name()),
+        json_str(&path),
+        off,
+        len,
+        s.file_off,
+        s.len,
+        pipe_ino,
+        s.splicer_pid,
+        json_str(&read_link(&format!("/proc/{}/exe", s.splicer_pid))),
+        now.saturating_sub(s.created_ns) / 1_000_000,
+    )
+}
+
+fn emit(line: &str) {
+    let rt = runtime::get();
+    let fd = match &rt.report_path {
+        Some(p) => sys::open(
+            p,
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+            0o600,
+        )
+        .ok(),
+        None => None,
+    };
+    let out = fd.unwrap_or(2);
+    // SAFETY: writing our own buffer; one write of an O_APPEND fd keeps lines whole.
+    unsafe { libc::syscall(libc::SYS_write, out, line.as_ptr(), line.len()) };
+    if let Some(fd) = fd {
+        sys::close(fd);
+    }
+}
+
+fn read_link(path: &str) -> String {
+    std::fs::read_link(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// JSON string literal for `s`.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `CLOCK_REALTIME` nanoseconds as an RFC 3339 UTC timestamp with milliseconds.
+fn rfc3339(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ns % 1_000_000_000 / 1_000_000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339(1_795_651_200_123_000_000),
+            "2026-11-26T00:00:00.123Z"
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        assert_eq!(super::json_str("a\"b\\\n"), "\"a\\\"b\\\\\\u000a\"");
+    }
+}

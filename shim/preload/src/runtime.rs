@@ -1,0 +1,128 @@
+//! Per-process state: mode, domain and the mapped registry, read from the environment
+//! once (in the library constructor, or on the first hook call if another library's
+//! constructor calls a hook before ours ran).
+
+use splicecow_registry::{Registry, DEFAULT_DOMAIN};
+use std::sync::OnceLock;
+
+/// What the shim does with splices and mutations (`SPLICECOW_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Zero-copy splices, settled on conflict (default).
+    Protect,
+    /// Zero-copy splices; conflicts are reported, not settled.
+    Detect,
+    /// Every file→pipe splice copies: the pipe never holds page-cache pages.
+    Copy,
+    /// Hooks call straight through.
+    Off,
+}
+
+/// The process's view of its domain.
+pub struct Runtime {
+    /// Effective mode (protect/detect fall back to copy/off without a registry).
+    pub mode: Mode,
+    /// The domain's registry, when it could be opened.
+    pub registry: Option<Registry>,
+    /// Domain name (for reports).
+    pub domain: String,
+    /// `SPLICECOW_REPORT`, NUL-terminated, for detect mode.
+    pub report_path: Option<Vec<u8>>,
+    /// Test-only knob `SPLICECOW_TEST_SETTLE_PAUSE_US`: microseconds a settle sleeps between
+    /// drain and refill, to widen the window a fault-injection test aims its SIGKILL at.
+    pub settle_pause_us: u64,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+/// The runtime, initialised on first use.
+pub fn get() -> &'static Runtime {
+    RUNTIME.get_or_init(init)
+}
+
+/// Runs at library load (before `main`), so the first hook call finds a ready runtime.
+extern "C" fn constructor() {
+    if let Some(_inside) = crate::guard::Inside::enter() {
+        get();
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static CONSTRUCTOR: extern "C" fn() = constructor;
+
+/// Writes one line to stderr with a raw syscall (no stdio, no hooks).
+pub fn warn(msg: &str) {
+    let line = format!("splicecow: {msg}\n");
+    // SAFETY: the buffer outlives the call.
+    unsafe { libc::syscall(libc::SYS_write, 2, line.as_ptr(), line.len()) };
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+}
+
+fn init() -> Runtime {
+    let mut mode = match env("SPLICECOW_MODE").as_deref().map(str::trim) {
+        None | Some("") | Some("protect") => Mode::Protect,
+        Some("detect") => Mode::Detect,
+        Some("copy") => Mode::Copy,
+        Some("off") => Mode::Off,
+        Some(other) => {
+            warn(&format!(
+                "SPLICECOW_MODE={other:?} is not one of protect, detect, copy, off; using protect"
+            ));
+            Mode::Protect
+        }
+    };
+    let domain = match env("SPLICECOW_DOMAIN") {
+        None => DEFAULT_DOMAIN.to_string(),
+        Some(d) if d.is_empty() => DEFAULT_DOMAIN.to_string(),
+        Some(d) => d,
+    };
+    let report_path = env("SPLICECOW_REPORT").filter(|p| !p.is_empty()).map(|p| {
+        let mut v = p.into_bytes();
+        v.push(0);
+        v
+    });
+    let registry = if mode == Mode::Off {
+        None
+    } else {
+        match Registry::open_or_create(&domain) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let fallback = if mode == Mode::Detect {
+                    Mode::Off
+                } else {
+                    Mode::Copy
+                };
+                warn(&format!(
+                    "registry of domain {domain:?}: {e}; running in {} mode",
+                    if fallback == Mode::Off { "off" } else { "copy" }
+                ));
+                mode = fallback;
+                None
+            }
+        }
+    };
+    let settle_pause_us = env("SPLICECOW_TEST_SETTLE_PAUSE_US")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Runtime {
+        mode,
+        registry,
+        domain,
+        report_path,
+        settle_pause_us,
+    }
+}
+
+impl Runtime {
+    /// The registry when the mode tracks splices (protect or detect).
+    pub fn tracking(&self) -> Option<&Registry> {
+        match self.mode {
+            Mode::Protect | Mode::Detect => self.registry.as_ref(),
+            Mode::Copy | Mode::Off => None,
+        }
+    }
+}
