@@ -9,6 +9,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -467,9 +468,10 @@ pub enum Mutation {
     PunchHole64,
     /// `fallocate(ZERO_RANGE, 0, size)`.
     ZeroRange,
-    /// `fallocate(COLLAPSE_RANGE, 0, 4096)`.
+    /// `fallocate(COLLAPSE_RANGE, 32768, 4096)` (at offset 0 nothing shows: whole folios
+    /// are dropped from the page cache, not zeroed).
     CollapseRange,
-    /// `fallocate(INSERT_RANGE, 0, 4096)`.
+    /// `fallocate(INSERT_RANGE, 32768, 4096)` (see `collapse-range`).
     InsertRange,
     /// `ftruncate(fd, 30000)`.
     Ftruncate,
@@ -544,4 +546,49 @@ pub fn value_name<T: clap::ValueEnum>(v: &T) -> String {
 /// All values of a [`clap::ValueEnum`].
 pub fn all_values<T: clap::ValueEnum + Clone>() -> Vec<T> {
     T::value_variants().to_vec()
+}
+
+/// Inode number of an open fd (`fstat`), e.g. to tell pipes apart.
+pub fn inode(fd: &impl AsRawFd) -> io::Result<u64> {
+    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid, writable stat buffer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_ino)
+}
+
+/// Bytes queued in the pipes process `pid` holds open, except pipe inode `exclude`.
+///
+/// Each pipe is opened through `/proc/<pid>/fd/<n>` (read-only, non-blocking, never
+/// read from) and asked `FIONREAD`. Used to count bytes a program such as uutils `cat`
+/// has spliced into its own intermediate pipe.
+pub fn queued_in_pipes_of(pid: u32, exclude: u64) -> io::Result<usize> {
+    let mut seen = Vec::new();
+    let mut total = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let Some(ino) = target
+            .strip_prefix("pipe:[")
+            .and_then(|s| s.strip_suffix(']'))
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if ino == exclude || seen.contains(&ino) {
+            continue;
+        }
+        seen.push(ino);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(entry.path())?;
+        total += fionread(&f)?;
+    }
+    Ok(total)
 }

@@ -34,6 +34,10 @@ const WRITE_LEN: usize = 16;
 const TRUNC_LEN: libc::off_t = 30000;
 /// Length of collapse/insert ranges (one block).
 const BLOCK: libc::off_t = 4096;
+/// Where collapse/insert ranges start: block-aligned but inside the first 64 KiB, so the
+/// page-cache truncation they do starts in the middle of a (large) folio. At offset 0
+/// whole folios are just dropped from the cache and the pipe keeps the old bytes.
+const SHIFT_OFF: libc::off_t = 32768;
 /// How long the consumer may take.
 const CONSUMER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -206,9 +210,11 @@ impl Prepared {
                 PunchHole64 => libc::fallocate64(fd, punch, 0, range).into(),
                 ZeroRange => libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 0, range).into(),
                 CollapseRange => {
-                    libc::fallocate(fd, libc::FALLOC_FL_COLLAPSE_RANGE, 0, BLOCK).into()
+                    libc::fallocate(fd, libc::FALLOC_FL_COLLAPSE_RANGE, SHIFT_OFF, BLOCK).into()
                 }
-                InsertRange => libc::fallocate(fd, libc::FALLOC_FL_INSERT_RANGE, 0, BLOCK).into(),
+                InsertRange => {
+                    libc::fallocate(fd, libc::FALLOC_FL_INSERT_RANGE, SHIFT_OFF, BLOCK).into()
+                }
                 Ftruncate => libc::ftruncate(fd, TRUNC_LEN).into(),
                 Ftruncate64 => libc::ftruncate64(fd, TRUNC_LEN).into(),
                 Ftruncate0 => libc::ftruncate(fd, 0).into(),

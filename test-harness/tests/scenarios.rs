@@ -1,0 +1,447 @@
+//! Differential scenario tests: every hazard runs twice, without the shim (to show the
+//! corruption on this kernel) and with `libsplicecow.so` preloaded (must be byte-exact).
+//!
+//! Nothing is built here: the library is taken from `$SPLICECOW_LIB`, else
+//! `target/release/libsplicecow.so`, else `target/debug/libsplicecow.so`; run
+//! `cargo build --release` first. The scenario tables are written to
+//! `target/scenario-table*.md` and to stderr.
+//!
+//! Real programs: checked by hand with `strace -f -e trace=splice` (pv 1.6.20, uutils
+//! coreutils 0.0.17 on Debian): `pv -q FILE | ...` calls `splice(file, NULL, 1, NULL,
+//! 131072, SPLICE_F_MORE)` straight into its stdout pipe, and `coreutils cat FILE | ...`
+//! calls `splice(file, NULL, own_pipe_w, ..)` then `splice(own_pipe_r, NULL, 1, ..)`, so
+//! up to two pipes' worth of file pages are in flight at once.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::Duration;
+
+use splicecow_test_harness::{
+    all_values, compare, find_program, inode, library_path, pipe, queued_in_pipes_of,
+    run_with_timeout, target_dir, value_name, wait_for_fionread, wait_with_timeout, Api, Mutation,
+    Mutator, Protection, ScenarioReport, TempDomain, TempFile, DEFAULT_SPLICE_LEN,
+};
+
+/// How long one scenario process may take.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Parallel scenario runners (each is mostly waiting on child processes).
+const WORKERS: usize = 4;
+/// Size of the file real programs copy.
+const REAL_FILE_LEN: usize = 4 << 20;
+
+/// The preloadable library, or a failure that says how to build it.
+fn lib() -> PathBuf {
+    library_path().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs the `scenario` binary once and parses its report.
+fn scenario(
+    api: Api,
+    mutation: Mutation,
+    mutator: Mutator,
+    size: usize,
+    prot: &Protection,
+) -> Result<ScenarioReport, String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scenario"));
+    cmd.arg("--api")
+        .arg(value_name(&api))
+        .arg("--mutation")
+        .arg(value_name(&mutation))
+        .arg("--mutator")
+        .arg(value_name(&mutator))
+        .arg("--size")
+        .arg(size.to_string());
+    prot.apply(&mut cmd);
+    let out = run_with_timeout(&mut cmd, SCENARIO_TIMEOUT).map_err(|e| e.to_string())?;
+    if out.status.map(|s| s.success()) != Some(true) {
+        return Err(out.describe());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", out.describe()))
+}
+
+/// Describes an unprotected result for the table.
+fn describe_unprotected(r: &ScenarioReport) -> String {
+    if r.unsupported {
+        "unsupported here".into()
+    } else if r.exact() {
+        "not reproduced on this kernel".into()
+    } else {
+        describe_corruption(r)
+    }
+}
+
+fn describe_corruption(r: &ScenarioReport) -> String {
+    format!(
+        "corrupted: {} bad bytes from {}, {}/{} received",
+        r.mismatched_bytes,
+        r.first_mismatch.map_or("-".into(), |o| o.to_string()),
+        r.received,
+        r.spliced
+    )
+}
+
+/// One row of a scenario table.
+struct Row {
+    name: String,
+    unprotected: String,
+    protected: String,
+    failure: Option<String>,
+}
+
+/// Runs one scenario unprotected and protected.
+fn differential(api: Api, mutation: Mutation, mutator: Mutator, lib: &Path) -> Row {
+    let name = format!(
+        "{} / {} / {}",
+        value_name(&api),
+        value_name(&mutation),
+        value_name(&mutator)
+    );
+    let size = DEFAULT_SPLICE_LEN;
+    let unprotected = scenario(api, mutation, mutator, size, &Protection::Unprotected);
+    let domain = TempDomain::new();
+    let protected = scenario(api, mutation, mutator, size, &domain.protection(lib));
+    let mut failure = None;
+    let unprotected = match unprotected {
+        Ok(r) => describe_unprotected(&r),
+        Err(e) => {
+            failure = Some(format!("{name}: unprotected run failed: {e}"));
+            "error".into()
+        }
+    };
+    let protected = match protected {
+        Ok(r) if r.unsupported => "unsupported here".into(),
+        Ok(r) if r.exact() => "exact".into(),
+        Ok(r) => {
+            failure = Some(format!("{name}: protected run not exact: {r:?}"));
+            describe_corruption(&r).to_uppercase()
+        }
+        Err(e) => {
+            failure = Some(format!("{name}: protected run failed: {e}"));
+            "ERROR".into()
+        }
+    };
+    Row {
+        name,
+        unprotected,
+        protected,
+        failure,
+    }
+}
+
+/// Runs every api x mutation x mutator differentially on a small thread pool, writes the
+/// table to `target/<table>.md` and stderr, and fails listing every inexact scenario.
+fn run_matrix(mutations: &[Mutation], table: &str) {
+    let lib = lib();
+    let mut cases = Vec::new();
+    for &mutation in mutations {
+        for api in all_values::<Api>() {
+            for mutator in all_values::<Mutator>() {
+                cases.push((api, mutation, mutator));
+            }
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let rows: Mutex<Vec<(usize, Row)>> = Mutex::new(Vec::new());
+    thread::scope(|s| {
+        for _ in 0..WORKERS {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(api, mutation, mutator)) = cases.get(i) else {
+                    break;
+                };
+                let row = differential(api, mutation, mutator, &lib);
+                rows.lock().unwrap().push((i, row));
+            });
+        }
+    });
+    let mut rows = rows.into_inner().unwrap();
+    rows.sort_by_key(|(i, _)| *i);
+    let rows: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
+    report_table(table, &rows);
+    let failures: Vec<&String> = rows.iter().filter_map(|r| r.failure.as_ref()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Writes a table to `target/<name>.md` and stderr.
+fn report_table(name: &str, rows: &[Row]) {
+    let mut md =
+        String::from("| scenario (api / mutation / mutator) | unprotected | protected |\n");
+    md.push_str("| --- | --- | --- |\n");
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {} |\n",
+            r.name, r.unprotected, r.protected
+        ));
+    }
+    let path = target_dir().join(format!("{name}.md"));
+    if let Err(e) = std::fs::write(&path, &md) {
+        eprintln!("cannot write {}: {e}", path.display());
+    }
+    eprintln!("{name} ({}):\n{md}", path.display());
+}
+
+/// Mutation kinds whose hooks belong to the given issue.
+fn mutations_of(issue: u32) -> Vec<Mutation> {
+    all_values::<Mutation>()
+        .into_iter()
+        .filter(|m| m.issue() == issue)
+        .collect()
+}
+
+/// Issue 2: every splice API x every write/fallocate/truncate/truncating-open mutation x
+/// mutator in the same and in another process.
+#[test]
+fn issue2_matrix() {
+    run_matrix(&mutations_of(2), "scenario-table");
+}
+
+/// Issue 3: shared mappings, copies into the file, clone ioctls, stdio.
+#[test]
+#[ignore = "issue 3 hooks (mmap, copy_file_range, sendfile/splice into files, FICLONE, stdio) not done yet"]
+fn issue3_paths() {
+    run_matrix(&mutations_of(3), "scenario-table-issue3");
+}
+
+/// No mutation: 1 MiB through every API and a protected `cat` is exact.
+#[test]
+fn no_mutation_is_exact() {
+    let lib = lib();
+    for api in all_values::<Api>() {
+        for prot in [Protection::Unprotected, TempDomain::new().protection(&lib)] {
+            let r = scenario(api, Mutation::None, Mutator::Same, 1 << 20, &prot)
+                .unwrap_or_else(|e| panic!("{api:?} {}: {e}", prot.label()));
+            assert!(r.exact(), "{api:?} {}: {r:?}", prot.label());
+            assert_eq!(r.spliced, 1 << 20, "{api:?} {}", prot.label());
+        }
+    }
+}
+
+/// What a real program delivered through a pipe mutated mid-flight.
+#[derive(Debug)]
+struct RealRun {
+    /// Bytes spliced before the mutation (in our pipe and the program's own pipes).
+    in_flight: usize,
+    /// Bytes read from the pipe in total.
+    received: usize,
+    /// Mismatches in the in-flight prefix.
+    prefix_mismatched: usize,
+}
+
+impl RealRun {
+    fn exact(&self, mutation: Mutation) -> bool {
+        let tail_ok = match mutation {
+            // After a truncation inside the in-flight bytes, nothing more can come.
+            Mutation::Ftruncate => self.received == self.in_flight,
+            _ => self.received <= REAL_FILE_LEN,
+        };
+        self.prefix_mismatched == 0 && self.received >= self.in_flight && tail_ok
+    }
+}
+
+/// Runs `program FILE` (a 4 MiB pattern file) with stdout into a pipe nobody reads,
+/// waits until the pipe is full, mutates the file from another process, then reads.
+///
+/// Range mutations cover the first 64 KiB: punching the whole 4 MiB would drop whole
+/// folios from the page cache, which leaves the pipe's references intact (no corruption
+/// to show); a range ending inside a large folio zeroes it in place.
+fn real_program(program: &[&str], mutation: Mutation, prot: &Protection) -> RealRun {
+    let file = TempFile::with_pattern("real", REAL_FILE_LEN).expect("create file");
+    let (r, w) = pipe().expect("pipe");
+    let our_pipe = inode(&r).expect("fstat pipe");
+    let mut child = {
+        let mut cmd = Command::new(program[0]);
+        cmd.args(&program[1..])
+            .arg(file.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(w))
+            .stderr(Stdio::inherit());
+        prot.apply(&mut cmd);
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("spawn {program:?}: {e}"))
+    };
+    let full =
+        wait_for_fionread(&r, DEFAULT_SPLICE_LEN, Duration::from_secs(10)).expect("FIONREAD");
+    assert_eq!(
+        full, DEFAULT_SPLICE_LEN,
+        "{program:?} did not fill the pipe"
+    );
+    // Let the program also fill its own pipes (uutils cat) and block.
+    thread::sleep(Duration::from_millis(200));
+    let in_flight = full + queued_in_pipes_of(child.id(), our_pipe).unwrap_or(0);
+
+    let mut mutator = Command::new(env!("CARGO_BIN_EXE_scenario"));
+    mutator
+        .arg("--do-mutation")
+        .arg(value_name(&mutation))
+        .arg("--file")
+        .arg(file.path())
+        .arg("--size")
+        .arg(DEFAULT_SPLICE_LEN.to_string());
+    prot.apply(&mut mutator);
+    let out = run_with_timeout(&mut mutator, SCENARIO_TIMEOUT).expect("run mutator");
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(0),
+        "mutator: {}",
+        out.describe()
+    );
+
+    let reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        File::from(r).read_to_end(&mut got).map(|_| got)
+    });
+    let status = wait_with_timeout(&mut child, SCENARIO_TIMEOUT).expect("wait program");
+    assert!(status.is_some(), "{program:?} hung ({})", prot.label());
+    let got = reader.join().unwrap().expect("read pipe");
+    let original = splicecow_test_harness::pattern(REAL_FILE_LEN);
+    let prefix = in_flight.min(got.len());
+    let cmp = compare(&original[..prefix], &got[..prefix]);
+    RealRun {
+        in_flight,
+        received: got.len(),
+        prefix_mismatched: cmp.mismatched_bytes,
+    }
+}
+
+/// Runs a real program unprotected (reported) and protected (must be exact).
+fn real_differential(program: &[&str], mutation: Mutation) {
+    let lib = lib();
+    if find_program(program[0]).is_none() {
+        panic!(
+            "{} not found: install it (`apt-get install pv rust-coreutils`)",
+            program[0]
+        );
+    }
+    let unprotected = real_program(program, mutation, &Protection::Unprotected);
+    let domain = TempDomain::new();
+    let protected = real_program(program, mutation, &domain.protection(&lib));
+    eprintln!(
+        "{program:?} + {}: unprotected {} {unprotected:?}; protected {protected:?}",
+        value_name(&mutation),
+        if unprotected.exact(mutation) {
+            "not reproduced on this kernel"
+        } else {
+            "corrupted"
+        }
+    );
+    assert!(
+        protected.exact(mutation),
+        "{program:?} + {}: protected run not exact: {protected:?}",
+        value_name(&mutation)
+    );
+}
+
+#[test]
+fn pv_punch_hole() {
+    real_differential(&["pv", "-q"], Mutation::PunchHole);
+}
+
+#[test]
+fn pv_truncate() {
+    real_differential(&["pv", "-q"], Mutation::Ftruncate);
+}
+
+#[test]
+fn uutils_cat_punch_hole() {
+    real_differential(&["coreutils", "cat"], Mutation::PunchHole);
+}
+
+#[test]
+fn uutils_cat_truncate() {
+    real_differential(&["coreutils", "cat"], Mutation::Ftruncate);
+}
+
+/// Splices 64 KiB with `os.splice`, mutates (argv[2]: pwrite or truncate), reads the pipe
+/// and prints `spliced received mismatched`.
+const PY_SPLICE: &str = r#"
+import os, sys
+path, how = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_RDWR)
+orig = os.pread(fd, 65536, 0)
+r, w = os.pipe()
+n = 0
+while n < len(orig):
+    k = os.splice(fd, w, len(orig) - n)
+    if k == 0:
+        break
+    n += k
+if how == "pwrite":
+    os.pwrite(fd, b"B" * 16, 100)
+else:
+    os.truncate(fd, 30000)
+os.close(w)
+got = b""
+while True:
+    chunk = os.read(r, 65536)
+    if not chunk:
+        break
+    got += chunk
+bad = sum(1 for a, b in zip(orig[:n], got) if a != b) + abs(n - len(got))
+print(n, len(got), bad)
+"#;
+
+/// Runs the Python `os.splice` program; returns (spliced, received, mismatched).
+fn python_splice(how: &str, prot: &Protection) -> (usize, usize, usize) {
+    let file = TempFile::with_pattern("py", splicecow_test_harness::FILE_LEN).expect("file");
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(PY_SPLICE).arg(file.path()).arg(how);
+    prot.apply(&mut cmd);
+    let out = run_with_timeout(&mut cmd, SCENARIO_TIMEOUT).expect("run python3");
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(0),
+        "python3 ({}): {}",
+        prot.label(),
+        out.describe()
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<usize> = text
+        .split_whitespace()
+        .map(|t| t.parse().expect("number"))
+        .collect();
+    assert_eq!(v.len(), 3, "python3 said {text:?}");
+    (v[0], v[1], v[2])
+}
+
+#[test]
+fn python_os_splice() {
+    let lib = lib();
+    let mut failures = Vec::new();
+    for how in ["pwrite", "truncate"] {
+        let (n, got, bad) = python_splice(how, &Protection::Unprotected);
+        let domain = TempDomain::new();
+        let protected = python_splice(how, &domain.protection(&lib));
+        eprintln!(
+            "python os.splice + {how}: unprotected spliced {n} received {got} mismatched {bad} \
+             ({}); protected (spliced, received, mismatched) = {protected:?}",
+            if bad == 0 && got == n {
+                "not reproduced on this kernel"
+            } else {
+                "corrupted"
+            }
+        );
+        let (n, got, bad) = protected;
+        if (got, bad) != (n, 0) {
+            failures.push(format!("{how}: {protected:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "python os.splice protected runs not exact (spliced, received, mismatched): {failures:?}"
+    );
+}
