@@ -65,8 +65,12 @@ The domain's registry is created before CMD starts and removed once the last
 process started from CMD is gone (splicecow waits for orphaned descendants too),
 unless --domain named a registry that already existed. SIGINT, SIGTERM and SIGHUP
 are forwarded to CMD (a terminal's signals reach CMD directly and are not sent twice).
+A signal that arrives after CMD has exited makes splicecow wait 1 s more for the
+remaining descendants, then exit and leave the registry to them.
 In detect mode without --report, conflict reports are collected in a temporary file
-and copied to stderr at exit.
+and copied to stderr at exit. --fail-on-conflict counts the registry's `conflicts`
+counter (which protect mode increments too, for conflicts it settled) and the lines
+of the report file, whichever is larger.
 
 Exit status:
   CMD's exit status, or 128+N when CMD was killed by signal N

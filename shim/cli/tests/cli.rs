@@ -246,6 +246,26 @@ fn stats_prints_name_value_lines_and_run_stats_prints_them_at_exit() {
 }
 
 #[test]
+fn stats_watch_repeats() {
+    let d = domain("watch");
+    let reg = Registry::open_or_create(&d).unwrap();
+    let mut child = splicecow(&["stats", "--domain", &d, "--json", "--watch", "0.05"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    for _ in 0..3 {
+        let line = lines.next().unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["domain"], d.as_str());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(reg);
+    Registry::unlink(&d).unwrap();
+}
+
+#[test]
 fn stats_of_a_missing_domain_fails() {
     let d = domain("never-ran");
     let o = output(&["stats", "--domain", &d]);
