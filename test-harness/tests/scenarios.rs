@@ -280,9 +280,19 @@ fn real_program(program: &[&str], mutation: Mutation, prot: &Protection) -> Real
         full, DEFAULT_SPLICE_LEN,
         "{program:?} did not fill the pipe"
     );
-    // Let the program also fill its own pipes (uutils cat) and block.
-    thread::sleep(Duration::from_millis(200));
-    let in_flight = full + queued_in_pipes_of(child.id(), our_pipe).unwrap_or(0);
+    // Let the program also fill its own pipes (uutils cat) and block: the count must stay
+    // the same over several samples.
+    let mut in_flight = 0;
+    let mut stable = 0;
+    for _ in 0..100 {
+        thread::sleep(Duration::from_millis(20));
+        let now = full + queued_in_pipes_of(child.id(), our_pipe).unwrap_or(0);
+        stable = if now == in_flight { stable + 1 } else { 0 };
+        in_flight = now;
+        if stable >= 5 {
+            break;
+        }
+    }
 
     let mut mutator = Command::new(env!("CARGO_BIN_EXE_scenario"));
     mutator
