@@ -31,14 +31,6 @@ impl FdKind {
     pub fn of_fd(fd: i32) -> FdKind {
         sys::fstat(fd).map_or(FdKind::Other, |st| FdKind::of_stat(&st))
     }
-
-    /// The regular file's key, if it is one.
-    pub fn regular(self) -> Option<FileKey> {
-        match self {
-            FdKind::Regular(k) => Some(k),
-            _ => None,
-        }
-    }
 }
 
 /// File status flags of `fd` (`F_GETFL`), 0 on error.

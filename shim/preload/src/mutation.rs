@@ -156,11 +156,12 @@ pub fn before(m: Mutation) {
             dirfd,
             path,
             follow,
-        } => sys::fstatat(
-            dirfd,
-            path,
-            if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW },
-        ),
+        } => {
+            let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+            // SAFETY: `path` is the hooked call's own path argument, which the real call
+            // hands to the kernel the same way (an invalid one gives EFAULT here too).
+            unsafe { sys::fstatat(dirfd, path, flags) }
+        }
     };
     let Ok(st) = st else { return };
     if let FdKind::Regular(key) = FdKind::of_stat(&st) {

@@ -49,7 +49,7 @@ pub fn wait(fd: i32, events: libc::c_short) -> Wait {
             revents: 0,
         };
         // SAFETY: one valid pollfd, no timeout pointer.
-        let r = unsafe { libc::syscall(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, -1) };
+        let r = unsafe { libc::syscall(libc::SYS_poll, &mut p as *mut libc::pollfd, 1usize, -1) };
         if r >= 0 {
             return Wait::Ready;
         }

@@ -102,7 +102,8 @@ fn drain_buffer(cap: usize) -> Option<*mut u8> {
     let p = sys::mmap_rw(cap, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1).ok()?;
     let old = BUF.swap(p, Ordering::Relaxed);
     if !old.is_null() {
-        sys::munmap(old, have);
+        // SAFETY: the old buffer is only used under the table lock, which we hold.
+        unsafe { sys::munmap(old, have) };
     }
     LEN.store(cap, Ordering::Relaxed);
     Some(p)

@@ -69,10 +69,10 @@ pub fn copy_from_user(src: *const u8, dst: &mut [u8]) -> bool {
             libc::SYS_process_vm_readv,
             sys::getpid(),
             &local as *const libc::iovec,
-            1,
+            1usize,
             &remote as *const libc::iovec,
-            1,
-            0,
+            1usize,
+            0usize,
         )
     };
     r == dst.len() as i64
@@ -237,7 +237,8 @@ pub fn copy_into_pipe(fd_in: i32, off_in: *mut i64, fd_out: i32, len: usize) -> 
         }
     };
     let errno = sys::errno();
-    sys::munmap(buf, n);
+    // SAFETY: our own buffer; the pipe holds page references, not the mapping.
+    unsafe { sys::munmap(buf, n) };
     if r > 0 {
         let new = start as i64 + r as i64;
         if off_in.is_null() {

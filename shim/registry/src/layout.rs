@@ -18,6 +18,8 @@ pub const MAX_PIPES: usize = 2048;
 pub const SEGMENTS_PER_PIPE: usize = 64;
 /// Processes remembered as holding an fd to a pipe (tried first when settling).
 pub const HOLDERS_PER_PIPE: usize = 4;
+/// Records of (process, file) shared writable mappings, reclaimed when the process dies.
+pub const MAX_MAPS: usize = 1024;
 /// How far open addressing probes before a table counts as full.
 pub const MAX_PROBE: usize = 64;
 
@@ -107,6 +109,20 @@ pub struct FileRecord {
     pub shared_writable_maps: u32,
 }
 
+/// Process `pid` has `count` live shared writable mappings of file `file_slot`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapRecord {
+    /// Mapping process (0 = free record).
+    pub pid: i32,
+    /// Number of its mappings.
+    pub count: u32,
+    /// Index of the file's record in [`Layout::files`].
+    pub file_slot: u32,
+    /// Keeps the size a multiple of 8.
+    pub reserved: u32,
+}
+
 /// Domain-wide counters, updated with relaxed atomics, read by `splicecow stats`.
 #[repr(C)]
 #[derive(Default)]
@@ -161,6 +177,8 @@ pub struct Layout {
     pub header: Header,
     /// File table (open addressing by [`FileKey::home`]).
     pub files: [FileRecord; MAX_FILES],
+    /// Shared writable mappings per process and file.
+    pub maps: [MapRecord; MAX_MAPS],
     /// Pipe table (open addressing by [`FileKey::home`]).
     pub pipes: [PipeRecord; MAX_PIPES],
 }
@@ -184,12 +202,16 @@ mod tests {
             16 + 8 + 8 + 32 + 48 * SEGMENTS_PER_PIPE
         );
         assert_eq!(size_of::<FileRecord>(), 24);
+        assert_eq!(size_of::<MapRecord>(), 16);
         assert_eq!(size_of::<Counters>(), 64);
         assert_eq!(size_of::<Header>(), 48 + 8 + 64);
         assert_eq!(align_of::<Layout>(), 8);
         assert_eq!(
             LAYOUT_SIZE,
-            size_of::<Header>() + 24 * MAX_FILES + size_of::<PipeRecord>() * MAX_PIPES
+            size_of::<Header>()
+                + 24 * MAX_FILES
+                + 16 * MAX_MAPS
+                + size_of::<PipeRecord>() * MAX_PIPES
         );
     }
 }

@@ -102,7 +102,8 @@ unsafe impl Sync for Registry {}
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        sys::munmap(self.base as *mut u8, LAYOUT_SIZE);
+        // SAFETY: the Registry owns this mapping; Guards borrow it, so none outlives it.
+        unsafe { sys::munmap(self.base as *mut u8, LAYOUT_SIZE) };
     }
 }
 

@@ -48,8 +48,11 @@ pub fn fstat(fd: c_int) -> Result<libc::stat, c_int> {
     Ok(st)
 }
 
-/// `newfstatat(dirfd, path, flags)`; `path` must be NUL-terminated.
-pub fn fstatat(dirfd: c_int, path: *const libc::c_char, flags: c_int) -> Result<libc::stat, c_int> {
+/// `newfstatat(dirfd, path, flags)`.
+///
+/// # Safety
+/// `path` must be null, NUL-terminated, or a pointer the kernel rejects with `EFAULT`.
+pub unsafe fn fstatat(dirfd: c_int, path: *const libc::c_char, flags: c_int) -> Result<libc::stat, c_int> {
     // SAFETY: as in `fstat`.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: the caller passes a NUL-terminated path (or one the kernel rejects with EFAULT).
@@ -95,7 +98,10 @@ pub fn mmap_rw(len: usize, flags: c_int, fd: c_int) -> Result<*mut u8, c_int> {
 }
 
 /// `munmap(addr, len)`.
-pub fn munmap(addr: *mut u8, len: usize) {
+///
+/// # Safety
+/// Nothing may reference `addr..addr+len` afterwards.
+pub unsafe fn munmap(addr: *mut u8, len: usize) {
     // SAFETY: callers only unmap mappings they created and no longer reference.
     unsafe { libc::syscall(libc::SYS_munmap, addr, len) };
 }

@@ -107,13 +107,9 @@ impl Tables<'_> {
         }
         let mut kept = [Holder::default(); HOLDERS_PER_PIPE];
         kept[0] = new;
-        let mut n = 1;
-        for h in holders.iter().filter(|h| **h != new && h.pid != 0) {
-            if n == HOLDERS_PER_PIPE {
-                break;
-            }
-            kept[n] = *h;
-            n += 1;
+        let others = holders.iter().filter(|h| **h != new && h.pid != 0);
+        for (slot, h) in kept[1..].iter_mut().zip(others) {
+            *slot = *h;
         }
         *holders = kept;
     }
@@ -366,26 +362,89 @@ impl Tables<'_> {
         true
     }
 
-    /// Adjusts the count of shared writable mappings of `file` by `delta`.
-    pub fn add_shared_writable_map(&mut self, file: FileKey, delta: i32) -> Result<(), Full> {
+    /// Adds `delta` to the shared writable mappings process `pid` has of `file`.
+    pub fn add_shared_writable_map(
+        &mut self,
+        file: FileKey,
+        pid: i32,
+        delta: i32,
+    ) -> Result<(), Full> {
         let Some(fslot) = self.file_slot(file, delta > 0)? else {
             return Ok(());
         };
-        let f = &mut self.layout.files[fslot];
-        let before = f.shared_writable_maps;
-        f.shared_writable_maps = before.saturating_add_signed(delta);
-        let diff = f.shared_writable_maps as i64 - before as i64;
+        let maps = &mut self.layout.maps;
+        let found = maps
+            .iter()
+            .position(|m| m.pid == pid && m.file_slot as usize == fslot);
+        let i = match found {
+            Some(i) => i,
+            None if delta > 0 => maps.iter().position(|m| m.pid == 0).ok_or(Full::Files)?,
+            None => return Ok(()),
+        };
+        let before = if found.is_some() { maps[i].count } else { 0 };
+        let after = before.saturating_add_signed(delta);
+        maps[i] = if after == 0 {
+            MapRecord::default()
+        } else {
+            MapRecord {
+                pid,
+                count: after,
+                file_slot: fslot as u32,
+                reserved: 0,
+            }
+        };
+        self.adjust_file_maps(fslot, after as i64 - before as i64);
+        Ok(())
+    }
+
+    fn adjust_file_maps(&mut self, fslot: usize, diff: i64) {
+        let f = &mut self.layout.files[fslot % MAX_FILES];
+        f.shared_writable_maps = (f.shared_writable_maps as i64 + diff).max(0) as u32;
         let h = &self.layout.header.shared_writable_maps;
         let _ = h.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
             Some(v.saturating_add_signed(diff))
         });
-        Ok(())
     }
 
-    /// True when `file` has a live shared writable mapping in the domain.
-    pub fn has_shared_writable_map(&self, file: FileKey) -> bool {
-        find(file, MAX_FILES, |i| self.layout.files[i].key)
-            .is_some_and(|i| self.layout.files[i].shared_writable_maps > 0)
+    /// True when `file` has a live shared writable mapping in the domain; records of
+    /// processes that died are reclaimed on the way.
+    pub fn has_shared_writable_map(&mut self, file: FileKey) -> bool {
+        let Some(fslot) = find(file, MAX_FILES, |i| self.layout.files[i].key) else {
+            return false;
+        };
+        if self.layout.files[fslot].shared_writable_maps == 0 {
+            return false;
+        }
+        for i in 0..MAX_MAPS {
+            let m = self.layout.maps[i];
+            if m.pid != 0 && m.file_slot as usize == fslot && !crate::sys::process_alive(m.pid) {
+                self.layout.maps[i] = MapRecord::default();
+                self.adjust_file_maps(fslot, -(m.count as i64));
+            }
+        }
+        self.layout.files[fslot].shared_writable_maps > 0
+    }
+
+    /// Gives process `child` the same mapping records as `parent` (after `fork`).
+    pub fn copy_maps(&mut self, parent: i32, child: i32) {
+        for i in 0..MAX_MAPS {
+            let m = self.layout.maps[i];
+            if m.pid == parent && m.pid != 0 {
+                let key = self.file(m.file_slot as usize).key;
+                let _ = self.add_shared_writable_map(key, child, m.count as i32);
+            }
+        }
+    }
+
+    /// Drops every mapping record of `pid` (its mappings are gone: `exec`).
+    pub fn drop_maps(&mut self, pid: i32) {
+        for i in 0..MAX_MAPS {
+            let m = self.layout.maps[i];
+            if m.pid == pid && pid != 0 {
+                self.layout.maps[i] = MapRecord::default();
+                self.adjust_file_maps(m.file_slot as usize, -(m.count as i64));
+            }
+        }
     }
 
     /// Pipe slots that have live segments.
