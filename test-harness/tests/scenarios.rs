@@ -212,7 +212,6 @@ fn issue2_matrix() {
 
 /// Issue 3: shared mappings, copies into the file, clone ioctls, stdio.
 #[test]
-#[ignore = "issue 3 hooks (mmap, copy_file_range, sendfile/splice into files, FICLONE, stdio) not done yet"]
 fn issue3_paths() {
     run_matrix(&mutations_of(3), "scenario-table-issue3");
 }

@@ -13,6 +13,7 @@
 mod fdkind;
 mod guard;
 mod hooks;
+mod maps;
 mod mutation;
 mod pipe;
 mod real;

@@ -22,6 +22,8 @@ pub enum Target {
         path: *const c_char,
         follow: bool,
     },
+    /// A stdio stream (its fd is looked up only when something is live).
+    Stream(*mut libc::FILE),
 }
 
 /// The byte range a mutation touches.
@@ -33,6 +35,9 @@ pub enum Span {
     Cursor(u64),
     /// Everything from `off` on (truncation, collapse/insert range).
     From(i64),
+    /// Everything from the fd's current offset on (buffered stdio output); nothing when
+    /// the fd is `O_APPEND` or read-only.
+    FromCursor,
 }
 
 /// What kind of call mutates (named in detect-mode reports).
@@ -152,6 +157,10 @@ pub fn before(m: Mutation) {
     };
     let st = match m.target {
         Target::Fd(fd) => sys::fstat(fd),
+        Target::Stream(stream) => {
+            // SAFETY: output functions require a valid stream; fileno only reads its fd.
+            sys::fstat(unsafe { libc::fileno(stream) })
+        }
         Target::Path {
             dirfd,
             path,
@@ -215,14 +224,53 @@ fn resolve_span(m: Mutation) -> Option<(u64, u64)> {
         Span::At(off, len) => Some((clamp(off), clamp(off).saturating_add(len))),
         Span::From(off) => Some((clamp(off), u64::MAX)),
         Span::Cursor(len) => {
-            let Target::Fd(fd) = m.target else {
-                return None;
-            };
+            let fd = target_fd(m.target)?;
             if status_flags(fd) & libc::O_APPEND != 0 {
                 return None;
             }
             let off = current_offset(fd)?;
             Some((off, off.saturating_add(len)))
         }
+        Span::FromCursor => {
+            let fd = target_fd(m.target)?;
+            let fl = status_flags(fd);
+            if fl & libc::O_APPEND != 0 || fl & libc::O_ACCMODE == libc::O_RDONLY {
+                return None;
+            }
+            Some((current_offset(fd)?, u64::MAX))
+        }
+    }
+}
+
+/// The fd of an fd or stream target.
+fn target_fd(t: Target) -> Option<i32> {
+    match t {
+        Target::Fd(fd) => Some(fd),
+        // SAFETY: output functions require a valid stream; fileno only reads its fd.
+        Target::Stream(stream) => Some(unsafe { libc::fileno(stream) }),
+        Target::Path { .. } => None,
+    }
+}
+
+/// Settles, for every open fd of this process on a tracked regular file, everything
+/// from its offset on: buffered stdio output of any stream may be written there next
+/// (`fflush(NULL)`, exit). Allocates; never reached from a signal-safe function.
+pub fn before_all_open_files() {
+    if active_registry().is_none() {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect();
+    for fd in fds {
+        before(Mutation {
+            target: Target::Fd(fd),
+            span: Span::FromCursor,
+            kind: Kind::Stdio,
+        });
     }
 }

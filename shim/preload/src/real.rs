@@ -49,6 +49,16 @@ impl Failure for isize {
     }
 }
 
+impl Failure for usize {
+    fn failure() -> Self {
+        0
+    }
+}
+
+impl Failure for () {
+    fn failure() -> Self {}
+}
+
 impl<T> Failure for *mut T {
     fn failure() -> Self {
         std::ptr::null_mut()

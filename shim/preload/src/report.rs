@@ -24,6 +24,8 @@ fn line(m: Mutation, off: u64, end: u64, s: &splicecow_registry::Segment, pipe_i
     let now = sys::realtime_ns();
     let path = match m.target {
         Target::Fd(fd) => read_link(&format!("/proc/self/fd/{fd}")),
+        // SAFETY: output functions require a valid stream; fileno only reads its fd.
+        Target::Stream(s) => read_link(&format!("/proc/self/fd/{}", unsafe { libc::fileno(s) })),
         Target::Path { path, .. } => {
             // SAFETY: hooks pass the caller's NUL-terminated path, already used by fstatat.
             unsafe { std::ffi::CStr::from_ptr(path) }

@@ -62,6 +62,13 @@ fn env(name: &str) -> Option<String> {
     std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
 }
 
+/// `fork` child handler: the child inherits the parent's shared writable mappings.
+extern "C" fn after_fork_in_child() {
+    if let Some(_inside) = crate::guard::Inside::enter() {
+        crate::hooks::mmap::register_child_maps();
+    }
+}
+
 fn init() -> Runtime {
     let mut mode = match env("SPLICECOW_MODE").as_deref().map(str::trim) {
         None | Some("") | Some("protect") => Mode::Protect,
@@ -105,6 +112,15 @@ fn init() -> Runtime {
             }
         }
     };
+    if let Some(reg) = &registry {
+        // Mappings do not survive exec: forget what this pid registered before it.
+        reg.lock().drop_maps(splicecow_registry::sys::getpid());
+        // SAFETY: registering plain extern "C" handlers; this library is never unloaded.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+            libc::atexit(crate::hooks::stdio::before_exit_flush);
+        }
+    }
     let settle_pause_us = env("SPLICECOW_TEST_SETTLE_PAUSE_US")
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);

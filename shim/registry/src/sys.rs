@@ -52,7 +52,11 @@ pub fn fstat(fd: c_int) -> Result<libc::stat, c_int> {
 ///
 /// # Safety
 /// `path` must be null, NUL-terminated, or a pointer the kernel rejects with `EFAULT`.
-pub unsafe fn fstatat(dirfd: c_int, path: *const libc::c_char, flags: c_int) -> Result<libc::stat, c_int> {
+pub unsafe fn fstatat(
+    dirfd: c_int,
+    path: *const libc::c_char,
+    flags: c_int,
+) -> Result<libc::stat, c_int> {
     // SAFETY: as in `fstat`.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: the caller passes a NUL-terminated path (or one the kernel rejects with EFAULT).

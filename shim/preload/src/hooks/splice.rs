@@ -50,10 +50,7 @@ unsafe fn splice_impl(
             })
         }
         Some((FdKind::Pipe(_), FdKind::Regular(_))) => {
-            let m = match crate::transfer::user_offset(off_out) {
-                Some(off) => Mutation::at(fd_out, off as i64, len as u64, Kind::SpliceInto),
-                None => Mutation::cursor(fd_out, len as u64, Kind::SpliceInto),
-            };
+            let m = super::copy::destination(fd_out, off_out, len, Kind::SpliceInto);
             crate::guard::keep_errno(|| mutation::before(m));
             // SAFETY: the caller's arguments.
             unsafe { real(fd_in, off_in, fd_out, off_out, len, flags) }
