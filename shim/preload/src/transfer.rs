@@ -6,6 +6,7 @@
 //! lock, and tries again — exactly the blocking behaviour of the real call.
 
 use crate::fdkind::{current_offset, status_flags};
+use crate::guard::keep_errno;
 use crate::pipe::{self, Wait};
 use crate::runtime::{self, Mode};
 use crate::settle::settle;
@@ -16,15 +17,16 @@ use std::sync::atomic::Ordering;
 const MAX_INTENT: u64 = 1 << 31;
 
 /// Runs `attempt` (one non-blocking try) until it does not fail with `EAGAIN`, waiting
-/// for each of `waits` in turn between tries when the caller asked for blocking.
+/// for each of `waits` in turn between tries when the caller asked for blocking
+/// (`blocking` is only asked after an `EAGAIN`: it may cost a syscall).
 pub fn blocking_loop(
-    blocking: bool,
+    blocking: impl Fn() -> bool,
     waits: &[(i32, libc::c_short)],
     mut attempt: impl FnMut() -> isize,
 ) -> isize {
     loop {
         let r = attempt();
-        if r >= 0 || !blocking || sys::errno() != libc::EAGAIN {
+        if r >= 0 || sys::errno() != libc::EAGAIN || !keep_errno(&blocking) {
             return r;
         }
         for &(fd, events) in waits {
@@ -102,7 +104,7 @@ pub fn file_to_pipe(
 ) -> isize {
     let rt = runtime::get();
     let blocking =
-        flags & libc::SPLICE_F_NONBLOCK == 0 && status_flags(fd_out) & libc::O_NONBLOCK == 0;
+        || flags & libc::SPLICE_F_NONBLOCK == 0 && status_flags(fd_out) & libc::O_NONBLOCK == 0;
     let waits = [(fd_out, libc::POLLOUT)];
     let Some(reg) = rt.tracking() else {
         let copy = rt.mode == Mode::Copy;
@@ -265,8 +267,10 @@ pub fn pipe_to_pipe(
     flags: u32,
     call: impl Fn(u32) -> isize,
 ) -> isize {
-    let blocking = flags & libc::SPLICE_F_NONBLOCK == 0
-        && (status_flags(fd_in) | status_flags(fd_out)) & libc::O_NONBLOCK == 0;
+    let blocking = || {
+        flags & libc::SPLICE_F_NONBLOCK == 0
+            && (status_flags(fd_in) | status_flags(fd_out)) & libc::O_NONBLOCK == 0
+    };
     let waits = [(fd_in, libc::POLLIN), (fd_out, libc::POLLOUT)];
     let nb = flags | libc::SPLICE_F_NONBLOCK;
     let reg = match runtime::get().tracking() {
@@ -311,7 +315,7 @@ pub fn pipe_to_pipe(
 /// `write`/`writev` into a pipe the registry tracks: under the lock, with `RWF_NOWAIT`,
 /// so a settle of that pipe never reorders these bytes. `iov` must stay valid.
 pub fn write_into_pipe(reg: &Registry, fd: i32, key: FileKey, iov: &mut [libc::iovec]) -> isize {
-    let blocking = status_flags(fd) & libc::O_NONBLOCK == 0;
+    let blocking = || status_flags(fd) & libc::O_NONBLOCK == 0;
     let want: usize = iov.iter().map(|v| v.iov_len).sum();
     let mut done = 0usize;
     let mut first = 0usize;
@@ -341,7 +345,7 @@ pub fn write_into_pipe(reg: &Registry, fd: i32, key: FileKey, iov: &mut [libc::i
             return if done > 0 { done as isize } else { r };
         }
         done += r as usize;
-        if done >= want || !blocking {
+        if done >= want || !blocking() {
             return done as isize;
         }
         // Skip what was written and go on, as a blocking write would.
