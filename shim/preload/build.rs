@@ -1,8 +1,8 @@
-//! Compiles the variadic stdio wrappers (C can forward `...`, stable Rust cannot).
+//! Compiles the bodies of the variadic hooks (C can take `...`, stable Rust cannot).
 fn main() {
-    println!("cargo:rerun-if-changed=src/hooks/stdio_variadic.c");
-    cc::Build::new()
-        .file("src/hooks/stdio_variadic.c")
-        .flag("-fvisibility=default")
-        .compile("stdio_variadic");
+    let bodies = ["src/hooks/stdio_variadic.c", "src/hooks/exec_variadic.c"];
+    for c in bodies {
+        println!("cargo:rerun-if-changed={c}");
+    }
+    cc::Build::new().files(bodies).compile("variadic_bodies");
 }

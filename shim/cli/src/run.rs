@@ -122,6 +122,12 @@ pub fn main(args: RunArgs) -> i32 {
             None => eprintln!("splicecow: no counters (the domain had no registry)"),
         }
     }
+    if let Some(n) = counters.map(|s| s.env_restored).filter(|&n| n > 0) {
+        eprintln!(
+            "splicecow: {n} exec(s) in this domain had lost LD_PRELOAD/SPLICECOW_* from their \
+             environment (cleared by the program); splicecow put them back"
+        );
+    }
     let mut code = status;
     if args.fail_on_conflict {
         let summary = report.as_deref().map(summarize_report).unwrap_or_default();

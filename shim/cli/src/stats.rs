@@ -5,7 +5,7 @@ use splicecow_registry::{OpenError, Registry, Stats, DEFAULT_DOMAIN};
 use std::time::Duration;
 
 /// The counters and fill levels of `s`, named as the fields of [`Stats`].
-pub fn fields(s: &Stats) -> [(&'static str, u64); 16] {
+pub fn fields(s: &Stats) -> [(&'static str, u64); 17] {
     [
         ("splices", s.splices),
         ("bytes_zero_copy", s.bytes_zero_copy),
@@ -15,6 +15,7 @@ pub fn fields(s: &Stats) -> [(&'static str, u64); 16] {
         ("bytes_copy_path", s.bytes_copy_path),
         ("unreachable_pipes", s.unreachable_pipes),
         ("conflicts", s.conflicts),
+        ("env_restored", s.env_restored),
         ("lock_takeovers", s.lock_takeovers),
         ("live_segments", s.live_segments),
         ("shared_writable_maps", s.shared_writable_maps),
@@ -129,7 +130,7 @@ mod tests {
         assert_eq!(v["domain"], "d");
         assert_eq!(v["splices"], 7);
         assert_eq!(v["registry_fill"], 0.25);
-        assert_eq!(v.as_object().unwrap().len(), 18);
+        assert_eq!(v.as_object().unwrap().len(), 19);
         assert!(human("d", &s).contains("\nsplices: 7\n"));
     }
 }

@@ -106,4 +106,21 @@ macro_rules! hooks {
     }};
 }
 
+/// Defines an exported variadic function as a bare jump to its C body, which receives
+/// the caller's registers and stack untouched (so `...` arrives intact).
+macro_rules! variadic_hook {
+    ($($(#[$m:meta])* $name:ident => $body:ident;)*) => {$(
+        extern "C" {
+            fn $body();
+        }
+        $(#[$m])*
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C" fn $name() {
+            core::arch::naked_asm!("jmp {}", sym $body)
+        }
+    )*};
+}
+
 pub(crate) use hooks;
+pub(crate) use variadic_hook;

@@ -31,6 +31,11 @@ pub struct Runtime {
     /// Test-only knob `SPLICECOW_TEST_SETTLE_PAUSE_US`: microseconds a settle sleeps between
     /// drain and refill, to widen the window a fault-injection test aims its SIGKILL at.
     pub settle_pause_us: u64,
+    /// `NAME=value` of `LD_PRELOAD` and every `SPLICECOW_*` variable at start: what an
+    /// `exec` with a cleared environment gets back.
+    pub exec_env: Vec<Vec<u8>>,
+    /// This library's path, as the dynamic loader opened it.
+    pub library_path: Vec<u8>,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -60,6 +65,21 @@ pub fn warn(msg: &str) {
 
 fn env(name: &str) -> Option<String> {
     std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+}
+
+/// The path of this shared object (from `dladdr` on one of its functions).
+fn library_path() -> Vec<u8> {
+    // SAFETY: Dl_info is plain data; dladdr fills it for an address inside a loaded object.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: `get` is a function of this library; dladdr only reads its address.
+    let ok = unsafe { libc::dladdr(get as *const libc::c_void, &mut info) };
+    if ok == 0 || info.dli_fname.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: dli_fname is a NUL-terminated string owned by the dynamic loader.
+    unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }
+        .to_bytes()
+        .to_vec()
 }
 
 /// `fork` child handler: the child inherits the parent's shared writable mappings.
@@ -124,12 +144,25 @@ fn init() -> Runtime {
     let settle_pause_us = env("SPLICECOW_TEST_SETTLE_PAUSE_US")
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
+    let library_path = library_path();
+    let exec_env = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let (k, v) = (k.into_encoded_bytes(), v.into_encoded_bytes());
+            let ours = !library_path.is_empty()
+                && v.windows(library_path.len())
+                    .any(|w| w == library_path.as_slice());
+            let keep = k.starts_with(b"SPLICECOW_") || (k == b"LD_PRELOAD" && ours);
+            keep.then(|| [k, b"=".to_vec(), v].concat())
+        })
+        .collect();
     Runtime {
         mode,
         registry,
         domain,
         report_path,
         settle_pause_us,
+        exec_env,
+        library_path,
     }
 }
 

@@ -143,6 +143,8 @@ pub struct Counters {
     pub conflicts: AtomicU64,
     /// Bytes that went into pipes through the copy path.
     pub bytes_copy_path: AtomicU64,
+    /// `exec`s whose environment had lost `LD_PRELOAD`/`SPLICECOW_*` (given back).
+    pub env_restored: AtomicU64,
 }
 
 /// The registry's first bytes.
@@ -203,8 +205,8 @@ mod tests {
         );
         assert_eq!(size_of::<FileRecord>(), 24);
         assert_eq!(size_of::<MapRecord>(), 16);
-        assert_eq!(size_of::<Counters>(), 64);
-        assert_eq!(size_of::<Header>(), 48 + 8 + 64);
+        assert_eq!(size_of::<Counters>(), 72);
+        assert_eq!(size_of::<Header>(), 48 + 8 + 72);
         assert_eq!(align_of::<Layout>(), 8);
         assert_eq!(
             LAYOUT_SIZE,

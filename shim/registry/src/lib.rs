@@ -147,6 +147,8 @@ pub struct Stats {
     pub copy_fallbacks: u64,
     /// Bytes that went through the copy path.
     pub bytes_copy_path: u64,
+    /// `exec`s whose cleared environment was given back `LD_PRELOAD`/`SPLICECOW_*`.
+    pub env_restored: u64,
     /// Pipes no process could be found to hold.
     pub unreachable_pipes: u64,
     /// Mutations that overlapped in-flight segments.
@@ -348,6 +350,7 @@ impl Registry {
             bytes_copied: r(&c.bytes_copied),
             copy_fallbacks: r(&c.copy_fallbacks),
             bytes_copy_path: r(&c.bytes_copy_path),
+            env_restored: r(&c.env_restored),
             unreachable_pipes: r(&c.unreachable_pipes),
             conflicts: r(&c.conflicts),
             lock_takeovers: r(&h.lock_takeovers),

@@ -2,6 +2,7 @@
 //! [`crate::real::hooks!`]: thin, it classifies and delegates to `mutation`/`transfer`.
 
 mod copy;
+mod exec;
 mod fallocate;
 mod ioctl;
 pub mod mmap;

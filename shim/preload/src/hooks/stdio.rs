@@ -8,7 +8,7 @@
 //! [`splicecow_before_fd`].
 
 use crate::mutation::{self, Kind, Mutation, Span, Target};
-use crate::real::hooks;
+use crate::real::{hooks, variadic_hook};
 use libc::{c_char, c_int, c_void, size_t, FILE};
 
 /// The mutation stream output may cause.
@@ -120,22 +120,6 @@ pub extern "C" fn before_exit_flush() {
     if let Some(_inside) = crate::guard::Inside::enter() {
         crate::guard::keep_errno(mutation::before_all_open_files);
     }
-}
-
-/// Defines an exported variadic function as a bare jump to its C body, which receives
-/// the caller's registers and stack untouched (so `...` arrives intact).
-macro_rules! variadic_hook {
-    ($($(#[$m:meta])* $name:ident => $body:ident;)*) => {$(
-        extern "C" {
-            fn $body();
-        }
-        $(#[$m])*
-        #[unsafe(naked)]
-        #[no_mangle]
-        pub unsafe extern "C" fn $name() {
-            core::arch::naked_asm!("jmp {}", sym $body)
-        }
-    )*};
 }
 
 variadic_hook! {
