@@ -457,6 +457,7 @@ fn worker_conflict(pipe_bytes: usize, iters: usize, dir: &Path) -> R<Value> {
     let mut dst = vec![0u8; cap];
     let (mut plain, mut conflict, mut memcpy) = (Vec::new(), Vec::new(), Vec::new());
     let mut stale_ok = 0usize;
+    let mut first = 0.0;
     for i in 0..iters {
         let letter = [if i % 2 == 0 { b'A' } else { b'B' }; 16];
         let other = [if i % 2 == 0 { b'C' } else { b'D' }; 16];
@@ -489,7 +490,14 @@ fn worker_conflict(pipe_bytes: usize, iters: usize, dir: &Path) -> R<Value> {
 
         let t = Instant::now();
         let n = pwrite(fd, &letter, 100);
-        conflict.push(t.elapsed().as_nanos() as f64);
+        let ns = t.elapsed().as_nanos() as f64;
+        // The first conflict of a fresh domain also pays one-time costs (first touch
+        // of the registry's pages): reported apart, not mixed into the percentiles.
+        if i == 0 {
+            first = ns;
+        } else {
+            conflict.push(ns);
+        }
         if n != 16 {
             return Err(os_err("conflicting pwrite"));
         }
@@ -512,6 +520,7 @@ fn worker_conflict(pipe_bytes: usize, iters: usize, dir: &Path) -> R<Value> {
         "conflict_ns": conflict,
         "memcpy_ns": memcpy,
         "snapshot_kept": stale_ok,
+        "first_conflict_ns": first,
         "iters": iters,
     }))
 }
@@ -1090,11 +1099,12 @@ fn section_conflict(ctx: &Ctx, plan: &Plan) -> R<Value> {
     const SIZES: [usize; 2] = [64 * KIB, MIB];
     println!(
         "\n3. Conflict cost: 16-byte pwrite at offset 100 of a file whose bytes fill a pipe \
-         (settle included), {} samples per size",
+         (settle included), {} iterations per size",
         plan.conflict_runs * plan.conflict_iters
     );
     let mut pooled: Vec<[Vec<f64>; 3]> = vec![Default::default(), Default::default()];
     let mut kept = [0u64; 2];
+    let mut first: [Vec<f64>; 2] = Default::default();
     let mut iters = [0u64; 2];
     for run in 0..plan.conflict_runs {
         for k in 0..SIZES.len() {
@@ -1113,12 +1123,24 @@ fn section_conflict(ctx: &Ctx, plan: &Plan) -> R<Value> {
                 pooled[si][j].extend(samples.iter().filter_map(Value::as_f64));
             }
             kept[si] += v["snapshot_kept"].as_u64().unwrap_or(0);
+            first[si].extend(v["first_conflict_ns"].as_f64());
             iters[si] += v["iters"].as_u64().unwrap_or(0);
         }
     }
     println!(
-        "   {:<6} {:>10} {:>10} {:>11} {:>11} {:>9} {:>11}   goal (p50: conflict <= plain + 2 memcpy + 50 us)",
-        "pipe", "plain p50", "plain p99", "confl. p50", "confl. p99", "memcpy", "limit"
+        "   goal: conflict p50 <= plain p50 + 2 x memcpy p50 + 50 us (p99 checked the same way \
+         with p99s); the first conflict of each fresh domain is shown apart (cold)"
+    );
+    println!(
+        "   {:<7} {:>17} {:>19} {:>9} {:>10} {:>13} {:>10} {:>9}",
+        "pipe",
+        "plain p50/p99",
+        "conflict p50/p99",
+        "memcpy",
+        "limit",
+        "goal p50/p99",
+        "cold 1st",
+        "kept"
     );
     let mut rows = Vec::new();
     for (si, &size) in SIZES.iter().enumerate() {
@@ -1129,20 +1151,31 @@ fn section_conflict(ctx: &Ctx, plan: &Plan) -> R<Value> {
         let m = percentile(memcpy, 50.0);
         let limit = p50 + 2.0 * m + 50_000.0;
         let limit99 = p99 + 2.0 * percentile(memcpy, 99.0) + 50_000.0;
+        let cold = median(&first[si]);
         println!(
-            "   {:<6} {:>7.1} us {:>7.1} us {:>8.1} us {:>8.1} us {:>6.1} us {:>8.1} us   {} (p99 {} vs {:.1} us); snapshot kept {}/{}",
-            if size >= MIB { "1 MiB".to_string() } else { format!("{} KiB", size / KIB) },
-            us(p50), us(p99), us(c50), us(c99), us(m), us(limit),
-            verdict(c50 <= limit), verdict(c99 <= limit99), us(limit99),
-            kept[si], iters[si]
+            "   {:<7} {:>17} {:>19} {:>6.1} us {:>7.1} us {:>13} {:>7.0} us {:>9}",
+            if size >= MIB {
+                "1 MiB".to_string()
+            } else {
+                format!("{} KiB", size / KIB)
+            },
+            format!("{:.1}/{:.1} us", us(p50), us(p99)),
+            format!("{:.1}/{:.1} us", us(c50), us(c99)),
+            us(m),
+            us(limit),
+            format!("{}/{}", verdict(c50 <= limit), verdict(c99 <= limit99)),
+            us(cold),
+            format!("{}/{}", kept[si], iters[si]),
         );
         rows.push(json!({
             "pipe_bytes": size, "plain_p50_ns": p50, "plain_p99_ns": p99,
             "conflict_p50_ns": c50, "conflict_p99_ns": c99, "memcpy_p50_ns": m,
             "limit_ns": limit, "goal_met": c50 <= limit, "p99_limit_ns": limit99,
-            "p99_goal_met": c99 <= limit99, "snapshot_kept": kept[si], "iters": iters[si],
+            "p99_goal_met": c99 <= limit99, "first_conflict_ns": first[si],
+            "snapshot_kept": kept[si], "iters": iters[si],
         }));
     }
+    println!("   (kept: drained pipes that held the pre-pwrite bytes, i.e. protection worked)");
     Ok(Value::Array(rows))
 }
 
