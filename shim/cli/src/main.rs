@@ -68,9 +68,11 @@ are forwarded to CMD (a terminal's signals reach CMD directly and are not sent t
 A signal that arrives after CMD has exited makes splicecow wait 1 s more for the
 remaining descendants, then exit and leave the registry to them.
 In detect mode without --report, conflict reports are collected in a temporary file
-and copied to stderr at exit. --fail-on-conflict counts the registry's `conflicts`
-counter (which protect mode increments too, for conflicts it settled) and the lines
-of the report file, whichever is larger.
+and copied to stderr at exit. --fail-on-conflict fails the run when the report file
+has a line or the registry's `conflicts` counter is non-zero (it counts every
+mutating call that hit an in-flight segment, and protect mode increments it too, for
+conflicts it settled); the summary counts report lines (one per conflict) when there
+are any, else that counter.
 
 Exit status:
   CMD's exit status, or 128+N when CMD was killed by signal N

@@ -131,9 +131,9 @@ pub fn main(args: RunArgs) -> i32 {
     let mut code = status;
     if args.fail_on_conflict {
         let summary = report.as_deref().map(summarize_report).unwrap_or_default();
-        let conflicts = counters.map_or(0, |s| s.conflicts).max(summary.lines);
-        if conflicts > 0 {
-            eprintln!("splicecow: {conflicts} splice/mutation conflict(s) detected");
+        let calls = counters.map_or(0, |s| s.conflicts);
+        if calls > 0 || summary.lines > 0 {
+            eprintln!("{}", conflict_headline(summary.lines, calls));
             for ((path, kind), n) in &summary.by_path_kind {
                 eprintln!("splicecow:   {path}: {kind} x{n}");
             }
@@ -158,6 +158,24 @@ pub fn main(args: RunArgs) -> i32 {
         }
     }
     code
+}
+
+/// The first line of the `--fail-on-conflict` summary. `reported` is the number of
+/// report lines (one per conflict: a segment is reported once however often it is hit),
+/// `calls` the registry's `conflicts` counter (every mutating call that overlapped an
+/// in-flight segment, also in protect mode). The report is the better count when it has
+/// lines; the counter stands in when it has none (protect mode, or no report file).
+pub fn conflict_headline(reported: u64, calls: u64) -> String {
+    if reported == 0 {
+        format!("splicecow: {calls} splice/mutation conflict(s) detected")
+    } else if calls > reported {
+        format!(
+            "splicecow: {reported} splice/mutation conflict(s) detected \
+             ({calls} conflicting mutation calls)"
+        )
+    } else {
+        format!("splicecow: {reported} splice/mutation conflict(s) detected")
+    }
 }
 
 /// A new domain name: `run-<pid>-<nanoseconds since the epoch>`.
@@ -367,6 +385,26 @@ mod tests {
         assert_eq!(
             ld_preload(Some("/a.so /x/libsplicecow.so".into()), lib),
             "/a.so /x/libsplicecow.so"
+        );
+    }
+
+    #[test]
+    fn the_headline_counts_report_lines_first() {
+        assert_eq!(
+            conflict_headline(0, 3),
+            "splicecow: 3 splice/mutation conflict(s) detected"
+        );
+        assert_eq!(
+            conflict_headline(2, 2),
+            "splicecow: 2 splice/mutation conflict(s) detected"
+        );
+        assert_eq!(
+            conflict_headline(1, 0),
+            "splicecow: 1 splice/mutation conflict(s) detected"
+        );
+        assert_eq!(
+            conflict_headline(2, 3),
+            "splicecow: 2 splice/mutation conflict(s) detected (3 conflicting mutation calls)"
         );
     }
 

@@ -408,8 +408,8 @@ fn fail_on_conflict_exits_66_and_names_the_file_and_the_kind() {
     let reports = json_objects(&err);
     assert_eq!(reports.len(), 2, "reports are copied to stderr: {err}");
     assert!(
-        err.contains("splice/mutation conflict(s) detected"),
-        "{err}"
+        err.contains("\nsplicecow: 2 splice/mutation conflict(s) detected"),
+        "one conflict per report line: {err}"
     );
     for (test, kind) in [
         ("test_buggy_ftruncate", "ftruncate"),
