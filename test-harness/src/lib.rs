@@ -592,3 +592,116 @@ pub fn queued_in_pipes_of(pid: u32, exclude: u64) -> io::Result<usize> {
     }
     Ok(total)
 }
+
+/// Locates the `splicecow` CLI: `$SPLICECOW_CLI`, else next to the library
+/// [`library_path`] found, else `target/release/splicecow`.
+pub fn cli_path() -> Result<PathBuf, String> {
+    if let Some(cli) = std::env::var_os("SPLICECOW_CLI") {
+        return Ok(PathBuf::from(cli));
+    }
+    let beside = library_path()?.with_file_name("splicecow");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    let cli = target_dir().join("release").join("splicecow");
+    if cli.is_file() {
+        Ok(cli)
+    } else {
+        Err(format!(
+            "splicecow not found next to the library or at {}: run `cargo build --release`",
+            cli.display()
+        ))
+    }
+}
+
+/// The counters of `domain` as `splicecow stats --domain D --json` prints them.
+pub fn domain_stats(domain: &str) -> Result<serde_json::Value, String> {
+    let mut cmd = Command::new(cli_path()?);
+    strip_shim_env(&mut cmd).args(["stats", "--json", "--domain", domain]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    if out.status.map(|s| s.success()) != Some(true) {
+        return Err(format!(
+            "splicecow stats --domain {domain}: {}",
+            out.describe()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", out.describe()))
+}
+
+/// Runs `producer | consumer`: the producer's stdout is the consumer's stdin, both
+/// stderrs and the consumer's stdout are captured; both are killed after `timeout`.
+/// Returns `(producer, consumer)`; the producer's `stdout` is empty.
+pub fn run_piped(
+    producer: &mut Command,
+    consumer: &mut Command,
+    timeout: Duration,
+) -> io::Result<(RunOutput, RunOutput)> {
+    let mut cons = consumer
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let link = cons.stdin.take().map_or_else(Stdio::null, Stdio::from);
+    // The producer's Command keeps no copy of `link` after spawn, so the consumer sees
+    // EOF once the producer exits.
+    let prod = producer
+        .stdin(Stdio::null())
+        .stdout(link)
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut prod = match prod {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = cons.kill();
+            let _ = cons.wait();
+            return Err(e);
+        }
+    };
+    producer.stdout(Stdio::null());
+    let prod_err = drain_in_thread(prod.stderr.take());
+    let out = drain_in_thread(cons.stdout.take());
+    let err = drain_in_thread(cons.stderr.take());
+    let prod_status = wait_with_timeout(&mut prod, timeout)?;
+    let status = wait_with_timeout(&mut cons, timeout)?;
+    Ok((
+        RunOutput {
+            status: prod_status,
+            stdout: Vec::new(),
+            stderr: prod_err.join().unwrap_or_default(),
+        },
+        RunOutput {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        },
+    ))
+}
+
+/// The JSON line `fidelity settle` prints: what an unshimmed reader got from the pipe
+/// of one settle edge case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleReport {
+    /// The edge case (`exited`, `packet`, ...).
+    pub case: String,
+    /// Whether the file was mutated after the splices.
+    pub mutated: bool,
+    /// Bytes the reader should get, in order.
+    pub expected: usize,
+    /// Bytes the reader got.
+    pub received: usize,
+    /// See [`compare`].
+    pub mismatched_bytes: usize,
+    /// See [`compare`].
+    pub first_mismatch: Option<usize>,
+    /// Sizes of the reader's successive `read`s (1 MiB buffer): packets in packet mode.
+    pub reads: Vec<usize>,
+    /// `FIONREAD` of the pipe the reader reads, just before the mutation.
+    pub pending_at_mutation: usize,
+}
+
+impl SettleReport {
+    /// True when the reader got exactly the expected bytes.
+    pub fn exact(&self) -> bool {
+        self.mismatched_bytes == 0 && self.received == self.expected
+    }
+}
