@@ -97,7 +97,7 @@ enum Cmd {
         #[arg(long)]
         file: PathBuf,
     },
-    /// Internal, unshimmed: copies stdin to stdout with 2 MiB reads (waiting with `poll`
+    /// Internal, started without `LD_PRELOAD` (the shim may restore it on exec): copies stdin to stdout with 2 MiB reads (waiting with `poll`
     /// on a non-blocking stdin) and prints the read sizes, comma-separated, on stderr.
     Reader,
 }
@@ -1521,8 +1521,13 @@ fn settle(case: SettleCase, mutated: bool, same_process: bool) -> Res<()> {
     if out.status.map(|s| s.success()) != Some(true) {
         return Err(format!("reader: {}", out.describe()));
     }
-    let reads = String::from_utf8_lossy(&out.stderr)
-        .trim()
+    // The sizes are the reader's last stderr line. (Since the shim restores a cleared
+    // `LD_PRELOAD` on exec, the reader may be shimmed after all and warn first.)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reads = stderr
+        .lines()
+        .last()
+        .unwrap_or("")
         .split(',')
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().map_err(|e| format!("reader sizes {s:?}: {e}")))
