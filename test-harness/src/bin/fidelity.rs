@@ -298,8 +298,18 @@ struct Battery {
     dir_path: CString,
     link_path: CString,
     files: Vec<TempFile>,
+    /// The empty directory the `EISDIR` cases use (removed on drop).
+    dir: Option<PathBuf>,
     fds: Vec<OwnedFd>,
     out: io::StdoutLock<'static>,
+}
+
+impl Drop for Battery {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 impl Battery {
@@ -321,10 +331,11 @@ impl Battery {
             dir_path: cpath(&dir)?,
             link_path: cpath(&link)?,
             files: vec![fmain, gside, TempFile::adopt(link)],
+            dir: None,
             fds: vec![f, g, f_rdonly],
             out: io::stdout().lock(),
         };
-        b.files.push(TempFile::adopt(dir));
+        b.dir = Some(dir);
         Ok(b)
     }
 
