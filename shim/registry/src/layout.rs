@@ -91,13 +91,17 @@ pub struct PipeRecord {
     pub head: u32,
     /// Number of live segments in the ring.
     pub count: u32,
+    /// Index of this pipe in [`Layout::busy`] while it has live segments.
+    pub busy_pos: u32,
+    /// Keeps the size a multiple of 8.
+    pub reserved: u32,
     /// Processes that held an fd to this pipe when they spliced into it.
     pub holders: [Holder; HOLDERS_PER_PIPE],
     /// The ring of segments.
     pub segments: [Segment; SEGMENTS_PER_PIPE],
 }
 
-/// A file with in-flight segments or live shared writable mappings.
+/// A file with in-flight segments or live mappings the registry tracks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FileRecord {
@@ -107,9 +111,23 @@ pub struct FileRecord {
     pub live_segments: u32,
     /// Live `MAP_SHARED` + `PROT_WRITE` mappings of this file in the domain.
     pub shared_writable_maps: u32,
+    /// Live registered `MAP_PRIVATE` mappings (private snapshots) of this file.
+    pub private_maps: u32,
+    /// Keeps the size a multiple of 8.
+    pub reserved: u32,
+    /// Lowest file offset of a live segment (valid while `live_segments > 0`).
+    pub seg_lo: u64,
+    /// One past the highest file offset of a live segment (same).
+    pub seg_hi: u64,
 }
 
-/// Process `pid` has `count` live shared writable mappings of file `file_slot`.
+/// [`MapRecord::kind`] of shared writable mappings.
+pub const MAP_SHARED_WRITABLE: u32 = 0;
+/// [`MapRecord::kind`] of private mappings kept as snapshots.
+pub const MAP_PRIVATE_SNAPSHOT: u32 = 1;
+
+/// Process `pid` has `count` live mappings of one kind of file `file_slot`, covering at
+/// most file bytes `[lo, hi)`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MapRecord {
@@ -119,9 +137,41 @@ pub struct MapRecord {
     pub count: u32,
     /// Index of the file's record in [`Layout::files`].
     pub file_slot: u32,
-    /// Keeps the size a multiple of 8.
-    pub reserved: u32,
+    /// [`MAP_SHARED_WRITABLE`] or [`MAP_PRIVATE_SNAPSHOT`].
+    pub kind: u32,
+    /// Lowest file offset mapped.
+    pub lo: u64,
+    /// One past the highest file offset mapped.
+    pub hi: u64,
 }
+
+/// Where a mutator asks a mapping owner to snapshot its private pages (one per owner
+/// process; the owner's helper thread waits on `request_seq` with a futex).
+#[repr(C)]
+#[derive(Default)]
+pub struct Mailbox {
+    /// Owner process (0 = free).
+    pub owner_pid: AtomicU32,
+    /// Bumped by a requester after filling the request; the owner's futex word.
+    pub request_seq: AtomicU32,
+    /// Set to `request_seq` by the owner when done; the requester's futex word.
+    pub done_seq: AtomicU32,
+    /// Non-zero when the mutation truncates or shifts (pages must be replaced).
+    pub truncates: AtomicU32,
+    /// Serialises requesters: `pid << 32 | tid` of the current one (robust, like the table lock).
+    pub requester: AtomicU64,
+    /// The file (dev).
+    pub dev: AtomicU64,
+    /// The file (ino).
+    pub ino: AtomicU64,
+    /// First file byte the mutation changes.
+    pub off: AtomicU64,
+    /// One past the last (`u64::MAX`: to the end).
+    pub end: AtomicU64,
+}
+
+/// Mailboxes (processes with registered private mappings).
+pub const MAX_MAILBOXES: usize = 256;
 
 /// Domain-wide counters, updated with relaxed atomics, read by `splicecow stats`.
 #[repr(C)]
@@ -143,8 +193,12 @@ pub struct Counters {
     pub conflicts: AtomicU64,
     /// Bytes that went into pipes through the copy path.
     pub bytes_copy_path: AtomicU64,
-    /// `exec`s whose environment had lost `LD_PRELOAD`/`SPLICECOW_*` (given back).
-    pub env_restored: AtomicU64,
+    /// `exec`s whose environment had lost `LD_PRELOAD`/`SPLICECOW_*` (child unprotected).
+    pub env_cleared: AtomicU64,
+    /// Private mapping ranges snapshotted before a mutation.
+    pub snapshots: AtomicU64,
+    /// Snapshot requests that timed out (the mutation went ahead unprotected).
+    pub snapshot_timeouts: AtomicU64,
 }
 
 /// The registry's first bytes.
@@ -162,12 +216,18 @@ pub struct Header {
     pub live_segments: AtomicU64,
     /// Live shared writable mappings in the whole domain.
     pub shared_writable_maps: AtomicU64,
+    /// Live registered private mappings in the whole domain (the fast path reads this too).
+    pub private_maps: AtomicU64,
     /// Locks taken over from a dead holder.
     pub lock_takeovers: AtomicU64,
     /// Number of pipe records in use.
     pub pipes_in_use: AtomicU32,
     /// Number of file records in use.
     pub files_in_use: AtomicU32,
+    /// Number of entries of [`Layout::busy`].
+    pub busy_pipes: AtomicU32,
+    /// Keeps the size a multiple of 8.
+    pub reserved: u32,
     /// Counters shown by `splicecow stats`.
     pub counters: Counters,
 }
@@ -179,8 +239,13 @@ pub struct Layout {
     pub header: Header,
     /// File table (open addressing by [`FileKey::home`]).
     pub files: [FileRecord; MAX_FILES],
-    /// Shared writable mappings per process and file.
+    /// Tracked mappings per process, file and kind.
     pub maps: [MapRecord; MAX_MAPS],
+    /// Snapshot request mailboxes.
+    pub mailboxes: [Mailbox; MAX_MAILBOXES],
+    /// Slots of the pipes that have live segments (the first `busy_pipes` entries), so
+    /// lookups never walk the whole pipe table.
+    pub busy: [u32; MAX_PIPES],
     /// Pipe table (open addressing by [`FileKey::home`]).
     pub pipes: [PipeRecord; MAX_PIPES],
 }
@@ -201,18 +266,21 @@ mod tests {
         assert_eq!(size_of::<Holder>(), 8);
         assert_eq!(
             size_of::<PipeRecord>(),
-            16 + 8 + 8 + 32 + 48 * SEGMENTS_PER_PIPE
+            16 + 8 + 16 + 32 + 48 * SEGMENTS_PER_PIPE
         );
-        assert_eq!(size_of::<FileRecord>(), 24);
-        assert_eq!(size_of::<MapRecord>(), 16);
-        assert_eq!(size_of::<Counters>(), 72);
-        assert_eq!(size_of::<Header>(), 48 + 8 + 72);
+        assert_eq!(size_of::<FileRecord>(), 48);
+        assert_eq!(size_of::<MapRecord>(), 32);
+        assert_eq!(size_of::<Mailbox>(), 56);
+        assert_eq!(size_of::<Counters>(), 88);
+        assert_eq!(size_of::<Header>(), 72 + 88);
         assert_eq!(align_of::<Layout>(), 8);
         assert_eq!(
             LAYOUT_SIZE,
             size_of::<Header>()
-                + 24 * MAX_FILES
-                + 16 * MAX_MAPS
+                + 48 * MAX_FILES
+                + 32 * MAX_MAPS
+                + 56 * MAX_MAILBOXES
+                + 4 * MAX_PIPES
                 + size_of::<PipeRecord>() * MAX_PIPES
         );
     }

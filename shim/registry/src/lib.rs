@@ -14,6 +14,7 @@ pub mod tables;
 pub use layout::{FileKey, Segment, LAYOUT_SIZE, LAYOUT_VERSION, MAGIC};
 pub use tables::{Full, SegmentInfo, Tables};
 
+pub use layout::Mailbox;
 use layout::{Header, Layout, MAX_FILES, MAX_PIPES};
 use std::fmt;
 use std::sync::atomic::{fence, Ordering};
@@ -147,8 +148,8 @@ pub struct Stats {
     pub copy_fallbacks: u64,
     /// Bytes that went through the copy path.
     pub bytes_copy_path: u64,
-    /// `exec`s whose cleared environment was given back `LD_PRELOAD`/`SPLICECOW_*`.
-    pub env_restored: u64,
+    /// `exec`s whose environment had lost `LD_PRELOAD`/`SPLICECOW_*` (child unprotected).
+    pub env_cleared: u64,
     /// Pipes no process could be found to hold.
     pub unreachable_pipes: u64,
     /// Mutations that overlapped in-flight segments.
@@ -159,6 +160,12 @@ pub struct Stats {
     pub live_segments: u64,
     /// Live shared writable mappings.
     pub shared_writable_maps: u64,
+    /// Live registered private (snapshot) mappings.
+    pub private_maps: u64,
+    /// Private mapping ranges snapshotted before mutations.
+    pub snapshots: u64,
+    /// Snapshot requests that timed out.
+    pub snapshot_timeouts: u64,
     /// Pipe records ever used (capacity [`Stats::pipe_capacity`]).
     pub pipes_in_use: u64,
     /// File records ever used (capacity [`Stats::file_capacity`]).
@@ -323,7 +330,9 @@ impl Registry {
             // one call, and the lock-holding path is then taken.
             let rec = unsafe { std::ptr::read_volatile(&(*self.base).files[i]) };
             if rec.key == file {
-                return rec.live_segments > 0 || rec.shared_writable_maps > 0;
+                return rec.live_segments > 0
+                    || rec.shared_writable_maps > 0
+                    || rec.private_maps > 0;
             }
             if rec.key.is_empty() {
                 return false;
@@ -332,16 +341,38 @@ impl Registry {
         true
     }
 
-    /// Live segments in the domain (the mutation hooks' fast path).
+    /// Mailbox number `index` (from [`Tables::claim_mailbox`]).
+    pub fn mailbox(&self, index: usize) -> &Mailbox {
+        // SAFETY: the mapping lives as long as self; mailboxes hold only atomics.
+        unsafe { &(*self.base).mailboxes[index % layout::MAX_MAILBOXES] }
+    }
+
+    /// The mailbox owned by `pid`, if any (lock-free: owners are published atomically).
+    pub fn find_mailbox(&self, pid: i32) -> Option<&Mailbox> {
+        // SAFETY: as in `mailbox`.
+        let boxes = unsafe { &(*self.base).mailboxes };
+        boxes
+            .iter()
+            .find(|m| m.owner_pid.load(Ordering::Relaxed) == pid as u32)
+    }
+
+    /// Live segments in the domain.
     pub fn live_segments(&self) -> u64 {
         self.header().live_segments.load(Ordering::SeqCst)
+    }
+
+    /// True when a mutation may have something to protect: live segments or registered
+    /// private mappings (the mutation hooks' fast path: two loads of one cache line).
+    pub fn has_live_references(&self) -> bool {
+        let h = self.header();
+        h.live_segments.load(Ordering::SeqCst) > 0 || h.private_maps.load(Ordering::SeqCst) > 0
     }
 
     /// Counters and fill levels.
     pub fn stats(&self) -> Stats {
         let h = self.header();
         let c = &h.counters;
-        let busy = self.lock().busy_pipes().count() as u64;
+        let busy = h.busy_pipes.load(Ordering::Relaxed) as u64;
         let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             splices: r(&c.splices),
@@ -350,12 +381,15 @@ impl Registry {
             bytes_copied: r(&c.bytes_copied),
             copy_fallbacks: r(&c.copy_fallbacks),
             bytes_copy_path: r(&c.bytes_copy_path),
-            env_restored: r(&c.env_restored),
+            env_cleared: r(&c.env_cleared),
             unreachable_pipes: r(&c.unreachable_pipes),
             conflicts: r(&c.conflicts),
             lock_takeovers: r(&h.lock_takeovers),
             live_segments: r(&h.live_segments),
             shared_writable_maps: r(&h.shared_writable_maps),
+            private_maps: r(&h.private_maps),
+            snapshots: r(&c.snapshots),
+            snapshot_timeouts: r(&c.snapshot_timeouts),
             pipes_in_use: h.pipes_in_use.load(Ordering::Relaxed) as u64,
             files_in_use: h.files_in_use.load(Ordering::Relaxed) as u64,
             pipe_capacity: MAX_PIPES as u64,

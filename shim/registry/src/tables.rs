@@ -44,7 +44,9 @@ impl Tables<'_> {
         let found = probe(key, MAX_FILES, |i| {
             (
                 files[i].key,
-                files[i].live_segments == 0 && files[i].shared_writable_maps == 0,
+                files[i].live_segments == 0
+                    && files[i].shared_writable_maps == 0
+                    && files[i].private_maps == 0,
             )
         });
         match found {
@@ -162,6 +164,8 @@ impl Tables<'_> {
                 && last.reported == 0
             {
                 last.len += len;
+                let f = &mut self.layout.files[fslot];
+                f.seg_hi = f.seg_hi.max(file_off.saturating_add(len));
                 return Ok(());
             }
         }
@@ -179,7 +183,15 @@ impl Tables<'_> {
             reserved: 0,
         };
         p.count = count as u32 + 1;
-        self.layout.files[fslot].live_segments += 1;
+        self.update_busy(slot);
+        let f = &mut self.layout.files[fslot];
+        let end = file_off.saturating_add(len);
+        (f.seg_lo, f.seg_hi) = if f.live_segments == 0 {
+            (file_off, end)
+        } else {
+            (f.seg_lo.min(file_off), f.seg_hi.max(end))
+        };
+        f.live_segments += 1;
         self.layout
             .header
             .live_segments
@@ -202,6 +214,7 @@ impl Tables<'_> {
             let p = &mut self.layout.pipes[slot % MAX_PIPES];
             let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
             if count == 0 {
+                self.update_busy(slot);
                 return;
             }
             let last = &mut p.segments[(p.head as usize + count - 1) % SEGMENTS_PER_PIPE];
@@ -211,6 +224,7 @@ impl Tables<'_> {
                 self.release_file_ref(fslot);
             } else {
                 last.len = last.len.min(end - last.stream_pos);
+                self.update_busy(slot);
                 return;
             }
         }
@@ -235,6 +249,7 @@ impl Tables<'_> {
             let p = &mut self.layout.pipes[slot % MAX_PIPES];
             let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
             if count == 0 {
+                self.update_busy(slot);
                 return;
             }
             let first = &mut p.segments[p.head as usize % SEGMENTS_PER_PIPE];
@@ -251,6 +266,7 @@ impl Tables<'_> {
                     first.file_off = first.file_off.wrapping_add(cut);
                     first.len -= cut;
                 }
+                self.update_busy(slot);
                 return;
             }
         }
@@ -268,6 +284,27 @@ impl Tables<'_> {
                 [(head + i) % SEGMENTS_PER_PIPE]
                 .file_slot;
             self.release_file_ref(fslot as usize);
+        }
+        self.update_busy(slot);
+    }
+
+    /// Keeps pipe `slot`'s membership in the busy list in line with its segment count.
+    fn update_busy(&mut self, slot: usize) {
+        let slot = slot % MAX_PIPES;
+        let l = &mut *self.layout;
+        let n = (l.header.busy_pipes.load(Ordering::Relaxed) as usize).min(MAX_PIPES);
+        let pos = l.pipes[slot].busy_pos as usize;
+        let member = pos < n && l.busy[pos] as usize == slot;
+        let busy = l.pipes[slot].count > 0;
+        if busy && !member && n < MAX_PIPES {
+            l.busy[n] = slot as u32;
+            l.pipes[slot].busy_pos = n as u32;
+            l.header.busy_pipes.store(n as u32 + 1, Ordering::Relaxed);
+        } else if !busy && member {
+            let last = l.busy[n - 1] as usize % MAX_PIPES;
+            l.busy[pos] = last as u32;
+            l.pipes[last].busy_pos = pos as u32;
+            l.header.busy_pipes.store(n as u32 - 1, Ordering::Relaxed);
         }
     }
 
@@ -324,10 +361,14 @@ impl Tables<'_> {
         let Some(fslot) = find(file, MAX_FILES, |i| self.layout.files[i].key) else {
             return;
         };
-        if self.layout.files[fslot].live_segments == 0 {
+        let f = &self.layout.files[fslot];
+        if f.live_segments == 0 || !overlaps(f.seg_lo, f.seg_hi.saturating_sub(f.seg_lo), off, end)
+        {
             return;
         }
-        for (pipe_slot, p) in self.layout.pipes.iter().enumerate() {
+        for &pipe_slot in self.busy_slots() {
+            let pipe_slot = pipe_slot as usize % MAX_PIPES;
+            let p = &self.layout.pipes[pipe_slot];
             let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
             for index in 0..count {
                 let s = p.segments[(p.head as usize + index) % SEGMENTS_PER_PIPE];
@@ -343,6 +384,15 @@ impl Tables<'_> {
                 }
             }
         }
+    }
+
+    /// True when pipe `slot` has a segment of `file` overlapping bytes `[off, end)`.
+    pub fn pipe_overlaps(&self, slot: usize, file: FileKey, off: u64, end: u64) -> bool {
+        let Some(fslot) = find(file, MAX_FILES, |i| self.layout.files[i].key) else {
+            return false;
+        };
+        self.segments(slot)
+            .any(|s| s.file_slot as usize == fslot && overlaps(s.file_off, s.len, off, end))
     }
 
     /// True when file `file` has in-flight segments (cheap: one hash probe).
@@ -369,41 +419,92 @@ impl Tables<'_> {
         pid: i32,
         delta: i32,
     ) -> Result<(), Full> {
+        self.add_map(MAP_SHARED_WRITABLE, file, pid, delta, 0, 0)
+    }
+
+    /// Adds `delta` to the private snapshot mappings process `pid` has of `file`, which
+    /// now cover at least file bytes `[lo, hi)`.
+    pub fn add_private_map(
+        &mut self,
+        file: FileKey,
+        pid: i32,
+        delta: i32,
+        lo: u64,
+        hi: u64,
+    ) -> Result<(), Full> {
+        self.add_map(MAP_PRIVATE_SNAPSHOT, file, pid, delta, lo, hi)
+    }
+
+    fn add_map(
+        &mut self,
+        kind: u32,
+        file: FileKey,
+        pid: i32,
+        delta: i32,
+        lo: u64,
+        hi: u64,
+    ) -> Result<(), Full> {
         let Some(fslot) = self.file_slot(file, delta > 0)? else {
             return Ok(());
         };
         let maps = &mut self.layout.maps;
         let found = maps
             .iter()
-            .position(|m| m.pid == pid && m.file_slot as usize == fslot);
+            .position(|m| m.pid == pid && m.kind == kind && m.file_slot as usize == fslot);
         let i = match found {
             Some(i) => i,
             None if delta > 0 => maps.iter().position(|m| m.pid == 0).ok_or(Full::Files)?,
             None => return Ok(()),
         };
-        let before = if found.is_some() { maps[i].count } else { 0 };
-        let after = before.saturating_add_signed(delta);
-        maps[i] = if after == 0 {
-            MapRecord::default()
+        let old = if found.is_some() {
+            maps[i]
         } else {
             MapRecord {
-                pid,
-                count: after,
-                file_slot: fslot as u32,
-                reserved: 0,
+                lo: u64::MAX,
+                ..MapRecord::default()
             }
         };
-        self.adjust_file_maps(fslot, after as i64 - before as i64);
+        let count = old.count.saturating_add_signed(delta);
+        maps[i] = if count == 0 {
+            MapRecord::default()
+        } else {
+            let (lo, hi) = if delta > 0 {
+                (old.lo.min(lo), old.hi.max(hi))
+            } else {
+                (old.lo, old.hi)
+            };
+            MapRecord {
+                pid,
+                count,
+                file_slot: fslot as u32,
+                kind,
+                lo,
+                hi,
+            }
+        };
+        self.adjust_file_maps(kind, fslot, count as i64 - old.count as i64);
         Ok(())
     }
 
-    fn adjust_file_maps(&mut self, fslot: usize, diff: i64) {
+    fn adjust_file_maps(&mut self, kind: u32, fslot: usize, diff: i64) {
         let f = &mut self.layout.files[fslot % MAX_FILES];
-        f.shared_writable_maps = (f.shared_writable_maps as i64 + diff).max(0) as u32;
-        let h = &self.layout.header.shared_writable_maps;
-        let _ = h.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+        let h = &self.layout.header;
+        let (field, total) = if kind == MAP_PRIVATE_SNAPSHOT {
+            (&mut f.private_maps, &h.private_maps)
+        } else {
+            (&mut f.shared_writable_maps, &h.shared_writable_maps)
+        };
+        *field = (*field as i64 + diff).max(0) as u32;
+        let _ = total.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
             Some(v.saturating_add_signed(diff))
         });
+    }
+
+    /// Frees map record `i` (its process died or exec'd).
+    fn drop_map_record(&mut self, i: usize) {
+        let m = self.layout.maps[i];
+        self.layout.maps[i] = MapRecord::default();
+        self.adjust_file_maps(m.kind, m.file_slot as usize, -(m.count as i64));
     }
 
     /// True when `file` has a live shared writable mapping in the domain; records of
@@ -418,11 +519,38 @@ impl Tables<'_> {
         for i in 0..MAX_MAPS {
             let m = self.layout.maps[i];
             if m.pid != 0 && m.file_slot as usize == fslot && !crate::sys::process_alive(m.pid) {
-                self.layout.maps[i] = MapRecord::default();
-                self.adjust_file_maps(fslot, -(m.count as i64));
+                self.drop_map_record(i);
             }
         }
         self.layout.files[fslot].shared_writable_maps > 0
+    }
+
+    /// Calls `each(pid)` for every live process with a private snapshot mapping of
+    /// `file` overlapping `[off, end)`; records of dead processes are reclaimed.
+    pub fn for_each_private_owner(
+        &mut self,
+        file: FileKey,
+        off: u64,
+        end: u64,
+        mut each: impl FnMut(i32),
+    ) {
+        let Some(fslot) = find(file, MAX_FILES, |i| self.layout.files[i].key) else {
+            return;
+        };
+        if self.layout.files[fslot].private_maps == 0 {
+            return;
+        }
+        for i in 0..MAX_MAPS {
+            let m = self.layout.maps[i];
+            if m.pid == 0 || m.kind != MAP_PRIVATE_SNAPSHOT || m.file_slot as usize != fslot {
+                continue;
+            }
+            if !crate::sys::process_alive(m.pid) {
+                self.drop_map_record(i);
+            } else if overlaps(m.lo, m.hi.saturating_sub(m.lo), off, end) {
+                each(m.pid);
+            }
+        }
     }
 
     /// Gives process `child` the same mapping records as `parent` (after `fork`).
@@ -431,25 +559,54 @@ impl Tables<'_> {
             let m = self.layout.maps[i];
             if m.pid == parent && m.pid != 0 {
                 let key = self.file(m.file_slot as usize).key;
-                let _ = self.add_shared_writable_map(key, child, m.count as i32);
+                let _ = self.add_map(m.kind, key, child, m.count as i32, m.lo, m.hi);
             }
         }
     }
 
-    /// Drops every mapping record of `pid` (its mappings are gone: `exec`).
+    /// Drops every mapping record and the mailbox of `pid` (its mappings are gone: `exec`).
     pub fn drop_maps(&mut self, pid: i32) {
         for i in 0..MAX_MAPS {
-            let m = self.layout.maps[i];
-            if m.pid == pid && pid != 0 {
-                self.layout.maps[i] = MapRecord::default();
-                self.adjust_file_maps(m.file_slot as usize, -(m.count as i64));
+            if self.layout.maps[i].pid == pid && pid != 0 {
+                self.drop_map_record(i);
+            }
+        }
+        for mb in self.layout.mailboxes.iter() {
+            if mb.owner_pid.load(Ordering::Relaxed) == pid as u32 {
+                mb.owner_pid.store(0, Ordering::Relaxed);
             }
         }
     }
 
     /// Pipe slots that have live segments.
     pub fn busy_pipes(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..MAX_PIPES).filter(|&i| self.layout.pipes[i].count > 0)
+        self.busy_slots().iter().map(|&s| s as usize % MAX_PIPES)
+    }
+
+    fn busy_slots(&self) -> &[u32] {
+        let n = self.layout.header.busy_pipes.load(Ordering::Relaxed) as usize;
+        &self.layout.busy[..n.min(MAX_PIPES)]
+    }
+
+    /// Claims a snapshot mailbox for `pid` (its own if it has one, else a free one or
+    /// one of a dead process); returns its index.
+    pub fn claim_mailbox(&mut self, pid: i32) -> Option<usize> {
+        let boxes = &self.layout.mailboxes;
+        let i = boxes
+            .iter()
+            .position(|m| m.owner_pid.load(Ordering::Relaxed) == pid as u32)
+            .or_else(|| {
+                boxes.iter().position(|m| {
+                    let owner = m.owner_pid.load(Ordering::Relaxed) as i32;
+                    owner == 0 || !crate::sys::process_alive(owner)
+                })
+            })?;
+        let mb = &boxes[i];
+        mb.owner_pid.store(pid as u32, Ordering::Relaxed);
+        mb.requester.store(0, Ordering::Relaxed);
+        mb.done_seq
+            .store(mb.request_seq.load(Ordering::Relaxed), Ordering::Relaxed);
+        Some(i)
     }
 }
 
