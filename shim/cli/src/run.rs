@@ -122,10 +122,10 @@ pub fn main(args: RunArgs) -> i32 {
             None => eprintln!("splicecow: no counters (the domain had no registry)"),
         }
     }
-    if let Some(n) = counters.map(|s| s.env_restored).filter(|&n| n > 0) {
+    if let Some(n) = counters.map(|s| s.env_cleared).filter(|&n| n > 0) {
         eprintln!(
-            "splicecow: {n} exec(s) in this domain had lost LD_PRELOAD/SPLICECOW_* from their \
-             environment (cleared by the program); splicecow put them back"
+            "splicecow: {n} exec(s) in this domain dropped LD_PRELOAD/SPLICECOW_* from the \
+             environment: those programs ran without splicecow, outside the domain"
         );
     }
     let mut code = status;

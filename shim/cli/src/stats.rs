@@ -15,7 +15,7 @@ pub fn fields(s: &Stats) -> [(&'static str, u64); 17] {
         ("bytes_copy_path", s.bytes_copy_path),
         ("unreachable_pipes", s.unreachable_pipes),
         ("conflicts", s.conflicts),
-        ("env_restored", s.env_restored),
+        ("env_cleared", s.env_cleared),
         ("lock_takeovers", s.lock_takeovers),
         ("live_segments", s.live_segments),
         ("shared_writable_maps", s.shared_writable_maps),

@@ -20,6 +20,7 @@ mod real;
 mod report;
 mod runtime;
 mod settle;
+mod snapshot;
 mod transfer;
 
 /// Raw syscall helpers shared with the registry (errno access).

@@ -1,18 +1,18 @@
-//! This process's shared file mappings (address ranges), so that `munmap`, `mremap` and
-//! `mprotect` keep the registry's per-process count of shared *writable* mappings exact.
-//! The registry only knows "process P has N writable shared mappings of file F"; the
-//! address ranges stay here.
+//! This process's tracked file mappings (address ranges): shared ones, so that `munmap`,
+//! `mremap` and `mprotect` keep the registry's count of shared *writable* mappings exact,
+//! and private ones kept as snapshots. The registry only knows "process P has N mappings
+//! of this kind of file F"; the address ranges stay here.
 
 use crossbeam_utils::Backoff;
 use splicecow_registry::FileKey;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Most shared file mappings tracked per process; beyond this, a mapping stays counted
-/// as writable until the process exits (conservative: its file's splices copy).
+/// Most mappings tracked per process; a mapping that finds no slot stays counted in the
+/// registry until the process exits (conservative).
 pub const MAX_LOCAL_MAPS: usize = 256;
 
-/// One shared file mapping of this process.
+/// One tracked file mapping of this process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LocalMap {
     /// First address.
@@ -23,12 +23,60 @@ pub struct LocalMap {
     pub key: FileKey,
     /// File offset of `start`.
     pub file_off: u64,
-    /// Mapped with `PROT_WRITE` (counted in the registry).
-    pub writable: bool,
+    /// Current protection (`PROT_*`).
+    pub prot: i32,
+    /// A `MAP_PRIVATE` mapping kept as a snapshot (else `MAP_SHARED`).
+    pub private: bool,
+}
+
+impl LocalMap {
+    /// Counted in the registry as a shared writable mapping.
+    pub fn shared_writable(&self) -> bool {
+        !self.private && self.prot & libc::PROT_WRITE != 0
+    }
+
+    /// File bytes `[lo, hi)` this mapping shows.
+    pub fn file_range(&self) -> (u64, u64) {
+        (
+            self.file_off,
+            self.file_off + (self.end - self.start) as u64,
+        )
+    }
 }
 
 struct Table {
     maps: [Option<LocalMap>; MAX_LOCAL_MAPS],
+}
+
+impl Table {
+    fn free_slot(&mut self) -> Option<&mut Option<LocalMap>> {
+        self.maps.iter_mut().find(|s| s.is_none())
+    }
+
+    /// Splits the mapping containing `addr` (strictly inside) in two; `counted(piece)` is
+    /// told about the new piece. Without a free slot nothing is split.
+    fn split_at(&mut self, addr: usize, counted: &mut impl FnMut(LocalMap, i32)) -> bool {
+        let Some(i) = self
+            .maps
+            .iter()
+            .position(|m| m.is_some_and(|m| m.start < addr && addr < m.end))
+        else {
+            return true;
+        };
+        let Some(m) = self.maps[i] else { return true };
+        let right = LocalMap {
+            start: addr,
+            file_off: m.file_off + (addr - m.start) as u64,
+            ..m
+        };
+        let Some(slot) = self.free_slot() else {
+            return false;
+        };
+        *slot = Some(right);
+        self.maps[i] = Some(LocalMap { end: addr, ..m });
+        counted(right, 1);
+        true
+    }
 }
 
 /// The process-wide table behind a spin lock (held for a few loads and stores only).
@@ -42,16 +90,20 @@ pub struct LocalMaps {
 unsafe impl Sync for LocalMaps {}
 
 /// This process's table.
-pub static LOCAL_MAPS: LocalMaps = LocalMaps {
-    locked: AtomicBool::new(false),
-    len: AtomicUsize::new(0),
-    table: UnsafeCell::new(Table {
-        maps: [None; MAX_LOCAL_MAPS],
-    }),
-};
+pub static LOCAL_MAPS: LocalMaps = LocalMaps::new();
 
 impl LocalMaps {
-    /// True when no shared file mapping is tracked (the fast path of munmap/mprotect).
+    const fn new() -> LocalMaps {
+        LocalMaps {
+            locked: AtomicBool::new(false),
+            len: AtomicUsize::new(0),
+            table: UnsafeCell::new(Table {
+                maps: [None; MAX_LOCAL_MAPS],
+            }),
+        }
+    }
+
+    /// True when nothing is tracked (the fast path of munmap/mremap/mprotect).
     pub fn is_empty(&self) -> bool {
         self.len.load(Ordering::Relaxed) == 0
     }
@@ -62,55 +114,32 @@ impl LocalMaps {
             backoff.snooze();
         }
         // SAFETY: we hold `locked`, so this is the only reference to the table.
-        let r = f(unsafe { &mut *self.table.get() });
-        // SAFETY: as above; recount while still holding the lock.
-        let n = unsafe { &*self.table.get() }.maps.iter().flatten().count();
-        self.len.store(n, Ordering::Relaxed);
+        let table = unsafe { &mut *self.table.get() };
+        let r = f(table);
+        self.len
+            .store(table.maps.iter().flatten().count(), Ordering::Relaxed);
         self.locked.store(false, Ordering::Release);
         r
     }
 
     /// Adds a mapping; false when the table is full.
     pub fn insert(&self, m: LocalMap) -> bool {
-        self.with(|t| match t.maps.iter_mut().find(|s| s.is_none()) {
-            Some(slot) => {
-                *slot = Some(m);
-                true
-            }
-            None => false,
-        })
+        self.with(|t| t.free_slot().map(|slot| *slot = Some(m)).is_some())
     }
 
-    /// Forgets `[start, end)`; `change(file, delta)` gets the registry changes (-1 per
-    /// writable mapping removed, +1 per writable mapping split in two).
-    pub fn remove(&self, start: usize, end: usize, mut change: impl FnMut(FileKey, i32)) {
+    /// Forgets `[start, end)`. `counted(piece, delta)` gets every registry change: -1
+    /// per mapping removed, +1 per mapping split off.
+    pub fn remove(&self, start: usize, end: usize, mut counted: impl FnMut(LocalMap, i32)) {
         self.with(|t| {
-            for i in 0..MAX_LOCAL_MAPS {
-                let Some(m) = t.maps[i] else { continue };
-                if m.end <= start || end <= m.start {
-                    continue;
-                }
-                let left = (m.start < start).then_some(LocalMap { end: start, ..m });
-                let right = (end < m.end).then(|| LocalMap {
-                    start: end,
-                    file_off: m.file_off + (end - m.start) as u64,
-                    ..m
-                });
-                let pieces = [left, right];
-                let kept = pieces.iter().flatten().count() as i32;
-                t.maps[i] = None;
-                let mut placed = 0;
-                for p in pieces.into_iter().flatten() {
-                    if let Some(slot) = t.maps.iter_mut().find(|s| s.is_none()) {
-                        *slot = Some(p);
-                        placed += 1;
-                    }
-                }
-                if m.writable {
-                    // Pieces that found no slot stay counted (conservative).
-                    let delta = placed - 1 + (kept - placed);
-                    if delta != 0 {
-                        change(m.key, delta);
+            // A split that finds no slot leaves the whole mapping tracked (conservative).
+            if !(t.split_at(start, &mut counted) && t.split_at(end, &mut counted)) {
+                return;
+            }
+            for slot in t.maps.iter_mut() {
+                if let Some(m) = *slot {
+                    if start <= m.start && m.end <= end {
+                        *slot = None;
+                        counted(m, -1);
                     }
                 }
             }
@@ -129,38 +158,53 @@ impl LocalMaps {
         })
     }
 
-    /// Marks mappings in `[start, end)` writable or not; `change(map, delta)` gets each
-    /// mapping whose count changed (+1: became writable, settle its range; -1: no longer).
-    pub fn set_writable(
+    /// Gives the mappings in `[start, end)` protection `prot`. `changed(before, after)`
+    /// is told about each mapping piece whose protection changed; `counted` as in
+    /// [`LocalMaps::remove`] about pieces split off.
+    pub fn set_prot(
         &self,
         start: usize,
         end: usize,
-        writable: bool,
-        mut change: impl FnMut(LocalMap, i32),
+        prot: i32,
+        mut counted: impl FnMut(LocalMap, i32),
+        mut changed: impl FnMut(LocalMap, LocalMap),
     ) {
         self.with(|t| {
+            let exact = t.split_at(start, &mut counted) && t.split_at(end, &mut counted);
             for m in t.maps.iter_mut().flatten() {
-                let overlaps = m.start < end && start < m.end;
                 let inside = start <= m.start && m.end <= end;
-                // Gaining write access on any part counts the whole mapping; losing it
-                // only when all of it is covered (otherwise stay conservative).
-                if (writable && overlaps && !m.writable) || (!writable && inside && m.writable) {
-                    m.writable = writable;
-                    change(*m, if writable { 1 } else { -1 });
+                let overlaps = m.start < end && start < m.end;
+                // Unsplit (table full): gaining write access counts the whole mapping,
+                // losing it only when all of it is covered.
+                let applies = inside || (!exact && overlaps && prot & libc::PROT_WRITE != 0);
+                if applies && m.prot != prot {
+                    let before = *m;
+                    m.prot = prot;
+                    changed(before, *m);
                 }
             }
         })
     }
 
-    /// Calls `each` with the file of every writable mapping (a forked child's registration).
-    pub fn for_each_writable(&self, mut each: impl FnMut(FileKey)) {
+    /// Copies the private mappings of `key` overlapping file bytes `[off, end)` into
+    /// `out`; returns how many (at most `out.len()`).
+    pub fn private_of(&self, key: FileKey, off: u64, end: u64, out: &mut [LocalMap]) -> usize {
         self.with(|t| {
-            t.maps
-                .iter()
-                .flatten()
-                .filter(|m| m.writable)
-                .for_each(|m| each(m.key))
+            let mut n = 0;
+            for m in t.maps.iter().flatten() {
+                let (lo, hi) = m.file_range();
+                if m.private && m.key == key && lo < end && off < hi && n < out.len() {
+                    out[n] = *m;
+                    n += 1;
+                }
+            }
+            n
         })
+    }
+
+    /// Calls `each` with every tracked mapping (a forked child's registration).
+    pub fn for_each(&self, mut each: impl FnMut(LocalMap)) {
+        self.with(|t| t.maps.iter().flatten().for_each(|m| each(*m)))
     }
 }
 
@@ -168,30 +212,56 @@ impl LocalMaps {
 mod tests {
     use super::*;
 
+    const KEY: FileKey = FileKey { dev: 1, ino: 2 };
+
+    fn map(start: usize, end: usize, prot: i32) -> LocalMap {
+        LocalMap {
+            start,
+            end,
+            key: KEY,
+            file_off: 0,
+            prot,
+            private: false,
+        }
+    }
+
     #[test]
     fn unmapping_the_middle_splits_and_counts() {
-        let maps = LocalMaps {
-            locked: AtomicBool::new(false),
-            len: AtomicUsize::new(0),
-            table: UnsafeCell::new(Table {
-                maps: [None; MAX_LOCAL_MAPS],
-            }),
-        };
-        let key = FileKey { dev: 1, ino: 2 };
-        maps.insert(LocalMap {
-            start: 0x1000,
-            end: 0x5000,
-            key,
-            file_off: 0,
-            writable: true,
-        });
+        let maps = LocalMaps::new();
+        maps.insert(map(0x1000, 0x5000, libc::PROT_WRITE));
         let mut changes = Vec::new();
-        maps.remove(0x2000, 0x3000, |k, d| changes.push((k, d)));
-        assert_eq!(changes, vec![(key, 1)], "one mapping became two");
+        maps.remove(0x2000, 0x3000, |m, d| changes.push((m.start, d)));
+        assert_eq!(changes, vec![(0x2000, 1), (0x3000, 1), (0x2000, -1)]);
         changes.clear();
-        maps.remove(0x1000, 0x2000, |k, d| changes.push((k, d)));
-        maps.remove(0x3000, 0x5000, |k, d| changes.push((k, d)));
-        assert_eq!(changes, vec![(key, -1), (key, -1)]);
+        maps.remove(0x1000, 0x2000, |m, d| changes.push((m.start, d)));
+        maps.remove(0x3000, 0x5000, |m, d| changes.push((m.start, d)));
+        assert_eq!(changes, vec![(0x1000, -1), (0x3000, -1)]);
         assert!(maps.is_empty());
+    }
+
+    #[test]
+    fn protection_changes_apply_to_the_covered_part_only() {
+        let maps = LocalMaps::new();
+        maps.insert(map(0x1000, 0x4000, libc::PROT_READ));
+        let mut changed = Vec::new();
+        maps.set_prot(
+            0x2000,
+            0x3000,
+            libc::PROT_READ | libc::PROT_WRITE,
+            |_, _| {},
+            |b, a| changed.push((b.start, a.prot)),
+        );
+        assert_eq!(changed, vec![(0x2000, libc::PROT_READ | libc::PROT_WRITE)]);
+        let mut pieces = Vec::new();
+        maps.for_each(|m| pieces.push((m.start, m.end, m.file_off)));
+        pieces.sort();
+        assert_eq!(
+            pieces,
+            vec![
+                (0x1000, 0x2000, 0),
+                (0x2000, 0x3000, 0x1000),
+                (0x3000, 0x4000, 0x2000)
+            ]
+        );
     }
 }

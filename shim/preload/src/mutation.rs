@@ -3,13 +3,16 @@
 
 use crate::fdkind::{current_offset, status_flags, FdKind};
 use crate::runtime::{self, Mode};
-use crate::{report, settle};
+use crate::{pipe, report, settle, snapshot};
 use splicecow_registry::{sys, FileKey, Registry};
 use std::ffi::c_char;
 use std::sync::atomic::Ordering;
 
 /// Most pipes settled per lookup round (more are found by the next round).
 const PIPES_PER_ROUND: usize = 16;
+/// Most pipes one mutation looks at (far more than a domain normally has in flight
+/// for one file range).
+const MAX_HANDLED: usize = 256;
 
 /// How a mutation names its file.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +68,20 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// True for mutations that truncate or shift file data (private snapshots must then
+    /// replace pages, not just copy them).
+    pub fn truncates(self) -> bool {
+        matches!(
+            self,
+            Kind::Ftruncate
+                | Kind::Truncate
+                | Kind::OpenTruncate
+                | Kind::FopenTruncate
+                | Kind::CollapseRange
+                | Kind::InsertRange
+        )
+    }
+
     /// The name used in reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -147,7 +164,7 @@ impl Mutation {
 /// The registry when mutations must be checked: a tracking mode and live segments.
 pub fn active_registry() -> Option<&'static Registry> {
     let reg = runtime::get().tracking()?;
-    (reg.live_segments() > 0).then_some(reg)
+    reg.has_live_references().then_some(reg)
 }
 
 /// Settles or reports what `m` overlaps. The fast path is one atomic load.
@@ -186,33 +203,74 @@ pub fn check_file(reg: &Registry, key: FileKey, m: Mutation) {
     let Some((off, end)) = resolve_span(m) else {
         return;
     };
+    if check_pipes(reg, key, m, off, end) {
+        reg.header()
+            .counters
+            .conflicts
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    if reg.header().private_maps.load(Ordering::Relaxed) > 0 {
+        let truncates = m.kind.truncates();
+        snapshot::before_change(
+            reg,
+            snapshot::Change {
+                key,
+                off,
+                end,
+                truncates,
+            },
+        );
+    }
+}
+
+/// Settles (protect) or reports (detect) every pipe with a segment of `key` overlapping
+/// `[off, end)`. Each candidate pipe is first pruned exactly (`FIONREAD` through a
+/// reopened fd): bytes a reader already consumed are no conflict. A pipe nobody holds
+/// any more is retired. Returns whether a real conflict was found.
+fn check_pipes(reg: &Registry, key: FileKey, m: Mutation, off: u64, end: u64) -> bool {
     let detect = runtime::get().mode == Mode::Detect;
     let counters = &reg.header().counters;
     let mut t = reg.lock();
-    let mut counted = false;
+    let mut conflicted = false;
+    // Pipes already handled this call (detect mode leaves their segments in place).
+    let mut handled = [usize::MAX; MAX_HANDLED];
+    let mut n_handled = 0;
     loop {
         let mut slots = [0usize; PIPES_PER_ROUND];
         let mut n = 0;
         t.for_each_overlapping(key, off, end, |info| {
-            if !slots[..n].contains(&info.pipe_slot) {
-                slots[n] = info.pipe_slot;
+            let slot = info.pipe_slot;
+            if !slots[..n].contains(&slot) && !handled[..n_handled].contains(&slot) {
+                slots[n] = slot;
                 n += 1;
             }
             n < PIPES_PER_ROUND
         });
-        if n == 0 {
-            return;
-        }
-        if !counted {
-            counters.conflicts.fetch_add(1, Ordering::Relaxed);
-            counted = true;
-        }
-        if detect {
-            report::conflicts(&mut t, key, m, off, end);
-            return;
+        if n == 0 || n_handled == MAX_HANDLED {
+            return conflicted;
         }
         for &slot in &slots[..n] {
-            settle::settle(&mut t, slot, counters);
+            if n_handled < MAX_HANDLED {
+                handled[n_handled] = slot;
+                n_handled += 1;
+            }
+            let Some(fd) = settle::open_pipe(&t, slot) else {
+                t.retire_all(slot);
+                counters.unreachable_pipes.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if let Some(pending) = pipe::pending(fd) {
+                t.prune(slot, pending);
+            }
+            if t.pipe_overlaps(slot, key, off, end) {
+                conflicted = true;
+                if detect {
+                    report::pipe_conflicts(&mut t, slot, key, m, off, end);
+                } else {
+                    settle::settle_open(&mut t, slot, fd, counters);
+                }
+            }
+            sys::close(fd);
         }
     }
 }

@@ -38,26 +38,64 @@ pub enum Wait {
     Interrupted,
 }
 
+/// While waiting, signals whose handler has `SA_RESTART` are held back for at most this
+/// long before being let in (see [`wait`]).
+const RESTART_SIGNAL_LATENCY_NS: i64 = 5_000_000;
+
 /// Waits until `fd` has `events`, as the blocking call being emulated would.
-/// When a signal handler interrupts the wait, the emulated call restarts only if every
-/// installed handler has `SA_RESTART` (the kernel would restart it for such a handler).
+///
+/// A blocking `splice` interrupted by a signal returns `EINTR` unless that signal's
+/// handler has `SA_RESTART`, in which case the kernel restarts it. `poll` always
+/// returns `EINTR`, and which signal interrupted it cannot be told afterwards. So the
+/// wait runs in `ppoll` with every signal whose handler has `SA_RESTART` blocked: only
+/// the others can interrupt it (→ [`Wait::Interrupted`], the caller returns `EINTR`).
+/// The held-back ones are let in every 5 ms — `ppoll` restores the mask when it times
+/// out and their handlers run then — and the wait goes on, as a restart would.
 pub fn wait(fd: i32, events: libc::c_short) -> Wait {
+    let restarting = restarting_signals();
+    let mut current: u64 = 0;
+    // SAFETY: reads this thread's signal mask into `current` (8 bytes: the kernel sigset).
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            0usize,
+            &mut current as *mut u64,
+            8usize,
+        )
+    };
+    let mask = current | restarting;
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: RESTART_SIGNAL_LATENCY_NS,
+    };
+    let timeout_ptr = if restarting == 0 {
+        std::ptr::null()
+    } else {
+        &timeout as *const libc::timespec
+    };
     loop {
         let mut p = libc::pollfd {
             fd,
             events,
             revents: 0,
         };
-        // SAFETY: one valid pollfd, no timeout pointer.
-        let r = unsafe { libc::syscall(libc::SYS_poll, &mut p as *mut libc::pollfd, 1usize, -1) };
-        if r >= 0 {
-            return Wait::Ready;
-        }
-        if sys::errno() != libc::EINTR {
-            return Wait::Ready;
-        }
-        if !handlers_restart() {
-            return Wait::Interrupted;
+        // SAFETY: one valid pollfd, a valid (or null) timeout and an 8-byte sigset.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_ppoll,
+                &mut p as *mut libc::pollfd,
+                1usize,
+                timeout_ptr,
+                &mask as *const u64,
+                8usize,
+            )
+        };
+        match r {
+            0 => continue,
+            r if r > 0 => return Wait::Ready,
+            _ if sys::errno() == libc::EINTR => return Wait::Interrupted,
+            _ => return Wait::Ready,
         }
     }
 }
@@ -71,9 +109,9 @@ struct KernelSigaction {
     mask: u64,
 }
 
-/// True when every signal with a handler installed has `SA_RESTART`.
-fn handlers_restart() -> bool {
-    (1..=64).all(|sig| {
+/// The set (bit `sig - 1`) of signals whose installed handler has `SA_RESTART`.
+fn restarting_signals() -> u64 {
+    (1..=64).fold(0u64, |set, sig| {
         let mut old = KernelSigaction {
             handler: 0,
             flags: 0,
@@ -87,30 +125,38 @@ fn handlers_restart() -> bool {
                 sig,
                 0usize,
                 &mut old as *mut KernelSigaction,
-                8,
+                8usize,
             )
         };
-        r != 0
-            || old.handler == libc::SIG_DFL
-            || old.handler == libc::SIG_IGN
-            || old.flags & libc::SA_RESTART as u64 != 0
+        let handled = r == 0 && old.handler != libc::SIG_DFL && old.handler != libc::SIG_IGN;
+        if handled && old.flags & libc::SA_RESTART as u64 != 0 {
+            set | 1 << (sig - 1)
+        } else {
+            set
+        }
     })
 }
 
 /// Opens pipe `key` through `/proc/<pid>/fd/<fd>` (read-write, non-blocking), checking
 /// that the fd still is that pipe.
 pub fn open_via(pid: i32, fd: i32, key: FileKey) -> Option<i32> {
+    reopen(pid, fd, key, libc::O_RDWR | libc::O_NONBLOCK).ok()
+}
+
+/// Opens `/proc/<pid>/fd/<fd>` with `flags` (plus `O_CLOEXEC`) if it still is pipe `key`;
+/// the error is the open's errno (`ENXIO`: write-only open of a pipe without readers).
+pub fn reopen(pid: i32, fd: i32, key: FileKey, flags: i32) -> Result<i32, i32> {
     if pid <= 0 || fd < 0 {
-        return None;
+        return Err(libc::EBADF);
     }
     let mut buf = [0u8; 48];
     let path = proc_fd_path(&mut buf, pid, fd);
-    let new = sys::open(path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0).ok()?;
+    let new = sys::open(path, flags | libc::O_CLOEXEC, 0)?;
     match sys::fstat(new) {
-        Ok(st) if st.st_dev == key.dev && st.st_ino == key.ino => Some(new),
+        Ok(st) if st.st_dev == key.dev && st.st_ino == key.ino => Ok(new),
         _ => {
             sys::close(new);
-            None
+            Err(libc::ESTALE)
         }
     }
 }

@@ -4,11 +4,13 @@ use crate::mutation::{Mutation, Target};
 use crate::runtime;
 use splicecow_registry::{sys, FileKey, Tables};
 
-/// Reports every not yet reported segment of `key` overlapping `[off, end)`.
-pub fn conflicts(t: &mut Tables, key: FileKey, m: Mutation, off: u64, end: u64) {
+/// Reports every not yet reported segment of `key` in pipe `slot` overlapping `[off, end)`.
+pub fn pipe_conflicts(t: &mut Tables, slot: usize, key: FileKey, m: Mutation, off: u64, end: u64) {
     let mut found = Vec::new();
     t.for_each_overlapping(key, off, end, |info| {
-        found.push(info);
+        if info.pipe_slot == slot {
+            found.push(info);
+        }
         true
     });
     for info in found {

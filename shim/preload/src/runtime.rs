@@ -36,6 +36,11 @@ pub struct Runtime {
     pub exec_env: Vec<Vec<u8>>,
     /// This library's path, as the dynamic loader opened it.
     pub library_path: Vec<u8>,
+    /// `SPLICECOW_PRIVATE_SNAPSHOTS=1`: register `MAP_PRIVATE` file mappings as snapshots.
+    pub private_snapshots: bool,
+    /// How long a mutator waits for another process to snapshot its private pages
+    /// (`SPLICECOW_SNAPSHOT_TIMEOUT_MS`, default 1000).
+    pub snapshot_timeout_ms: u64,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -155,6 +160,19 @@ fn init() -> Runtime {
             keep.then(|| [k, b"=".to_vec(), v].concat())
         })
         .collect();
+    let private_snapshots = match env("SPLICECOW_PRIVATE_SNAPSHOTS").as_deref().map(str::trim) {
+        None | Some("") | Some("0") => false,
+        Some("1") => true,
+        Some(other) => {
+            warn(&format!(
+                "SPLICECOW_PRIVATE_SNAPSHOTS={other:?} is not 0 or 1; using 0"
+            ));
+            false
+        }
+    };
+    let snapshot_timeout_ms = env("SPLICECOW_SNAPSHOT_TIMEOUT_MS")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1000);
     Runtime {
         mode,
         registry,
@@ -163,6 +181,8 @@ fn init() -> Runtime {
         settle_pause_us,
         exec_env,
         library_path,
+        private_snapshots,
+        snapshot_timeout_ms,
     }
 }
 

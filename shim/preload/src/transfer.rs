@@ -10,11 +10,8 @@ use crate::guard::keep_errno;
 use crate::pipe::{self, Wait};
 use crate::runtime::{self, Mode};
 use crate::settle::settle;
-use splicecow_registry::{sys, FileKey, Guard, Registry};
+use splicecow_registry::{sys, FileKey, Full, Guard, Registry};
 use std::sync::atomic::Ordering;
-
-/// Largest intent recorded before a call (a pipe never takes more than its capacity).
-const MAX_INTENT: u64 = 1 << 31;
 
 /// Runs `attempt` (one non-blocking try) until it does not fail with `EAGAIN`, waiting
 /// for each of `waits` in turn between tries when the caller asked for blocking
@@ -24,9 +21,15 @@ pub fn blocking_loop(
     waits: &[(i32, libc::c_short)],
     mut attempt: impl FnMut() -> isize,
 ) -> isize {
+    let caller_errno = sys::errno();
     loop {
         let r = attempt();
-        if r >= 0 || sys::errno() != libc::EAGAIN || !keep_errno(&blocking) {
+        if r >= 0 {
+            // A success leaves errno as the caller had it (EAGAIN/EINTR of tries is ours).
+            sys::set_errno(caller_errno);
+            return r;
+        }
+        if sys::errno() != libc::EAGAIN || !keep_errno(&blocking) {
             return r;
         }
         for &(fd, events) in waits {
@@ -130,9 +133,11 @@ pub fn file_to_pipe(
             Ok(Some(slot)) => slot,
             _ => return fallback_copy(reg, fd_in, off_in, fd_out, len),
         };
-        if let Some(pending) = pipe::pending(fd_out) {
-            t.prune(slot, pending);
-        }
+        // A pipe never holds more than its capacity: older stream bytes were consumed.
+        // (Cheap: F_GETPIPE_SZ takes no lock; FIONREAD would wait for a running reader.)
+        let cap = pipe::capacity(fd_out) as u64;
+        let bytes_in = t.pipe(slot).bytes_in;
+        t.retire_before(slot, bytes_in.saturating_sub(cap));
         let off = if off_in.is_null() {
             current_offset(fd_in)
         } else {
@@ -141,8 +146,16 @@ pub fn file_to_pipe(
         let pid = sys::getpid();
         let recorded = match off {
             Some(off) if !t.has_shared_writable_map(file) => {
-                let intent = (len as u64).min(MAX_INTENT).min(u64::MAX - off);
-                t.push_segment(slot, file, off, intent, pid).is_ok()
+                let intent = (len as u64).min(cap).min(u64::MAX - off);
+                let mut pushed = t.push_segment(slot, file, off, intent, pid);
+                if pushed == Err(Full::Segments) {
+                    // Ring full of small splices: prune exactly, then try again.
+                    if let Some(pending) = pipe::pending(fd_out) {
+                        t.prune(slot, pending);
+                    }
+                    pushed = t.push_segment(slot, file, off, intent, pid);
+                }
+                pushed.is_ok()
             }
             Some(_) => false,
             // The kernel will refuse the call (bad offset pointer or fd): nothing moves.
@@ -312,41 +325,60 @@ pub fn pipe_to_pipe(
     })
 }
 
-/// `write`/`writev` into a pipe the registry tracks: under the lock, with `RWF_NOWAIT`,
-/// so a settle of that pipe never reorders these bytes. `iov` must stay valid.
-pub fn write_into_pipe(reg: &Registry, fd: i32, key: FileKey, iov: &mut [libc::iovec]) -> isize {
-    let blocking = || status_flags(fd) & libc::O_NONBLOCK == 0;
+/// `write`/`writev` into a pipe the registry tracks: under the lock, and without
+/// blocking, so a settle of that pipe never reorders these bytes. The non-blocking
+/// writes go through a private `O_NONBLOCK` (and, for packet mode, `O_DIRECT`) reopening
+/// of the pipe (`RWF_NOWAIT` is refused once a pipe holds spliced pages). `None` when the
+/// pipe has no reader: the caller then calls through and gets `EPIPE`/`SIGPIPE` as usual.
+pub fn write_into_pipe(
+    reg: &Registry,
+    fd: i32,
+    key: FileKey,
+    iov: &mut [libc::iovec],
+) -> Option<isize> {
+    let flags = status_flags(fd);
+    let writer = pipe::reopen(sys::getpid(), fd, key, libc::O_WRONLY | libc::O_NONBLOCK).ok()?;
+    if flags & libc::O_DIRECT != 0 {
+        // Packet mode cannot be asked for at open; F_SETFL on our own description can.
+        let own = status_flags(writer) | libc::O_DIRECT;
+        // SAFETY: F_SETFL on the private description just opened.
+        unsafe { libc::syscall(libc::SYS_fcntl, writer, libc::F_SETFL, own) };
+    }
+
+    let blocking = flags & libc::O_NONBLOCK == 0;
     let want: usize = iov.iter().map(|v| v.iov_len).sum();
     let mut done = 0usize;
     let mut first = 0usize;
-    loop {
-        let r = blocking_loop(blocking, &[(fd, libc::POLLOUT)], || {
-            let mut t: Guard = reg.lock();
-            // SAFETY: iov[first..] are the caller's valid iovecs (adjusted below).
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_pwritev2,
-                    fd,
-                    iov[first..].as_ptr(),
-                    iov.len() - first,
-                    -1i64,
-                    0i64,
-                    libc::RWF_NOWAIT,
-                ) as isize
-            };
-            let errno = sys::errno();
-            if let Ok(Some(slot)) = t.pipe_slot(key, false) {
-                t.commit(slot, r.max(0) as u64);
-            }
-            sys::set_errno(errno);
-            r
-        });
+    let result = loop {
+        let r = blocking_loop(
+            || blocking,
+            &[(fd, libc::POLLOUT)],
+            || {
+                let mut t: Guard = reg.lock();
+                // SAFETY: iov[first..] are the caller's iovecs (adjusted below); the kernel
+                // checks the buffers they point to.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_writev,
+                        writer,
+                        iov[first..].as_ptr(),
+                        iov.len() - first,
+                    ) as isize
+                };
+                let errno = sys::errno();
+                if let Ok(Some(slot)) = t.pipe_slot(key, false) {
+                    t.commit(slot, r.max(0) as u64);
+                }
+                sys::set_errno(errno);
+                r
+            },
+        );
         if r < 0 {
-            return if done > 0 { done as isize } else { r };
+            break if done > 0 { done as isize } else { r };
         }
         done += r as usize;
-        if done >= want || !blocking() {
-            return done as isize;
+        if done >= want || !blocking {
+            break done as isize;
         }
         // Skip what was written and go on, as a blocking write would.
         let mut skip = r as usize;
@@ -359,5 +391,7 @@ pub fn write_into_pipe(reg: &Registry, fd: i32, key: FileKey, iov: &mut [libc::i
                 first += 1;
             }
         }
-    }
+    };
+    keep_errno(|| sys::close(writer));
+    Some(result)
 }

@@ -1,10 +1,10 @@
-//! The `exec` and `posix_spawn` families: the domain follows into the new program.
-//! A program that cleared its environment (`clearenv`, `env -i`, an explicit `envp`)
-//! would start unprotected and outside the domain; these hooks give the new program's
-//! environment back `LD_PRELOAD` (with this library) and the `SPLICECOW_*` variables
-//! this process started with, and count it (`env_restored`, which `splicecow run`
-//! reports). Values the program set itself are kept. The variadic `execl`, `execle`
-//! and `execlp` are C bodies (`exec_variadic.c`) that call the hooks below.
+//! The `exec` and `posix_spawn` families. The domain follows a new program through its
+//! inherited environment (`LD_PRELOAD`, `SPLICECOW_*`). A program that drops them
+//! (`clearenv`, `env -i`, an explicit `envp`) starts its child unprotected and outside
+//! the domain: these hooks notice it and count it (`env_cleared`, which `splicecow run`
+//! reports at exit). The environment itself is passed on untouched (the host program
+//! must not be able to tell the shim is there). The variadic `execl`, `execle` and
+//! `execlp` are C bodies (`exec_variadic.c`) that call the hooks below.
 
 use crate::real::{hooks, variadic_hook, Symbol};
 use crate::runtime::{self, Mode};
@@ -105,67 +105,39 @@ unsafe fn spawn_with_env(
     unsafe { with_domain_env(envp, |env| real(pid, path, actions, attr, argv, env)) }
 }
 
-/// Runs `f` with `envp`, or with a copy that has the domain's variables back.
+/// Counts an exec whose `envp` lost `LD_PRELOAD` (with this library) or one of the
+/// `SPLICECOW_*` variables this process started with, then runs `f` with `envp` as given.
 ///
 /// # Safety
 /// `envp` is null or a valid null-terminated array of C strings.
 unsafe fn with_domain_env<T>(envp: Argv, f: impl FnOnce(Argv) -> T) -> T {
     let rt = runtime::get();
-    if rt.mode == Mode::Off || rt.exec_env.is_empty() {
-        return f(envp);
-    }
-    // SAFETY: the caller's envp, as the exec call itself requires it.
-    let entries: Vec<&CStr> = unsafe { env_entries(envp) };
-    let mut extra: Vec<Vec<u8>> = Vec::new();
-    let mut replace_preload: Option<usize> = None;
-    for wanted in &rt.exec_env {
-        let name_len = wanted
-            .iter()
-            .position(|&b| b == b'=')
-            .map_or(wanted.len(), |i| i + 1);
-        let name = &wanted[..name_len];
-        let found = entries.iter().position(|e| e.to_bytes().starts_with(name));
-        if name == b"LD_PRELOAD=" {
+    if rt.mode != Mode::Off && !rt.exec_env.is_empty() {
+        // SAFETY: the caller's envp, as the exec call itself requires it.
+        let entries: Vec<&CStr> = unsafe { env_entries(envp) };
+        let lost = rt.exec_env.iter().any(|wanted| {
+            let name_len = wanted
+                .iter()
+                .position(|&b| b == b'=')
+                .map_or(wanted.len(), |i| i + 1);
+            let name = &wanted[..name_len];
+            let found = entries.iter().find(|e| e.to_bytes().starts_with(name));
             match found {
-                Some(i) if !contains_library(entries[i].to_bytes(), &rt.library_path) => {
-                    let mut merged = entries[i].to_bytes().to_vec();
-                    merged.push(b' ');
-                    merged.extend_from_slice(&rt.library_path);
-                    extra.push(merged);
-                    replace_preload = Some(i);
+                Some(e) if name == b"LD_PRELOAD=" => {
+                    !contains_library(e.to_bytes(), &rt.library_path)
                 }
-                Some(_) => {}
-                None => extra.push(wanted.clone()),
+                Some(_) => false,
+                None => true,
             }
-        } else if found.is_none() {
-            extra.push(wanted.clone());
+        });
+        if let (true, Some(reg)) = (lost, rt.registry.as_ref()) {
+            reg.header()
+                .counters
+                .env_cleared
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
-    if extra.is_empty() {
-        return f(envp);
-    }
-    if let Some(reg) = rt.registry.as_ref() {
-        reg.header()
-            .counters
-            .env_restored
-            .fetch_add(1, Ordering::Relaxed);
-    }
-    let extra: Vec<Vec<u8>> = extra
-        .into_iter()
-        .map(|mut v| {
-            v.push(0);
-            v
-        })
-        .collect();
-    let mut ptrs: Vec<*const c_char> = entries
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| Some(*i) != replace_preload)
-        .map(|(_, e)| e.as_ptr())
-        .collect();
-    ptrs.extend(extra.iter().map(|v| v.as_ptr().cast::<c_char>()));
-    ptrs.push(std::ptr::null());
-    f(ptrs.as_ptr())
+    f(envp)
 }
 
 /// The entries of a null-terminated `envp` (none for null).

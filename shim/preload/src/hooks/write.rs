@@ -94,6 +94,8 @@ unsafe fn write_impl(
                 iov_len: count,
             }];
             transfer::write_into_pipe(reg, fd, key, &mut iov)
+                // SAFETY: the caller's arguments (no reader: the kernel's EPIPE/SIGPIPE).
+                .unwrap_or_else(|| unsafe { real(fd, buf, count) })
         }
         // SAFETY: the caller's arguments.
         Route::Direct => unsafe { real(fd, buf, count) },
@@ -124,6 +126,8 @@ unsafe fn writev_impl(
             };
             if transfer::copy_from_user(iov.cast(), bytes) {
                 transfer::write_into_pipe(reg, fd, key, &mut copy[..n])
+                    // SAFETY: the caller's arguments.
+                    .unwrap_or_else(|| unsafe { real(fd, iov, iovcnt) })
             } else {
                 // SAFETY: the caller's arguments; the kernel reports EFAULT.
                 unsafe { real(fd, iov, iovcnt) }
