@@ -138,8 +138,14 @@ fn init() -> Runtime {
         }
     };
     if let Some(reg) = &registry {
-        // Mappings do not survive exec: forget what this pid registered before it.
-        reg.lock().drop_maps(splicecow_registry::sys::getpid());
+        // Mappings do not survive exec: forget what this pid registered before it
+        // (nothing to look at, and no table pages to touch, when no mapping is tracked).
+        let h = reg.header();
+        let tracked = h.shared_writable_maps.load(std::sync::atomic::Ordering::Relaxed)
+            + h.private_maps.load(std::sync::atomic::Ordering::Relaxed);
+        if tracked > 0 {
+            reg.lock().drop_maps(splicecow_registry::sys::getpid());
+        }
         // SAFETY: registering plain extern "C" handlers; this library is never unloaded.
         unsafe {
             libc::pthread_atfork(None, None, Some(after_fork_in_child));
