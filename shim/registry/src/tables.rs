@@ -395,12 +395,6 @@ impl Tables<'_> {
             .any(|s| s.file_slot as usize == fslot && overlaps(s.file_off, s.len, off, end))
     }
 
-    /// True when file `file` has in-flight segments (cheap: one hash probe).
-    pub fn file_has_segments(&self, file: FileKey) -> bool {
-        find(file, MAX_FILES, |i| self.layout.files[i].key)
-            .is_some_and(|i| self.layout.files[i].live_segments > 0)
-    }
-
     /// Marks a segment (found by [`Tables::overlapping`]) as reported; false if it already was.
     pub fn mark_reported(&mut self, info: &SegmentInfo) -> bool {
         let p = &mut self.layout.pipes[info.pipe_slot % MAX_PIPES];
@@ -549,17 +543,6 @@ impl Tables<'_> {
                 self.drop_map_record(i);
             } else if overlaps(m.lo, m.hi.saturating_sub(m.lo), off, end) {
                 each(m.pid);
-            }
-        }
-    }
-
-    /// Gives process `child` the same mapping records as `parent` (after `fork`).
-    pub fn copy_maps(&mut self, parent: i32, child: i32) {
-        for i in 0..MAX_MAPS {
-            let m = self.layout.maps[i];
-            if m.pid == parent && m.pid != 0 {
-                let key = self.file(m.file_slot as usize).key;
-                let _ = self.add_map(m.kind, key, child, m.count as i32, m.lo, m.hi);
             }
         }
     }
