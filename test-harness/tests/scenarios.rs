@@ -22,9 +22,10 @@ use std::thread;
 use std::time::Duration;
 
 use splicecow_test_harness::{
-    all_values, compare, find_program, inode, library_path, pipe, queued_in_pipes_of,
-    run_with_timeout, target_dir, value_name, wait_for_fionread, wait_with_timeout, Api, Mutation,
-    Mutator, Protection, ScenarioReport, TempDomain, TempFile, DEFAULT_SPLICE_LEN,
+    all_values, compare, domain_stats, find_program, inode, library_path, pipe, queued_in_pipes_of,
+    run_piped, run_with_timeout, strip_shim_env, target_dir, value_name, wait_for_fionread,
+    wait_with_timeout, Api, Mutation, Mutator, Protection, ScenarioReport, TempDomain, TempFile,
+    DEFAULT_SPLICE_LEN,
 };
 
 /// How long one scenario process may take.
@@ -453,4 +454,36 @@ fn python_os_splice() {
         failures.is_empty(),
         "python os.splice protected runs not exact (spliced, received, mismatched): {failures:?}"
     );
+}
+
+/// Issue 2: pruning keeps a long transfer zero-copy. `pv` sends a 64 MiB file 160 times
+/// (10 GiB) into an unshimmed `cat`; the registry must never run out of room (no
+/// copy-path fallback), every byte must go zero-copy and none be copied.
+#[test]
+fn pv_ten_gib_never_falls_back() {
+    const FILE_LEN: usize = 64 << 20;
+    const TIMES: usize = 160;
+    let lib = lib();
+    let file = TempFile::with_pattern("pv-10g", FILE_LEN).expect("test file");
+    let domain = TempDomain::new();
+    let mut pv = Command::new("pv");
+    domain.protection(&lib).apply(&mut pv).arg("-q");
+    for _ in 0..TIMES {
+        pv.arg(file.path());
+    }
+    let mut count = Command::new("wc");
+    strip_shim_env(&mut count).arg("-c");
+    let (producer, consumer) =
+        run_piped(&mut pv, &mut count, Duration::from_secs(120)).expect("pv | wc -c");
+    let received: u64 = String::from_utf8_lossy(&consumer.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let stats = domain_stats(domain.name()).expect("stats");
+    let total = (FILE_LEN * TIMES) as u64;
+    eprintln!("pv 10 GiB: {}; stats {stats}", producer.describe());
+    assert_eq!(received, total, "bytes received");
+    assert_eq!(stats["copy_fallbacks"], 0, "copy-path fallbacks");
+    assert_eq!(stats["bytes_zero_copy"], total, "bytes kept zero-copy");
+    assert_eq!(stats["bytes_copied"], 0, "bytes copied");
 }
