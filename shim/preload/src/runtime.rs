@@ -141,7 +141,9 @@ fn init() -> Runtime {
         // Mappings do not survive exec: forget what this pid registered before it
         // (nothing to look at, and no table pages to touch, when no mapping is tracked).
         let h = reg.header();
-        let tracked = h.shared_writable_maps.load(std::sync::atomic::Ordering::Relaxed)
+        let tracked = h
+            .shared_writable_maps
+            .load(std::sync::atomic::Ordering::Relaxed)
             + h.private_maps.load(std::sync::atomic::Ordering::Relaxed);
         if tracked > 0 {
             reg.lock().drop_maps(splicecow_registry::sys::getpid());

@@ -109,20 +109,17 @@ pub fn file_to_pipe(
     let blocking =
         || flags & libc::SPLICE_F_NONBLOCK == 0 && status_flags(fd_out) & libc::O_NONBLOCK == 0;
     let waits = [(fd_out, libc::POLLOUT)];
+    let splice_nonblocking = || {
+        let nb = flags | libc::SPLICE_F_NONBLOCK;
+        raw_splice(fd_in, off_in, fd_out, std::ptr::null_mut(), len, nb)
+    };
     let Some(reg) = rt.tracking() else {
         let copy = rt.mode == Mode::Copy;
         return blocking_loop(blocking, &waits, || {
             if copy {
                 copy_into_pipe(fd_in, off_in, fd_out, len)
             } else {
-                raw_splice(
-                    fd_in,
-                    off_in,
-                    fd_out,
-                    std::ptr::null_mut(),
-                    len,
-                    flags | libc::SPLICE_F_NONBLOCK,
-                )
+                splice_nonblocking()
             }
         });
     };
@@ -162,14 +159,7 @@ pub fn file_to_pipe(
             None => true,
         };
         let r = if recorded {
-            raw_splice(
-                fd_in,
-                off_in,
-                fd_out,
-                std::ptr::null_mut(),
-                len,
-                flags | libc::SPLICE_F_NONBLOCK,
-            )
+            splice_nonblocking()
         } else {
             counters.copy_fallbacks.fetch_add(1, Ordering::Relaxed);
             copy_into_pipe(fd_in, off_in, fd_out, len)
