@@ -425,3 +425,24 @@ fn stopped_owner_times_out() {
     assert_eq!(check["first_mismatch"], 100, "{check}");
     assert!(owner.finish(), "owner did not exit cleanly");
 }
+
+/// `fork` while another thread of the owner holds the shim's local mapping table (its
+/// `mmap`/`munmap` hooks, or the snapshot helper thread): the child must not hang in the
+/// shim's `fork` child handler (found by the timeout test: the continued owner's helper
+/// was still snapshotting when `hold` forked its reader).
+#[test]
+fn fork_while_the_mapping_table_is_busy() {
+    lib();
+    let domain = TempDomain::new();
+    let args = [
+        "fork-race",
+        "--forks",
+        "1500",
+        "--pwrites",
+        "1500",
+        "--mapper-thread",
+    ];
+    let v = json_of(snapshot(&args, Env::Snapshots(&domain))).unwrap();
+    assert_eq!(v["hung"], Value::Array(vec![]), "{v}");
+    assert_eq!(v["forks"], 1500, "{v}");
+}

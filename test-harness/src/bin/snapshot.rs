@@ -12,6 +12,8 @@
 //!   prints a JSON [`Check`] of the mapping, EOF exits.
 //! - `huge`: a 1 GiB sparse file mapped private, 64 KiB of it read, then small pwrites
 //!   from another process; one JSON [`HugeReport`] with the RSS before and after.
+//! - `fork-race`: forks children that exit at once while the helper thread snapshots
+//!   for another process's pwrites; one JSON line (`forks`, `hung`).
 //! - `mutate --file F --mutation M..`: the mutator; one JSON [`MutateReport`].
 //!
 //! Exit status: 0 when the subcommand ran (the caller judges the output), 2 on setup
@@ -46,6 +48,8 @@ const SHIFT_AT: i64 = 32768;
 const SHIFT_LEN: i64 = 4096;
 /// Offset of the owner's own store in `--own-write`.
 const OWN_AT: usize = 5000;
+/// How long a `fork-race` child, which only `_exit`s, may take.
+const FORK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a mutator child may take.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -101,6 +105,16 @@ enum Cmd {
         /// The mutation made from another process after the RSS is measured.
         #[arg(long, value_enum, default_value = "pwrite")]
         mutation: Mut,
+    },
+    /// Forks children that exit at once while another process mutates; prints JSON.
+    ForkRace {
+        #[arg(long, default_value_t = 300)]
+        forks: usize,
+        #[arg(long, default_value_t = 300)]
+        pwrites: usize,
+        /// Also map and unmap the file (private) in a loop in another thread.
+        #[arg(long)]
+        mapper_thread: bool,
     },
     /// Applies mutations to `--file`; prints a JSON `MutateReport`.
     Mutate {
@@ -229,6 +243,11 @@ fn main() -> ExitCode {
             touch_kib,
             mutation,
         } => huge(size_mib, touch_kib, mutation),
+        Cmd::ForkRace {
+            forks,
+            pwrites,
+            mapper_thread,
+        } => fork_race(forks, pwrites, mapper_thread),
         Cmd::Mutate {
             file,
             mutation,
@@ -537,12 +556,7 @@ impl Mapping {
             }
         }
         drop(w);
-        let mut status = 0;
-        // SAFETY: waits for our own child.
-        check_ret(
-            unsafe { libc::waitpid(pid, &mut status, 0) } as i64,
-            "waitpid",
-        )?;
+        let status = wait_child(pid, CHILD_TIMEOUT)?;
         let mut buf = [0u8; 16];
         // SAFETY: buf is valid for 16 bytes.
         let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -581,6 +595,84 @@ impl Drop for Mapping {
         // SAFETY: unmaps our own mapping once.
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
+}
+
+/// Waits for child `pid` at most `timeout`; kills it and fails when it is late (a child
+/// stuck in the shim's `fork` handler must not outlive the test).
+fn wait_child(pid: libc::pid_t, timeout: Duration) -> io::Result<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for our own child without blocking.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        check_ret(r as i64, "waitpid")?;
+        if r == pid {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: kills and reaps our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Err(io::Error::other(format!(
+                "forked child {pid} hung for {timeout:?} (killed)"
+            )));
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The `fork-race` subcommand: forks `forks` children that `_exit` at once while another
+/// process pwrites the mapped file `pwrites` times (the helper thread snapshots all the
+/// while), and, with `mapper`, a thread maps and unmaps the file; every child must be
+/// gone within [`FORK_TIMEOUT`].
+fn fork_race(forks: usize, pwrites: usize, mapper: bool) -> io::Result<()> {
+    let file = TempFile::with_pattern("snapfork", FILE_LEN)?;
+    let map = Mapping::private(file.path(), FILE_LEN, false)?;
+    map.touch(FILE_LEN);
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("mutate").arg("--file").arg(file.path());
+    cmd.args(["--pwrites", &pwrites.to_string()]);
+    let mut mutator = cmd.stdout(std::process::Stdio::null()).spawn()?;
+    let stop = AtomicBool::new(false);
+    let (done, hung) = thread::scope(|s| {
+        if mapper {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    drop(Mapping::private(file.path(), FILE_LEN, false));
+                }
+            });
+        }
+        let r = fork_loop(forks);
+        stop.store(true, Ordering::Relaxed);
+        r
+    })?;
+    let _ = wait_with_timeout(&mut mutator, CHILD_TIMEOUT);
+    drop(map);
+    print_json(&serde_json::json!({ "forks": done, "hung": hung }))
+}
+
+/// Forks `forks` children that `_exit` at once, one after the other; stops at the first
+/// that hangs. Returns the children that exited and the hang, if any.
+fn fork_loop(forks: usize) -> io::Result<(usize, Vec<String>)> {
+    let mut done = 0usize;
+    let mut hung = Vec::new();
+    while done < forks {
+        // SAFETY: the child calls only _exit.
+        let pid = unsafe { libc::fork() };
+        check_ret(pid as i64, "fork")?;
+        if pid == 0 {
+            // SAFETY: leaves the copied process at once.
+            unsafe { libc::_exit(0) };
+        }
+        if let Err(e) = wait_child(pid, FORK_TIMEOUT) {
+            hung.push(e.to_string());
+            break;
+        }
+        done += 1;
+    }
+    Ok((done, hung))
 }
 
 /// The owner's expected content: the pattern, with `Z` at 5000 when `own_write`.
