@@ -5,7 +5,7 @@ use splicecow_registry::{OpenError, Registry, Stats, DEFAULT_DOMAIN};
 use std::time::Duration;
 
 /// The counters and fill levels of `s`, named as the fields of [`Stats`].
-pub fn fields(s: &Stats) -> [(&'static str, u64); 17] {
+pub fn fields(s: &Stats) -> [(&'static str, u64); 20] {
     [
         ("splices", s.splices),
         ("bytes_zero_copy", s.bytes_zero_copy),
@@ -19,6 +19,9 @@ pub fn fields(s: &Stats) -> [(&'static str, u64); 17] {
         ("lock_takeovers", s.lock_takeovers),
         ("live_segments", s.live_segments),
         ("shared_writable_maps", s.shared_writable_maps),
+        ("private_maps", s.private_maps),
+        ("snapshots", s.snapshots),
+        ("snapshot_timeouts", s.snapshot_timeouts),
         ("pipes_in_use", s.pipes_in_use),
         ("files_in_use", s.files_in_use),
         ("pipe_capacity", s.pipe_capacity),
@@ -130,7 +133,7 @@ mod tests {
         assert_eq!(v["domain"], "d");
         assert_eq!(v["splices"], 7);
         assert_eq!(v["registry_fill"], 0.25);
-        assert_eq!(v.as_object().unwrap().len(), 19);
+        assert_eq!(v.as_object().unwrap().len(), 22);
         assert!(human("d", &s).contains("\nsplices: 7\n"));
     }
 }

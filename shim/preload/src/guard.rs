@@ -13,8 +13,11 @@ impl Inside {
     /// Enters the shim, or `None` when this thread is already inside it (nested call or
     /// a signal handler that interrupted a hook): such calls must go straight through.
     pub fn enter() -> Option<Inside> {
+        // Lazily built: an `Inside` made and dropped for a nested call would clear the
+        // flag of the call it is nested in.
+        #[allow(clippy::unnecessary_lazy_evaluations)]
         INSIDE
-            .try_with(|inside| (!inside.replace(true)).then_some(Inside(())))
+            .try_with(|inside| (!inside.replace(true)).then(|| Inside(())))
             .ok()
             .flatten()
     }
@@ -32,4 +35,24 @@ pub fn keep_errno<T>(f: impl FnOnce() -> T) -> T {
     let r = f();
     crate::registry_sys::set_errno(saved);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Inside;
+
+    #[test]
+    fn a_nested_enter_leaves_the_outer_one_inside() {
+        let outer = Inside::enter().expect("first entry");
+        assert!(Inside::enter().is_none(), "nested entry is refused");
+        assert!(
+            Inside::enter().is_none(),
+            "and still refused after a refused one"
+        );
+        drop(outer);
+        assert!(
+            Inside::enter().is_some(),
+            "free again after the outer one left"
+        );
+    }
 }

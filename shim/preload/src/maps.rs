@@ -108,11 +108,26 @@ impl LocalMaps {
         self.len.load(Ordering::Relaxed) == 0
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Table) -> T) -> T {
+    fn acquire(&self) {
         let backoff = Backoff::new();
         while self.locked.swap(true, Ordering::Acquire) {
             backoff.snooze();
         }
+    }
+
+    /// `fork` prepare handler: hold the table so no other thread is inside it when the
+    /// process is copied (the child would inherit a lock nobody releases).
+    pub fn hold_for_fork(&self) {
+        self.acquire();
+    }
+
+    /// `fork` parent and child handlers: release what [`LocalMaps::hold_for_fork`] took.
+    pub fn release_after_fork(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Table) -> T) -> T {
+        self.acquire();
         // SAFETY: we hold `locked`, so this is the only reference to the table.
         let table = unsafe { &mut *self.table.get() };
         let r = f(table);

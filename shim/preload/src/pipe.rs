@@ -189,10 +189,10 @@ fn proc_fd_path(buf: &mut [u8; 48], pid: i32, fd: i32) -> &[u8] {
     &buf[..at]
 }
 
-/// Scans `/proc/*/fd` for any process holding pipe `key` and opens it.
-/// Slow (reads every process's fd table); used only when no recorded holder is left.
+/// Scans `/proc/*/fd` for any process holding pipe (or FIFO) `key` and opens it.
+/// Slow (looks at every process's fd table); used only when no recorded holder is left.
 pub fn open_by_scan(key: FileKey) -> Option<i32> {
-    let want = format!("pipe:[{}]", key.ino);
+    use std::os::unix::fs::MetadataExt;
     let procs = std::fs::read_dir("/proc").ok()?;
     for p in procs.flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -202,7 +202,9 @@ pub fn open_by_scan(key: FileKey) -> Option<i32> {
             continue;
         };
         for f in fds.flatten() {
-            let is_it = std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == want.as_str());
+            // stat follows the link to the object: same for anonymous pipes and FIFOs.
+            let is_it =
+                std::fs::metadata(f.path()).is_ok_and(|m| m.dev() == key.dev && m.ino() == key.ino);
             let fd = f.file_name().to_str().and_then(|s| s.parse::<i32>().ok());
             if let (true, Some(fd)) = (is_it, fd) {
                 if let Some(opened) = open_via(pid, fd, key) {

@@ -87,8 +87,19 @@ fn library_path() -> Vec<u8> {
         .to_vec()
 }
 
-/// `fork` child handler: the child inherits the parent's shared writable mappings.
+/// `fork` prepare handler: no other thread may be inside the mapping table.
+extern "C" fn before_fork() {
+    crate::maps::LOCAL_MAPS.hold_for_fork();
+}
+
+/// `fork` parent handler.
+extern "C" fn after_fork_in_parent() {
+    crate::maps::LOCAL_MAPS.release_after_fork();
+}
+
+/// `fork` child handler: the child inherits the parent's tracked mappings; count them.
 extern "C" fn after_fork_in_child() {
+    crate::maps::LOCAL_MAPS.release_after_fork();
     if let Some(_inside) = crate::guard::Inside::enter() {
         crate::hooks::mmap::register_child_maps();
     }
@@ -150,7 +161,11 @@ fn init() -> Runtime {
         }
         // SAFETY: registering plain extern "C" handlers; this library is never unloaded.
         unsafe {
-            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork_in_parent),
+                Some(after_fork_in_child),
+            );
             libc::atexit(crate::hooks::stdio::before_exit_flush);
         }
     }
