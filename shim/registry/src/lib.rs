@@ -252,7 +252,11 @@ impl Registry {
             if st.st_size as usize == LAYOUT_SIZE {
                 break;
             }
-            if st.st_size != 0 || sys::monotonic_ns() > deadline {
+            // Size 0: a creator between O_EXCL and ftruncate. Wait for it, unless the
+            // file is old (its creator died there): then refuse at once.
+            let age_ns = sys::realtime_ns()
+                .saturating_sub(st.st_ctime as u64 * 1_000_000_000 + st.st_ctime_nsec as u64);
+            if st.st_size != 0 || age_ns > PUBLISH_WAIT_NS || sys::monotonic_ns() > deadline {
                 return Err(OpenError::Foreign);
             }
             sys::sleep_ns(1_000_000);
@@ -505,5 +509,46 @@ mod tests {
             Some(OpenError::NotOurs)
         );
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn other_versions_truncated_files_and_other_owners_are_refused() {
+        use std::os::unix::fs::FileExt;
+        let domain = format!("unit-{}-versions", std::process::id());
+        let path = registry_path(&domain);
+        let _ = std::fs::remove_file(&path);
+        drop(Registry::open_or_create(&domain).unwrap());
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        // layout_version sits right after the 8-byte magic.
+        f.write_all_at(&99u32.to_ne_bytes(), 8).unwrap();
+        assert_eq!(
+            Registry::open_existing(&domain).err(),
+            Some(OpenError::Version(99))
+        );
+        f.set_len(100).unwrap();
+        assert_eq!(
+            Registry::open_existing(&domain).err(),
+            Some(OpenError::Foreign)
+        );
+        // An empty file left by a creator that died before sizing it: refused at once
+        // once it is older than the publication wait.
+        f.set_len(0).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let start = std::time::Instant::now();
+        let r = Registry::open_existing(&domain);
+        assert!(matches!(r, Err(OpenError::Foreign)), "{:?}", r.err());
+        assert!(start.elapsed() < std::time::Duration::from_millis(500));
+        drop(f);
+        std::fs::remove_file(&path).unwrap();
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            drop(Registry::open_or_create(&domain).unwrap());
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+            assert_eq!(
+                Registry::open_existing(&domain).err(),
+                Some(OpenError::NotOurs)
+            );
+            std::fs::remove_file(&path).unwrap();
+        }
     }
 }
