@@ -72,4 +72,22 @@ mod tests {
         assert!(!acquire(&word));
         release(&word);
     }
+
+    #[test]
+    fn lock_of_an_unreaped_zombie_is_taken_over() {
+        // SAFETY: the child only exits; the parent reaps it below.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: leaving the forked child at once.
+            unsafe { libc::_exit(0) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let word = AtomicU64::new(((child as u32 as u64) << 32) | child as u32 as u64);
+        let start = std::time::Instant::now();
+        assert!(acquire(&word), "the zombie's lock is taken over");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        release(&word);
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+    }
 }

@@ -122,24 +122,44 @@ pub fn getpid() -> i32 {
     unsafe { libc::syscall(libc::SYS_getpid) as i32 }
 }
 
-/// True when process `pid` exists (a zombie counts as gone).
+/// True when process `pid` exists and is not a zombie.
 pub fn process_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }
     // SAFETY: signal 0 only checks for existence and permission.
     let r = unsafe { libc::syscall(libc::SYS_kill, pid, 0) };
-    r == 0 || errno() == libc::EPERM
+    (r == 0 || errno() == libc::EPERM) && !is_zombie(pid)
 }
 
-/// True when thread `tid` of process `pid` exists.
+/// True when thread `tid` of process `pid` exists and its process is not a zombie (a
+/// killed process keeps its main thread as a zombie until its parent reaps it; a lock
+/// it held must not wait for that).
 pub fn thread_alive(pid: i32, tid: i32) -> bool {
     if pid <= 0 || tid <= 0 {
         return false;
     }
     // SAFETY: signal 0 only checks for existence and permission.
     let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
-    r == 0 || errno() == libc::EPERM
+    (r == 0 || errno() == libc::EPERM) && !is_zombie(pid)
+}
+
+/// True when `/proc/<pid>/stat` shows state `Z` (zombie) or `X` (dead).
+fn is_zombie(pid: i32) -> bool {
+    let path = format!("/proc/{pid}/stat\0");
+    let Ok(fd) = open(path.as_bytes(), libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+        return false;
+    };
+    let mut buf = [0u8; 512];
+    // SAFETY: reads into our own buffer.
+    let n = unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) };
+    close(fd);
+    let stat = &buf[..n.max(0) as usize];
+    // "pid (comm) S ...": the state follows the last ')'.
+    stat.iter()
+        .rposition(|&b| b == b')')
+        .and_then(|i| stat.get(i + 2))
+        .is_some_and(|&state| state == b'Z' || state == b'X')
 }
 
 /// `CLOCK_REALTIME` in nanoseconds.
