@@ -539,3 +539,27 @@ fn stats_of_a_kept_domain_shows_what_happened_and_watch_repeats() {
         "stats --watch 1 printed {blocks} time(s) in 2.5 s"
     );
 }
+
+/// Issue 4: a program that drops the environment for a child (`env -i`) starts that
+/// child outside the domain; `run` says so at exit. A plain child is not reported.
+#[test]
+fn a_cleared_environment_is_reported_by_run() {
+    let out = splicecow(&["run", "--", "env", "-i", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 exec(s) in this domain dropped LD_PRELOAD/SPLICECOW_*"),
+        "stderr: {}",
+        stderr(&out)
+    );
+    let out = splicecow(&["run", "--", "sh", "-c", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        !stderr(&out).contains("dropped"),
+        "stderr: {}",
+        stderr(&out)
+    );
+}
