@@ -128,6 +128,8 @@ fn init() -> Runtime {
         v.push(0);
         v
     });
+    // Whoever takes the table lock over from a settler that died finishes its settle.
+    splicecow_registry::set_interrupted_settle_handler(crate::settle::finish_interrupted);
     let registry = if mode == Mode::Off {
         None
     } else {

@@ -173,6 +173,44 @@ pub struct Mailbox {
 /// Mailboxes (processes with registered private mappings).
 pub const MAX_MAILBOXES: usize = 256;
 
+/// Bytes the settle journal holds: every pipe up to the default `pipe-max-size` (1 MiB).
+pub const JOURNAL_BYTES: usize = 1 << 20;
+/// Packet boundaries the settle journal keeps.
+pub const JOURNAL_CHUNKS: usize = 1024;
+/// [`SettleJournal::state`]: no settle in progress.
+pub const SETTLE_IDLE: u32 = 0;
+/// [`SettleJournal::state`]: the pipe is being read into the journal.
+pub const SETTLE_DRAINING: u32 = 1;
+/// [`SettleJournal::state`]: the journal's bytes are being written back.
+pub const SETTLE_REFILLING: u32 = 2;
+/// [`SettleJournal::state`]: a settle of a pipe larger than the journal, whose bytes are
+/// in the settler's private buffer (lost if it dies).
+pub const SETTLE_PRIVATE: u32 = 3;
+
+/// The settle in progress, kept in shared memory so that whoever takes the table lock
+/// over from a settler that died can finish it: no drained byte is lost.
+#[repr(C)]
+pub struct SettleJournal {
+    /// [`SETTLE_IDLE`], [`SETTLE_DRAINING`], [`SETTLE_REFILLING`] or [`SETTLE_PRIVATE`].
+    pub state: u32,
+    /// The pipe being settled.
+    pub pipe_slot: u32,
+    /// Chunks read so far (a chunk ends at a packet boundary).
+    pub n_chunks: u32,
+    /// Chunks completely written back.
+    pub done_chunks: u32,
+    /// Bytes read so far.
+    pub total: u64,
+    /// Bytes of chunk `done_chunks` already written back.
+    pub done_in_chunk: u64,
+    /// Length of each chunk.
+    pub chunk_len: [u32; JOURNAL_CHUNKS],
+    /// Leading bytes of each chunk that were spliced (written back without `O_DIRECT`).
+    pub chunk_plain: [u32; JOURNAL_CHUNKS],
+    /// The drained bytes.
+    pub bytes: [u8; JOURNAL_BYTES],
+}
+
 /// Domain-wide counters, updated with relaxed atomics, read by `splicecow stats`.
 #[repr(C)]
 #[derive(Default)]
@@ -248,6 +286,8 @@ pub struct Layout {
     pub busy: [u32; MAX_PIPES],
     /// Pipe table (open addressing by [`FileKey::home`]).
     pub pipes: [PipeRecord; MAX_PIPES],
+    /// The settle in progress.
+    pub journal: SettleJournal,
 }
 
 /// Size in bytes of the shared-memory file.
@@ -272,6 +312,10 @@ mod tests {
         assert_eq!(size_of::<MapRecord>(), 32);
         assert_eq!(size_of::<Mailbox>(), 56);
         assert_eq!(size_of::<Counters>(), 88);
+        assert_eq!(
+            size_of::<SettleJournal>(),
+            32 + 8 * JOURNAL_CHUNKS + JOURNAL_BYTES
+        );
         assert_eq!(size_of::<Header>(), 72 + 88);
         assert_eq!(align_of::<Layout>(), 8);
         assert_eq!(
@@ -282,6 +326,7 @@ mod tests {
                 + 56 * MAX_MAILBOXES
                 + 4 * MAX_PIPES
                 + size_of::<PipeRecord>() * MAX_PIPES
+                + size_of::<SettleJournal>()
         );
     }
 }

@@ -133,6 +133,15 @@ impl Drop for Guard<'_> {
     }
 }
 
+static INTERRUPTED_SETTLE_HANDLER: std::sync::OnceLock<fn(&mut Tables)> =
+    std::sync::OnceLock::new();
+
+/// Sets what [`Registry::lock`] runs when it finds a settle that its settler did not
+/// finish (it died holding the lock). Only the first call counts.
+pub fn set_interrupted_settle_handler(finish: fn(&mut Tables)) {
+    let _ = INTERRUPTED_SETTLE_HANDLER.set(finish);
+}
+
 /// A snapshot of the counters and fill levels, for `splicecow stats`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats {
@@ -308,18 +317,26 @@ impl Registry {
     }
 
     /// Takes the table lock (taking it over from a dead holder if needed).
+    /// When the lock was taken over from a settler that died (the journal is not idle),
+    /// the handler set with [`set_interrupted_settle_handler`] finishes that settle first.
     pub fn lock(&self) -> Guard<'_> {
         if lock::acquire(&self.header().lock) {
             self.header().lock_takeovers.fetch_add(1, Ordering::Relaxed);
         }
-        Guard {
+        let mut guard = Guard {
             registry: self,
             // SAFETY: the cross-process lock is held until the Guard drops, so no other
             // thread of any process accesses the tables meanwhile.
             tables: Tables {
                 layout: unsafe { &mut *self.base },
             },
+        };
+        if guard.journal().state != layout::SETTLE_IDLE {
+            if let Some(finish) = INTERRUPTED_SETTLE_HANDLER.get() {
+                finish(&mut guard);
+            }
         }
+        guard
     }
 
     /// Lock-free check whether `file` may have in-flight segments or shared writable

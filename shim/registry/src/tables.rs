@@ -90,6 +90,16 @@ impl Tables<'_> {
         }
     }
 
+    /// The settle journal.
+    pub fn journal(&mut self) -> &mut SettleJournal {
+        &mut self.layout.journal
+    }
+
+    /// The domain's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.layout.header.counters
+    }
+
     /// The record of pipe slot `slot`.
     pub fn pipe(&self, slot: usize) -> &PipeRecord {
         &self.layout.pipes[slot % MAX_PIPES]
