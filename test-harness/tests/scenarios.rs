@@ -14,6 +14,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -486,4 +487,87 @@ fn pv_ten_gib_never_falls_back() {
     assert_eq!(stats["copy_fallbacks"], 0, "copy-path fallbacks");
     assert_eq!(stats["bytes_zero_copy"], total, "bytes kept zero-copy");
     assert_eq!(stats["bytes_copied"], 0, "bytes copied");
+}
+
+/// Runs `python3 -c SCRIPT ARGS` under `protection` and waits for it.
+fn python(
+    protection: &Protection,
+    script: &str,
+    args: &[String],
+    extra_env: &[(&str, &str)],
+) -> std::process::Child {
+    let mut cmd = Command::new("python3");
+    protection.apply(&mut cmd).arg("-c").arg(script).args(args);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("python3")
+}
+
+/// Splices 64 KiB of `file` into the test's pipe (opened through /proc), then a mutator
+/// whose settle sleeps between drain and refill is SIGKILLed inside that pause, then a
+/// third process touches the registry. Returns (bytes read, mismatched bytes).
+fn settler_killed_mid_settle(protection: &Protection, file: &Path) -> (usize, usize) {
+    const SPLICE: &str = "import os,sys; f=os.open(sys.argv[1],os.O_RDONLY); \
+        p=os.open(sys.argv[2],os.O_WRONLY); n=0\n\
+        while n<65536: n+=os.splice(f,p,65536-n)";
+    const PWRITE: &str = "import os,sys; f=os.open(sys.argv[1],os.O_RDWR); \
+        os.pwrite(f,b'B'*16,int(sys.argv[2]))";
+    let (r, w) = pipe().expect("pipe");
+    let via_proc = format!("/proc/{}/fd/{}", std::process::id(), w.as_raw_fd());
+    let path = file.display().to_string();
+    let status = python(protection, SPLICE, &[path.clone(), via_proc], &[])
+        .wait()
+        .unwrap();
+    assert!(status.success(), "splicer failed");
+    // The mutator drains the pipe and is killed while it holds the bytes.
+    let mut victim = python(
+        protection,
+        PWRITE,
+        &[path.clone(), "100".into()],
+        &[("SPLICECOW_TEST_SETTLE_PAUSE_US", "3000000")],
+    );
+    thread::sleep(Duration::from_millis(700));
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    // Anyone taking the registry lock next finishes the interrupted settle.
+    let status = python(protection, PWRITE, &[path, "200000".into()], &[])
+        .wait()
+        .unwrap();
+    assert!(status.success(), "second mutator failed");
+    drop(w);
+    let mut got = Vec::new();
+    File::from(r).read_to_end(&mut got).unwrap();
+    let expected = splicecow_test_harness::pattern(65536);
+    let bad = compare(&expected, &got).mismatched_bytes;
+    (got.len(), bad)
+}
+
+/// Issue 4: a settler SIGKILLed between drain and refill loses nothing: the drained
+/// bytes are in the registry's journal and the next lock holder writes them back.
+#[test]
+fn a_settler_killed_between_drain_and_refill_loses_nothing() {
+    let lib = lib();
+    let file = TempFile::with_pattern("journal", 256 << 10).expect("file");
+    let unprotected = settler_killed_mid_settle(&Protection::Unprotected, file.path());
+    let file = TempFile::with_pattern("journal", 256 << 10).expect("file");
+    let domain = TempDomain::new();
+    let protected = settler_killed_mid_settle(&domain.protection(&lib), file.path());
+    let stats = domain_stats(domain.name()).expect("stats");
+    eprintln!(
+        "killed settler: unprotected (read, bad) {unprotected:?}; protected {protected:?}; {stats}"
+    );
+    assert_eq!(
+        protected,
+        (65536, 0),
+        "protected: bytes read and mismatched"
+    );
+    assert!(
+        stats["lock_takeovers"].as_u64() >= Some(1),
+        "the lock was taken over: {stats}"
+    );
+    assert!(
+        stats["settles"].as_u64() >= Some(1),
+        "the settle was finished: {stats}"
+    );
 }
