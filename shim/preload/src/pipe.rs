@@ -152,8 +152,16 @@ pub fn reopen(pid: i32, fd: i32, key: FileKey, flags: i32) -> Result<i32, i32> {
     let mut buf = [0u8; 48];
     let path = proc_fd_path(&mut buf, pid, fd);
     let new = sys::open(path, flags | libc::O_CLOEXEC, 0)?;
+    // Same inode number *and* still a pipe: a deleted FIFO's inode number can be reused by
+    // a regular file, which a settle must never read and write back.
     match sys::fstat(new) {
-        Ok(st) if st.st_dev == key.dev && st.st_ino == key.ino => Ok(new),
+        Ok(st)
+            if st.st_dev == key.dev
+                && st.st_ino == key.ino
+                && st.st_mode & libc::S_IFMT == libc::S_IFIFO =>
+        {
+            Ok(new)
+        }
         _ => {
             sys::close(new);
             Err(libc::ESTALE)
@@ -192,7 +200,7 @@ fn proc_fd_path(buf: &mut [u8; 48], pid: i32, fd: i32) -> &[u8] {
 /// Scans `/proc/*/fd` for any process holding pipe (or FIFO) `key` and opens it.
 /// Slow (looks at every process's fd table); used only when no recorded holder is left.
 pub fn open_by_scan(key: FileKey) -> Option<i32> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let procs = std::fs::read_dir("/proc").ok()?;
     for p in procs.flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -203,8 +211,8 @@ pub fn open_by_scan(key: FileKey) -> Option<i32> {
         };
         for f in fds.flatten() {
             // stat follows the link to the object: same for anonymous pipes and FIFOs.
-            let is_it =
-                std::fs::metadata(f.path()).is_ok_and(|m| m.dev() == key.dev && m.ino() == key.ino);
+            let is_it = std::fs::metadata(f.path())
+                .is_ok_and(|m| m.file_type().is_fifo() && m.dev() == key.dev && m.ino() == key.ino);
             let fd = f.file_name().to_str().and_then(|s| s.parse::<i32>().ok());
             if let (true, Some(fd)) = (is_it, fd) {
                 if let Some(opened) = open_via(pid, fd, key) {

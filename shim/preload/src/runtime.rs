@@ -28,9 +28,6 @@ pub struct Runtime {
     pub domain: String,
     /// `SPLICECOW_REPORT`, NUL-terminated, for detect mode.
     pub report_path: Option<Vec<u8>>,
-    /// Test-only knob `SPLICECOW_TEST_SETTLE_PAUSE_US`: microseconds a settle sleeps between
-    /// drain and refill, to widen the window a fault-injection test aims its SIGKILL at.
-    pub settle_pause_us: u64,
     /// `NAME=value` of `LD_PRELOAD` and every `SPLICECOW_*` variable at start: what an
     /// `exec` with a cleared environment gets back.
     pub exec_env: Vec<Vec<u8>>,
@@ -128,7 +125,14 @@ fn init() -> Runtime {
         v.push(0);
         v
     });
-    // Whoever takes the table lock over from a settler that died finishes its settle.
+    // Whoever takes the table lock over from a settler that died finishes its settle
+    // (possibly right below, while this runtime is still being built: that path must
+    // not ask for the runtime).
+    crate::settle::set_pause_for_tests(
+        env("SPLICECOW_TEST_SETTLE_PAUSE_US")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0),
+    );
     splicecow_registry::set_interrupted_settle_handler(crate::settle::finish_interrupted);
     let registry = if mode == Mode::Off {
         None
@@ -171,9 +175,6 @@ fn init() -> Runtime {
             libc::atexit(crate::hooks::stdio::before_exit_flush);
         }
     }
-    let settle_pause_us = env("SPLICECOW_TEST_SETTLE_PAUSE_US")
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
     let library_path = library_path();
     let exec_env = std::env::vars_os()
         .filter_map(|(k, v)| {
@@ -203,7 +204,6 @@ fn init() -> Runtime {
         registry,
         domain,
         report_path,
-        settle_pause_us,
         exec_env,
         library_path,
         private_snapshots,

@@ -7,7 +7,7 @@ use splicecow_registry::layout::{
     SETTLE_PRIVATE, SETTLE_REFILLING,
 };
 use splicecow_registry::{sys, Tables};
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Opens pipe `slot` through a recorded holder, else a scan of `/proc/*/fd`.
 pub fn open_pipe(t: &Tables, slot: usize) -> Option<i32> {
@@ -235,9 +235,18 @@ fn private_buffer(cap: usize) -> Option<*mut u8> {
     Some(p)
 }
 
-/// Sleeps for the test-only settle pause (see [`crate::runtime::Runtime::settle_pause_us`]).
+/// Test-only knob (`SPLICECOW_TEST_SETTLE_PAUSE_US`): microseconds a settle sleeps between
+/// drain and refill, to widen the window a fault-injection test aims its SIGKILL at.
+static PAUSE_FOR_TESTS_US: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the test-only settle pause (from the runtime's initialisation).
+pub fn set_pause_for_tests(us: u64) {
+    PAUSE_FOR_TESTS_US.store(us, Ordering::Relaxed);
+}
+
+/// Sleeps for the test-only settle pause.
 fn pause_for_tests() {
-    let us = crate::runtime::get().settle_pause_us;
+    let us = PAUSE_FOR_TESTS_US.load(Ordering::Relaxed);
     if us > 0 {
         sys::sleep_ns(us * 1000);
     }
