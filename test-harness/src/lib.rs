@@ -705,3 +705,28 @@ impl SettleReport {
         self.mismatched_bytes == 0 && self.received == self.expected
     }
 }
+
+/// Runs `jobs` on `workers` threads, collecting their failure messages.
+pub fn parallel<T: Sync>(
+    jobs: &[T],
+    workers: usize,
+    run: impl Fn(&T) -> Vec<String> + Sync,
+) -> Vec<String> {
+    let next = std::sync::Mutex::new(0usize);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().unwrap();
+                    *n += 1;
+                    *n - 1
+                };
+                let Some(job) = jobs.get(i) else { break };
+                let f = run(job);
+                failures.lock().unwrap().extend(f);
+            });
+        }
+    });
+    failures.into_inner().unwrap()
+}

@@ -11,13 +11,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use splicecow_test_harness::{
-    domain_stats, library_path, pattern, run_piped, run_with_timeout, strip_shim_env, Protection,
-    SettleReport, TempDomain,
+    domain_stats, library_path, parallel, pattern, run_piped, run_with_timeout, strip_shim_env,
+    Protection, SettleReport, TempDomain,
 };
 
 /// How long one `fidelity` run may take.
@@ -56,31 +55,6 @@ fn both(args: &[&str]) -> (Result<String, String>, Result<String, String>) {
         let p = stdout_of(fidelity(args, &prot));
         (u.join().expect("unprotected runner"), p)
     })
-}
-
-/// Runs `jobs` on `workers` threads, collecting their failure messages.
-fn parallel<T: Sync>(
-    jobs: &[T],
-    workers: usize,
-    run: impl Fn(&T) -> Vec<String> + Sync,
-) -> Vec<String> {
-    let next = Mutex::new(0usize);
-    let failures = Mutex::new(Vec::new());
-    thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().unwrap();
-                    *n += 1;
-                    *n - 1
-                };
-                let Some(job) = jobs.get(i) else { break };
-                let f = run(job);
-                failures.lock().unwrap().extend(f);
-            });
-        }
-    });
-    failures.into_inner().unwrap()
 }
 
 /// Fails with every message in `failures`, one per line.

@@ -12,14 +12,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Mutex;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use splicecow_test_harness::{
-    domain_stats, library_path, run_with_timeout, wait_with_timeout, Protection, TempDomain,
-    TempFile, FILE_LEN,
+    domain_stats, library_path, parallel, run_with_timeout, wait_with_timeout, Protection,
+    TempDomain, TempFile, FILE_LEN,
 };
 
 /// How long one `snapshot` run may take.
@@ -76,31 +74,6 @@ fn stat(domain: &TempDomain, key: &str) -> Result<u64, String> {
     s[key]
         .as_u64()
         .ok_or_else(|| format!("`splicecow stats --json` has no `{key}`: {s}"))
-}
-
-/// Runs `jobs` on `workers` threads, collecting their failure messages.
-fn parallel<T: Sync>(
-    jobs: &[T],
-    workers: usize,
-    run: impl Fn(&T) -> Vec<String> + Sync,
-) -> Vec<String> {
-    let next = Mutex::new(0usize);
-    let failures = Mutex::new(Vec::new());
-    thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().unwrap();
-                    *n += 1;
-                    *n - 1
-                };
-                let Some(job) = jobs.get(i) else { break };
-                let f = run(job);
-                failures.lock().unwrap().extend(f);
-            });
-        }
-    });
-    failures.into_inner().unwrap()
 }
 
 /// Fails with every message in `failures`.
