@@ -10,45 +10,41 @@
 
 #define MAX_ARGS 4096
 
-/* Collects arg and the following char* arguments up to the NULL into argv. */
-#define COLLECT(argv, arg, ap, n)                                   \
-    do {                                                            \
-        (argv)[0] = (char *)(arg);                                  \
-        (n) = 1;                                                    \
-        while ((argv)[(n) - 1] != NULL) {                           \
-            if ((n) == MAX_ARGS) { errno = E2BIG; va_end(ap); return -1; } \
-            (argv)[(n)] = va_arg((ap), char *);                     \
-            (n)++;                                                  \
-        }                                                           \
-    } while (0)
-
-int splicecow_execl(const char *path, const char *arg, ...) {
-    char *argv[MAX_ARGS];
-    size_t n;
-    va_list ap;
-    va_start(ap, arg);
-    COLLECT(argv, arg, ap, n);
-    va_end(ap);
-    return execv(path, argv);
+/* Collects arg and the following char* arguments up to the NULL into argv; false (errno
+ * E2BIG) when there are too many. */
+static int collect(char **argv, const char *arg, va_list *ap) {
+    size_t n = 1;
+    argv[0] = (char *)arg;
+    while (argv[n - 1] != NULL) {
+        if (n == MAX_ARGS) {
+            errno = E2BIG;
+            return 0;
+        }
+        argv[n++] = va_arg(*ap, char *);
+    }
+    return 1;
 }
 
-int splicecow_execlp(const char *file, const char *arg, ...) {
-    char *argv[MAX_ARGS];
-    size_t n;
-    va_list ap;
-    va_start(ap, arg);
-    COLLECT(argv, arg, ap, n);
-    va_end(ap);
-    return execvp(file, argv);
-}
+/* execl and execlp: collect the list, then the given execv-shaped function. */
+#define EXEC_LIST(name, execv_fn)                                   \
+    int name(const char *path, const char *arg, ...) {              \
+        char *argv[MAX_ARGS];                                       \
+        va_list ap;                                                 \
+        va_start(ap, arg);                                          \
+        int ok = collect(argv, arg, &ap);                           \
+        va_end(ap);                                                 \
+        return ok ? execv_fn(path, argv) : -1;                      \
+    }
+
+EXEC_LIST(splicecow_execl, execv)
+EXEC_LIST(splicecow_execlp, execvp)
 
 int splicecow_execle(const char *path, const char *arg, ...) {
     char *argv[MAX_ARGS];
-    size_t n;
     va_list ap;
     va_start(ap, arg);
-    COLLECT(argv, arg, ap, n);
-    char *const *envp = va_arg(ap, char *const *);
+    int ok = collect(argv, arg, &ap);
+    char *const *envp = ok ? va_arg(ap, char *const *) : NULL;
     va_end(ap);
-    return execve(path, argv, envp);
+    return ok ? execve(path, argv, envp) : -1;
 }
