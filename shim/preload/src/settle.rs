@@ -50,13 +50,18 @@ pub fn settle_open(t: &mut Tables, slot: usize, fd: i32, counters: &Counters) {
         None
     };
     let j = t.journal();
-    j.state = if buf.is_some() {
+    record(&mut j.pipe_slot, slot as u32);
+    record(&mut j.n_chunks, 0);
+    record(&mut j.done_chunks, 0);
+    record(&mut j.total, 0);
+    record(&mut j.done_in_chunk, 0);
+    // The state last: a journal that says "draining" always has reset counters.
+    let state = if buf.is_some() {
         SETTLE_PRIVATE
     } else {
         SETTLE_DRAINING
     };
-    j.pipe_slot = slot as u32;
-    (j.n_chunks, j.done_chunks, j.total, j.done_in_chunk) = (0, 0, 0, 0);
+    record(&mut j.state, state);
     let (buf, cap) = match buf {
         Some(b) => (b, cap),
         None => (j.bytes.as_mut_ptr(), JOURNAL_BYTES),
@@ -67,7 +72,7 @@ pub fn settle_open(t: &mut Tables, slot: usize, fd: i32, counters: &Counters) {
 
 /// Counts a finished settle and retires the pipe's segments (its bytes are private now).
 fn finish(t: &mut Tables, slot: usize, copied: u64, counters: &Counters) {
-    t.journal().state = SETTLE_IDLE;
+    record(&mut t.journal().state, SETTLE_IDLE);
     counters.settles.fetch_add(1, Ordering::Relaxed);
     counters.bytes_copied.fetch_add(copied, Ordering::Relaxed);
     t.retire_all(slot);
@@ -96,7 +101,7 @@ pub fn finish_interrupted(t: &mut Tables) {
         None => {
             // Nobody holds the pipe any more (nobody can read those bytes), or they
             // were in the dead settler's private buffer.
-            t.journal().state = SETTLE_IDLE;
+            record(&mut t.journal().state, SETTLE_IDLE);
             counters.unreachable_pipes.fetch_add(1, Ordering::Relaxed);
             t.retire_all(slot);
         }
@@ -125,13 +130,14 @@ fn drain_and_refill(t: &mut Tables, slot: usize, fd: i32, buf: *mut u8, cap: usi
             }
             let n = (j.n_chunks as usize).min(JOURNAL_CHUNKS);
             if n < JOURNAL_CHUNKS {
-                j.chunk_len[n] = r as u32;
-                j.n_chunks = n as u32 + 1;
+                record(&mut j.chunk_len[n], r as u32);
+                record(&mut j.n_chunks, n as u32 + 1);
             } else {
-                j.chunk_len[JOURNAL_CHUNKS - 1] += r as u32;
+                let merged = j.chunk_len[JOURNAL_CHUNKS - 1] + r as u32;
+                record(&mut j.chunk_len[JOURNAL_CHUNKS - 1], merged);
             }
             total += r as usize;
-            j.total = total as u64;
+            record(&mut j.total, total as u64);
         }
         pause_for_tests();
         let n = (t.journal().n_chunks as usize).min(JOURNAL_CHUNKS);
@@ -144,11 +150,11 @@ fn drain_and_refill(t: &mut Tables, slot: usize, fd: i32, buf: *mut u8, cap: usi
             } else {
                 len
             };
-            t.journal().chunk_plain[i] = plain as u32;
+            record(&mut t.journal().chunk_plain[i], plain as u32);
             at += len;
         }
         if resumable {
-            t.journal().state = SETTLE_REFILLING;
+            record(&mut t.journal().state, SETTLE_REFILLING);
         }
     }
     let flags = crate::fdkind::status_flags(fd);
@@ -166,8 +172,8 @@ fn drain_and_refill(t: &mut Tables, slot: usize, fd: i32, buf: *mut u8, cap: usi
                 write_all(fd, unsafe { buf.add(at) }, end, &mut j.done_in_chunk);
             }
         }
-        j.done_chunks = i as u32 + 1;
-        j.done_in_chunk = 0;
+        record(&mut j.done_chunks, i as u32 + 1);
+        record(&mut j.done_in_chunk, 0);
         at += len;
     }
     j.total
@@ -207,7 +213,7 @@ fn write_all(fd: i32, p: *const u8, to: usize, done: &mut u64) {
         // SAFETY: p[at..to] is readable (see caller).
         let r = unsafe { libc::syscall(libc::SYS_write, fd, p.add(at), to - at) };
         if r > 0 {
-            *done += r as u64;
+            record(done, *done + r as u64);
         } else if r < 0 && sys::errno() == libc::EAGAIN {
             pipe::wait(fd, libc::POLLOUT);
         } else if !(r < 0 && sys::errno() == libc::EINTR) {
@@ -250,4 +256,14 @@ fn pause_for_tests() {
     if us > 0 {
         sys::sleep_ns(us * 1000);
     }
+}
+
+/// Stores one field of the settle journal so that it is in shared memory before the
+/// next system call: whoever finishes a settle this process could not must see exactly
+/// how far it got (the compiler may otherwise keep the value in a register across the
+/// blocking waits of a write-back).
+fn record<T: Copy>(field: &mut T, value: T) {
+    // SAFETY: `field` is a valid, exclusive reference.
+    unsafe { std::ptr::write_volatile(field, value) };
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
 }
