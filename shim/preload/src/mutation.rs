@@ -167,6 +167,13 @@ pub fn active_registry() -> Option<&'static Registry> {
     reg.has_live_references().then_some(reg)
 }
 
+/// The mutation hooks' fast path: false only when the runtime is ready and nothing in
+/// the domain can conflict (no live segment, no private snapshot mapping). Never
+/// initialises the runtime, so it is safe however early it is called.
+pub fn may_conflict() -> bool {
+    runtime::try_get().is_none_or(|rt| rt.tracking().is_some_and(|r| r.has_live_references()))
+}
+
 /// Settles or reports what `m` overlaps. The fast path is one atomic load.
 pub fn before(m: Mutation) {
     let Some(reg) = active_registry() else {

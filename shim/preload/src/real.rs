@@ -88,19 +88,24 @@ macro_rules! hooks {
             // SAFETY: `addr` is the next definition of this very C symbol, whose
             // signature the declaration above repeats from the libc headers.
             let real: Real = unsafe { std::mem::transmute::<*mut std::ffi::c_void, Real>(addr) };
-            let Some(_inside) = $crate::guard::Inside::enter() else {
-                // SAFETY: same arguments the caller gave us, to the real function.
-                return unsafe { real($($arg),*) };
-            };
             hooks!(@body $how $body, real, $($arg),*)
         }
     )*};
     (@body before $mutation:expr, $real:ident, $($arg:ident),*) => {{
-        $crate::guard::keep_errno(|| $crate::mutation::before($mutation));
+        // Fast path first (one load when nothing is live), then the re-entrancy flag.
+        if $crate::mutation::may_conflict() {
+            if let Some(_inside) = $crate::guard::Inside::enter() {
+                $crate::guard::keep_errno(|| $crate::mutation::before($mutation));
+            }
+        }
         // SAFETY: same arguments the caller gave us, to the real function.
         unsafe { $real($($arg),*) }
     }};
     (@body with $imp:expr, $real:ident, $($arg:ident),*) => {{
+        let Some(_inside) = $crate::guard::Inside::enter() else {
+            // SAFETY: same arguments the caller gave us, to the real function.
+            return unsafe { $real($($arg),*) };
+        };
         // SAFETY: the implementation receives exactly the caller's arguments.
         unsafe { $imp($real, $($arg),*) }
     }};

@@ -47,6 +47,11 @@ pub fn get() -> &'static Runtime {
     RUNTIME.get_or_init(init)
 }
 
+/// The runtime if it is initialised (never starts the initialisation).
+pub fn try_get() -> Option<&'static Runtime> {
+    RUNTIME.get()
+}
+
 /// Runs at library load (before `main`), so the first hook call finds a ready runtime.
 extern "C" fn constructor() {
     if let Some(_inside) = crate::guard::Inside::enter() {
