@@ -669,3 +669,69 @@ fn ficlone_on_xfs_is_settled() {
         );
     }
 }
+
+/// A C program that writes 16 'B's at offset 100 of argv[1] through a stdio stream and
+/// leaves without `fflush`/`fclose`: the bytes reach the file in glibc's exit flush.
+const EXIT_FLUSH_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    FILE *f = fopen(argv[1], "r+");
+    if (!f || fseek(f, 100, SEEK_SET) != 0) return 2;
+    if (fwrite("BBBBBBBBBBBBBBBB", 1, 16, f) != 16) return 2;
+    exit(0);
+}
+"#;
+
+/// Splices 64 KiB of `file` into the test's pipe, then runs `flusher` on it (both under
+/// `protection`); returns (bytes read, mismatched bytes).
+fn stdio_exit_flush(protection: &Protection, file: &Path, flusher: &Path) -> (usize, usize) {
+    const SPLICE: &str = "import os,sys; f=os.open(sys.argv[1],os.O_RDONLY); \
+        p=os.open(sys.argv[2],os.O_WRONLY); n=0\n\
+        while n<65536: n+=os.splice(f,p,65536-n)";
+    let (r, w) = pipe().expect("pipe");
+    let via_proc = format!("/proc/{}/fd/{}", std::process::id(), w.as_raw_fd());
+    let path = file.display().to_string();
+    assert!(python(protection, SPLICE, &[path, via_proc], &[])
+        .wait()
+        .unwrap()
+        .success());
+    let mut cmd = Command::new(flusher);
+    protection.apply(&mut cmd).arg(file);
+    assert_eq!(cmd.status().unwrap().code(), Some(0), "flusher failed");
+    drop(w);
+    let mut got = Vec::new();
+    File::from(r).read_to_end(&mut got).unwrap();
+    let bad = compare(&splicecow_test_harness::pattern(65536), &got).mismatched_bytes;
+    (got.len(), bad)
+}
+
+/// Issue 3: stdio output that reaches the kernel only in the exit flush is settled.
+#[test]
+fn stdio_exit_flush_is_settled() {
+    let lib = lib();
+    let flusher = target_dir().join("exit-flush");
+    let source = target_dir().join("exit-flush.c");
+    std::fs::write(&source, EXIT_FLUSH_C).unwrap();
+    let ok = Command::new("gcc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&flusher)
+        .arg(&source)
+        .status();
+    assert!(ok.is_ok_and(|s| s.success()), "gcc is needed by this test");
+    let file = TempFile::with_pattern("exit-flush", 256 << 10).expect("file");
+    let unprotected = stdio_exit_flush(&Protection::Unprotected, file.path(), &flusher);
+    let file = TempFile::with_pattern("exit-flush", 256 << 10).expect("file");
+    let domain = TempDomain::new();
+    let protected = stdio_exit_flush(&domain.protection(&lib), file.path(), &flusher);
+    eprintln!("stdio exit flush: unprotected (read, bad) {unprotected:?}; protected {protected:?}");
+    if unprotected.1 == 0 {
+        eprintln!("stdio exit flush: corruption not reproduced on this kernel");
+    }
+    assert_eq!(
+        protected,
+        (65536, 0),
+        "protected: bytes read and mismatched"
+    );
+}
