@@ -7,8 +7,9 @@
 //! holding an overlapping segment (drains it and writes the bytes back, so they leave
 //! the page cache). Layout: `hooks/` (the exported symbols, one file per family),
 //! `mutation` (lookup + settle/report), `transfer` (the splice side), `settle`, `pipe`,
-//! `report` (detect mode), `runtime` (mode, domain, registry), `real`/`guard` (symbol
-//! resolution, re-entrancy).
+//! `report` (detect mode), `maps` (this process's tracked file mappings), `snapshot`
+//! (private mappings as snapshots), `runtime` (mode, domain, registry), `real`/`guard`
+//! (symbol resolution, re-entrancy).
 
 mod fdkind;
 mod guard;
