@@ -262,8 +262,7 @@ fn check_pipes(reg: &Registry, key: FileKey, m: Mutation, off: u64, end: u64) ->
                 n_handled += 1;
             }
             let Some(fd) = settle::open_pipe(&t, slot) else {
-                t.retire_all(slot);
-                counters.unreachable_pipes.fetch_add(1, Ordering::Relaxed);
+                settle::retire_unreachable(&mut t, slot, counters);
                 continue;
             };
             if let Some(pending) = pipe::pending(fd) {

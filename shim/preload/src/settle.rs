@@ -28,11 +28,14 @@ pub fn settle(t: &mut Tables, slot: usize, counters: &Counters) {
             settle_open(t, slot, fd, counters);
             sys::close(fd);
         }
-        None => {
-            counters.unreachable_pipes.fetch_add(1, Ordering::Relaxed);
-            t.retire_all(slot);
-        }
+        None => retire_unreachable(t, slot, counters),
     }
+}
+
+/// Retires pipe `slot`, which no process holds any more: nobody can read its bytes.
+pub fn retire_unreachable(t: &mut Tables, slot: usize, counters: &Counters) {
+    counters.unreachable_pipes.fetch_add(1, Ordering::Relaxed);
+    t.retire_all(slot);
 }
 
 /// [`settle`] through `fd`, already open on the pipe (read-write, non-blocking).
@@ -102,8 +105,7 @@ pub fn finish_interrupted(t: &mut Tables) {
             // Nobody holds the pipe any more (nobody can read those bytes), or they
             // were in the dead settler's private buffer.
             record(&mut t.journal().state, SETTLE_IDLE);
-            counters.unreachable_pipes.fetch_add(1, Ordering::Relaxed);
-            t.retire_all(slot);
+            retire_unreachable(t, slot, counters);
         }
     }
 }
