@@ -261,20 +261,14 @@ fn file_size(fd: RawFd) -> usize {
     st.st_size as usize
 }
 
-/// `pread` until `len` bytes or end of file.
-fn pread_full(fd: RawFd, off: usize, len: usize) -> Vec<u8> {
+/// Fills a buffer of `len` bytes with `read_at(dst, len_left, offset_so_far)` calls
+/// (retrying `EINTR`) until it is full or a call returns 0 or an error.
+fn fill(len: usize, mut read_at: impl FnMut(*mut libc::c_void, usize, usize) -> isize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     let mut got = 0;
     while got < len {
-        // SAFETY: buf[got..len] is writable.
-        let r = unsafe {
-            libc::pread(
-                fd,
-                buf.as_mut_ptr().add(got).cast(),
-                len - got,
-                (off + got) as libc::off_t,
-            )
-        };
+        // SAFETY: buf[got..] is writable and `len - got` bytes long.
+        let r = read_at(unsafe { buf.as_mut_ptr().add(got) }.cast(), len - got, got);
         if r < 0 && errno() == libc::EINTR {
             continue;
         }
@@ -285,6 +279,14 @@ fn pread_full(fd: RawFd, off: usize, len: usize) -> Vec<u8> {
     }
     buf.truncate(got);
     buf
+}
+
+/// `pread` until `len` bytes or end of file.
+fn pread_full(fd: RawFd, off: usize, len: usize) -> Vec<u8> {
+    // SAFETY: `fill` passes a writable buffer of the given length.
+    fill(len, |dst, n, got| unsafe {
+        libc::pread(fd, dst, n, (off + got) as libc::off_t)
+    })
 }
 
 fn mkfifo(path: &Path) {
@@ -2898,21 +2900,8 @@ fn splice_range(fd: RawFd, off: usize, w: RawFd, len: usize) -> usize {
 
 /// Reads exactly `len` bytes (or until EOF) from `fd`.
 fn read_exact_fd(fd: RawFd, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        // SAFETY: buf[got..] is writable.
-        let r = unsafe { libc::read(fd, buf.as_mut_ptr().add(got).cast(), len - got) };
-        if r < 0 && errno() == libc::EINTR {
-            continue;
-        }
-        if r <= 0 {
-            break;
-        }
-        got += r as usize;
-    }
-    buf.truncate(got);
-    buf
+    // SAFETY: `fill` passes a writable buffer of the given length.
+    fill(len, |dst, n, _| unsafe { libc::read(fd, dst, n) })
 }
 
 fn pwrite_all(fd: RawFd, buf: &[u8], off: usize) -> isize {
