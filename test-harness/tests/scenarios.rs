@@ -525,7 +525,7 @@ fn settler_killed_mid_settle(protection: &Protection, file: &Path) -> (usize, us
         protection,
         PWRITE,
         &[path.clone(), "100".into()],
-        &[("SPLICECOW_TEST_SETTLE_PAUSE_US", "3000000")],
+        &[("SPLICECOW_TEST_PAUSE", "settle:3000000")],
     );
     thread::sleep(Duration::from_millis(700));
     victim.kill().unwrap();

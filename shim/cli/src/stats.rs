@@ -5,18 +5,27 @@ use splicecow_registry::{OpenError, Registry, Stats, DEFAULT_DOMAIN};
 use std::time::Duration;
 
 /// The counters and fill levels of `s`, named as the fields of [`Stats`].
-pub fn fields(s: &Stats) -> [(&'static str, u64); 20] {
+pub fn fields(s: &Stats) -> [(&'static str, u64); 23] {
     [
         ("splices", s.splices),
         ("bytes_zero_copy", s.bytes_zero_copy),
         ("settles", s.settles),
         ("bytes_copied", s.bytes_copied),
         ("copy_fallbacks", s.copy_fallbacks),
+        (
+            "copy_fallbacks_registry_full",
+            s.copy_fallbacks_registry_full,
+        ),
+        (
+            "copy_fallbacks_shared_mapping",
+            s.copy_fallbacks_shared_mapping,
+        ),
         ("bytes_copy_path", s.bytes_copy_path),
         ("unreachable_pipes", s.unreachable_pipes),
         ("conflicts", s.conflicts),
         ("env_cleared", s.env_cleared),
         ("lock_takeovers", s.lock_takeovers),
+        ("table_repairs", s.table_repairs),
         ("live_segments", s.live_segments),
         ("shared_writable_maps", s.shared_writable_maps),
         ("private_maps", s.private_maps),
@@ -133,7 +142,7 @@ mod tests {
         assert_eq!(v["domain"], "d");
         assert_eq!(v["splices"], 7);
         assert_eq!(v["registry_fill"], 0.25);
-        assert_eq!(v.as_object().unwrap().len(), 22);
+        assert_eq!(v.as_object().unwrap().len(), fields(&s).len() + 2);
         assert!(human("d", &s).contains("\nsplices: 7\n"));
     }
 }

@@ -130,14 +130,17 @@ fn init() -> Runtime {
         v.push(0);
         v
     });
+    if let Some(spec) = env("SPLICECOW_TEST_PAUSE") {
+        if let Err(item) = splicecow_registry::pause::configure(&spec) {
+            warn(&format!(
+                "SPLICECOW_TEST_PAUSE: {item:?} is not POINT:MICROSECONDS (points: record, \
+                 commit, retire, holder, settle); ignored"
+            ));
+        }
+    }
     // Whoever takes the table lock over from a settler that died finishes its settle
     // (possibly right below, while this runtime is still being built: that path must
     // not ask for the runtime).
-    crate::settle::set_pause_for_tests(
-        env("SPLICECOW_TEST_SETTLE_PAUSE_US")
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0),
-    );
     splicecow_registry::set_interrupted_settle_handler(crate::settle::finish_interrupted);
     let registry = if mode == Mode::Off {
         None

@@ -7,7 +7,7 @@ use splicecow_registry::layout::{
     SETTLE_PRIVATE, SETTLE_REFILLING,
 };
 use splicecow_registry::{sys, Tables};
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// Opens pipe `slot` through a recorded holder, else a scan of `/proc/*/fd`.
 pub fn open_pipe(t: &Tables, slot: usize) -> Option<i32> {
@@ -141,7 +141,7 @@ fn drain_and_refill(t: &mut Tables, slot: usize, fd: i32, buf: *mut u8, cap: usi
             total += r as usize;
             record(&mut j.total, total as u64);
         }
-        pause_for_tests();
+        splicecow_registry::pause::at(splicecow_registry::pause::Point::Settle);
         let n = (t.journal().n_chunks as usize).min(JOURNAL_CHUNKS);
         let base = t.pipe(slot).bytes_in.saturating_sub(total as u64);
         let mut at = 0u64;
@@ -241,23 +241,6 @@ fn private_buffer(cap: usize) -> Option<*mut u8> {
     }
     LEN.store(cap, Ordering::Relaxed);
     Some(p)
-}
-
-/// Test-only knob (`SPLICECOW_TEST_SETTLE_PAUSE_US`): microseconds a settle sleeps between
-/// drain and refill, to widen the window a fault-injection test aims its SIGKILL at.
-static PAUSE_FOR_TESTS_US: AtomicU64 = AtomicU64::new(0);
-
-/// Sets the test-only settle pause (from the runtime's initialisation).
-pub fn set_pause_for_tests(us: u64) {
-    PAUSE_FOR_TESTS_US.store(us, Ordering::Relaxed);
-}
-
-/// Sleeps for the test-only settle pause.
-fn pause_for_tests() {
-    let us = PAUSE_FOR_TESTS_US.load(Ordering::Relaxed);
-    if us > 0 {
-        sys::sleep_ns(us * 1000);
-    }
 }
 
 /// Stores one field of the settle journal so that it is in shared memory before the

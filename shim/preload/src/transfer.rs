@@ -10,8 +10,9 @@ use crate::guard::keep_errno;
 use crate::pipe::{self, Wait};
 use crate::runtime::{self, Mode};
 use crate::settle::settle;
+use splicecow_registry::layout::Counters;
 use splicecow_registry::{sys, FileKey, Full, Guard, Registry};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Runs `attempt` (one non-blocking try) until it does not fail with `EAGAIN`, waiting
 /// for each of `waits` in turn between tries when the caller asked for blocking
@@ -128,7 +129,10 @@ pub fn file_to_pipe(
         let mut t = reg.lock();
         let slot = match t.pipe_slot(pipe_key, true) {
             Ok(Some(slot)) => slot,
-            _ => return fallback_copy(reg, fd_in, off_in, fd_out, len),
+            _ => {
+                let c = &counters.copy_fallbacks_registry_full;
+                return fallback_copy(reg, c, fd_in, off_in, fd_out, len);
+            }
         };
         // A pipe never holds more than its capacity: older stream bytes were consumed.
         // (Cheap: F_GETPIPE_SZ takes no lock; FIONREAD would wait for a running reader.)
@@ -141,8 +145,9 @@ pub fn file_to_pipe(
             user_offset(off_in)
         };
         let pid = sys::getpid();
+        let shared_mapping = off.is_some() && t.has_shared_writable_map(file);
         let recorded = match off {
-            Some(off) if !t.has_shared_writable_map(file) => {
+            Some(off) if !shared_mapping => {
                 let intent = (len as u64).min(cap).min(u64::MAX - off);
                 let mut pushed = t.push_segment(slot, file, off, intent, pid);
                 if pushed == Err(Full::Segments) {
@@ -161,7 +166,14 @@ pub fn file_to_pipe(
         let r = if recorded {
             splice_nonblocking()
         } else {
-            counters.copy_fallbacks.fetch_add(1, Ordering::Relaxed);
+            count_fallback(
+                counters,
+                if shared_mapping {
+                    &counters.copy_fallbacks_shared_mapping
+                } else {
+                    &counters.copy_fallbacks_registry_full
+                },
+            );
             copy_into_pipe(fd_in, off_in, fd_out, len)
         };
         let errno = sys::errno();
@@ -181,10 +193,25 @@ pub fn file_to_pipe(
     })
 }
 
-/// The copy path when the registry is full: counted, never an error for the caller.
-fn fallback_copy(reg: &Registry, fd_in: i32, off_in: *mut i64, fd_out: i32, len: usize) -> isize {
-    let c = &reg.header().counters;
+/// Counts a splice served by the copy path in protect or detect mode, in all and under
+/// its cause (one of `c`'s `copy_fallbacks_*` counters).
+fn count_fallback(c: &Counters, cause: &AtomicU64) {
     c.copy_fallbacks.fetch_add(1, Ordering::Relaxed);
+    cause.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The copy path when a splice cannot be recorded: counted (in all and under its
+/// `cause`), never an error for the caller.
+fn fallback_copy(
+    reg: &Registry,
+    cause: &AtomicU64,
+    fd_in: i32,
+    off_in: *mut i64,
+    fd_out: i32,
+    len: usize,
+) -> isize {
+    let c = &reg.header().counters;
+    count_fallback(c, cause);
     let r = copy_into_pipe(fd_in, off_in, fd_out, len);
     if r > 0 {
         c.bytes_copy_path.fetch_add(r as u64, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// First eight bytes of an initialised registry: "SPLCCOW\x01".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SPLCCOW\x01");
 /// Bumped whenever the layout below changes; a registry of another version is refused.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// File records (files with in-flight segments or shared writable mappings).
 pub const MAX_FILES: usize = 4096;
 /// Pipe records (pipes that may hold page-cache pages of a domain's splices).
@@ -223,8 +223,13 @@ pub struct Counters {
     pub settles: AtomicU64,
     /// Bytes copied out of the page cache by settles.
     pub bytes_copied: AtomicU64,
-    /// Splices served by the copy path although the mode was protect.
+    /// Splices served by the copy path although the mode was protect (all causes).
     pub copy_fallbacks: AtomicU64,
+    /// Of those: the registry had no room (file, pipe or segment records).
+    pub copy_fallbacks_registry_full: AtomicU64,
+    /// Of those: the file had a shared writable mapping (stores through it cannot be
+    /// seen before they happen).
+    pub copy_fallbacks_shared_mapping: AtomicU64,
     /// Pipes with in-flight segments that no process could be found to hold.
     pub unreachable_pipes: AtomicU64,
     /// Mutations that overlapped an in-flight segment.
@@ -237,6 +242,8 @@ pub struct Counters {
     pub snapshots: AtomicU64,
     /// Snapshot requests that timed out (the mutation went ahead unprotected).
     pub snapshot_timeouts: AtomicU64,
+    /// Lock takeovers that found the tables torn by the dead holder and repaired them.
+    pub table_repairs: AtomicU64,
 }
 
 /// The registry's first bytes.
@@ -311,12 +318,12 @@ mod tests {
         assert_eq!(size_of::<FileRecord>(), 48);
         assert_eq!(size_of::<MapRecord>(), 32);
         assert_eq!(size_of::<Mailbox>(), 56);
-        assert_eq!(size_of::<Counters>(), 88);
+        assert_eq!(size_of::<Counters>(), 112);
         assert_eq!(
             size_of::<SettleJournal>(),
             32 + 8 * JOURNAL_CHUNKS + JOURNAL_BYTES
         );
-        assert_eq!(size_of::<Header>(), 72 + 88);
+        assert_eq!(size_of::<Header>(), 72 + 112);
         assert_eq!(align_of::<Layout>(), 8);
         assert_eq!(
             LAYOUT_SIZE,

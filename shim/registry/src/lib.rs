@@ -8,6 +8,7 @@
 
 pub mod layout;
 pub mod lock;
+pub mod pause;
 pub mod sys;
 pub mod tables;
 
@@ -155,6 +156,12 @@ pub struct Stats {
     pub bytes_copied: u64,
     /// Splices that fell back to the copy path in protect mode.
     pub copy_fallbacks: u64,
+    /// Of those: the registry was full.
+    pub copy_fallbacks_registry_full: u64,
+    /// Of those: the file had a shared writable mapping.
+    pub copy_fallbacks_shared_mapping: u64,
+    /// Lock takeovers that repaired tables torn by the dead holder.
+    pub table_repairs: u64,
     /// Bytes that went through the copy path.
     pub bytes_copy_path: u64,
     /// `exec`s whose environment had lost `LD_PRELOAD`/`SPLICECOW_*` (child unprotected).
@@ -317,12 +324,12 @@ impl Registry {
     }
 
     /// Takes the table lock (taking it over from a dead holder if needed).
-    /// When the lock was taken over from a settler that died (the journal is not idle),
-    /// the handler set with [`set_interrupted_settle_handler`] finishes that settle first.
+    /// A holder that died may have stopped anywhere inside an update: the taker first
+    /// repairs what the tables derive ([`Tables::repair`]), then, when the holder was a
+    /// settler (the journal is not idle), the handler set with
+    /// [`set_interrupted_settle_handler`] finishes that settle.
     pub fn lock(&self) -> Guard<'_> {
-        if lock::acquire(&self.header().lock) {
-            self.header().lock_takeovers.fetch_add(1, Ordering::Relaxed);
-        }
+        let taken_over = lock::acquire(&self.header().lock);
         let mut guard = Guard {
             registry: self,
             // SAFETY: the cross-process lock is held until the Guard drops, so no other
@@ -331,6 +338,13 @@ impl Registry {
                 layout: unsafe { &mut *self.base },
             },
         };
+        if taken_over {
+            let h = self.header();
+            h.lock_takeovers.fetch_add(1, Ordering::Relaxed);
+            if guard.repair() {
+                h.counters.table_repairs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if guard.journal().state != layout::SETTLE_IDLE {
             if let Some(finish) = INTERRUPTED_SETTLE_HANDLER.get() {
                 finish(&mut guard);
@@ -401,6 +415,9 @@ impl Registry {
             settles: r(&c.settles),
             bytes_copied: r(&c.bytes_copied),
             copy_fallbacks: r(&c.copy_fallbacks),
+            copy_fallbacks_registry_full: r(&c.copy_fallbacks_registry_full),
+            copy_fallbacks_shared_mapping: r(&c.copy_fallbacks_shared_mapping),
+            table_repairs: r(&c.table_repairs),
             bytes_copy_path: r(&c.bytes_copy_path),
             env_cleared: r(&c.env_cleared),
             unreachable_pipes: r(&c.unreachable_pipes),
@@ -489,6 +506,42 @@ mod tests {
         assert_eq!(reg.live_segments(), 0);
         drop(t);
         assert!(!reg.file_may_be_tracked(file));
+    }
+
+    #[test]
+    fn repair_recomputes_what_a_dead_holder_left_torn() {
+        let reg = fresh("repair");
+        let mut t = reg.lock();
+        let p = t.pipe_slot(key(1), true).unwrap().unwrap();
+        t.push_segment(p, key(3), 0, 100, 1).unwrap();
+        t.commit(p, 100);
+        let q = t.pipe_slot(key(2), true).unwrap().unwrap();
+        t.push_segment(q, key(4), 4096, 10, 1).unwrap();
+        t.commit(q, 10);
+        assert!(!t.repair(), "consistent tables are left as they are");
+        // A holder killed after the ring took a segment, before the counters did.
+        t.layout.header.live_segments.store(1, Ordering::SeqCst);
+        t.layout.header.busy_pipes.store(1, Ordering::Relaxed);
+        let f = t.file_slot(key(3), false).unwrap().unwrap();
+        t.layout.files[f].live_segments = 0;
+        // And a ring count no update can leave.
+        t.layout.pipes[q].count = 1000;
+        assert!(t.repair());
+        assert_eq!(
+            reg.live_segments(),
+            1,
+            "the torn ring is dropped, the other kept"
+        );
+        assert_eq!(t.busy_pipes().collect::<Vec<_>>(), vec![p]);
+        let mut hits = 0;
+        t.for_each_overlapping(key(3), 50, 60, |_| {
+            hits += 1;
+            true
+        });
+        assert_eq!(hits, 1, "the file's segment is found again");
+        drop(t);
+        assert!(reg.file_may_be_tracked(key(3)));
+        assert!(!reg.file_may_be_tracked(key(4)));
     }
 
     #[test]

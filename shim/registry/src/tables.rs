@@ -3,6 +3,7 @@
 //! bounds-checked, so a corrupt registry gives wrong answers, never a crash.
 
 use crate::layout::*;
+use crate::pause::{self, Point};
 use std::sync::atomic::Ordering;
 
 /// Exclusive view of the tables while the lock is held.
@@ -123,7 +124,15 @@ impl Tables<'_> {
         for (slot, h) in kept[1..].iter_mut().zip(others) {
             *slot = *h;
         }
-        *holders = kept;
+        // One entry at a time, as a torn update would leave them.
+        for (i, h) in kept.into_iter().enumerate() {
+            // SAFETY: `i` < HOLDERS_PER_PIPE; a volatile store so the list is in shared
+            // memory, as written so far, when the test pause below is reached.
+            unsafe { std::ptr::write_volatile(&mut holders[i], h) };
+            if i == 0 {
+                pause::at(Point::Holder);
+            }
+        }
     }
 
     /// Segments of pipe `slot`, oldest first.
@@ -192,7 +201,9 @@ impl Tables<'_> {
             reported: 0,
             reserved: 0,
         };
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
         p.count = count as u32 + 1;
+        pause::at(Point::Record);
         self.update_busy(slot);
         let f = &mut self.layout.files[fslot];
         let end = file_off.saturating_add(len);
@@ -231,6 +242,7 @@ impl Tables<'_> {
             if last.stream_pos >= end {
                 let fslot = last.file_slot as usize;
                 p.count = count as u32 - 1;
+                pause::at(Point::Commit);
                 self.release_file_ref(fslot);
             } else {
                 last.len = last.len.min(end - last.stream_pos);
@@ -268,6 +280,7 @@ impl Tables<'_> {
                 let fslot = first.file_slot as usize;
                 p.head = ((p.head as usize + 1) % SEGMENTS_PER_PIPE) as u32;
                 p.count = count as u32 - 1;
+                pause::at(Point::Retire);
                 self.release_file_ref(fslot);
             } else {
                 if first.stream_pos < pos {
@@ -289,6 +302,9 @@ impl Tables<'_> {
         let head = p.head as usize;
         p.head = 0;
         p.count = 0;
+        if count > 0 {
+            pause::at(Point::Retire);
+        }
         for i in 0..count {
             let fslot = self.layout.pipes[slot % MAX_PIPES].segments
                 [(head + i) % SEGMENTS_PER_PIPE]
@@ -634,5 +650,117 @@ fn find(key: FileKey, n: usize, slot: impl Fn(usize) -> FileKey) -> Option<usize
     match probe(key, n, |i| (slot(i), false)) {
         Probe::Found(i) => Some(i),
         _ => None,
+    }
+}
+
+impl Tables<'_> {
+    /// Recomputes everything derived from the pipe rings and mapping records: each file's
+    /// live segment count and range, its mapping counts, the domain-wide live counts, the
+    /// busy list and the records in use. Run by whoever takes the lock over from a holder
+    /// that died, which may have stopped anywhere inside an update; also drops what no
+    /// valid update leaves behind (a ring longer than its capacity, a segment or mapping
+    /// record of a file slot out of range or empty). Returns true when anything changed.
+    pub fn repair(&mut self) -> bool {
+        let before = self.derived_digest();
+        let l = &mut *self.layout;
+        for rec in l.files.iter_mut() {
+            rec.live_segments = 0;
+            rec.shared_writable_maps = 0;
+            rec.private_maps = 0;
+        }
+        let (mut live, mut busy, mut pipes_in_use) = (0u64, 0usize, 0u32);
+        let mut dropped = false;
+        for slot in 0..MAX_PIPES {
+            let p = &mut l.pipes[slot];
+            if p.key.is_empty() {
+                continue;
+            }
+            pipes_in_use += 1;
+            if p.count as usize > SEGMENTS_PER_PIPE || p.head as usize >= SEGMENTS_PER_PIPE {
+                (p.count, p.head) = (0, 0);
+                dropped = true;
+            }
+            // Keep the valid segments, in order, from the head on.
+            let mut kept = 0usize;
+            for i in 0..p.count as usize {
+                let s = p.segments[(p.head as usize + i) % SEGMENTS_PER_PIPE];
+                let f = s.file_slot as usize;
+                if f >= MAX_FILES || l.files[f].key.is_empty() || s.len == 0 {
+                    dropped = true;
+                    continue;
+                }
+                p.segments[(p.head as usize + kept) % SEGMENTS_PER_PIPE] = s;
+                kept += 1;
+                let rec = &mut l.files[f];
+                let end = s.file_off.saturating_add(s.len);
+                (rec.seg_lo, rec.seg_hi) = if rec.live_segments == 0 {
+                    (s.file_off, end)
+                } else {
+                    (rec.seg_lo.min(s.file_off), rec.seg_hi.max(end))
+                };
+                rec.live_segments += 1;
+            }
+            p.count = kept as u32;
+            live += kept as u64;
+            if kept > 0 {
+                l.busy[busy] = slot as u32;
+                p.busy_pos = busy as u32;
+                busy += 1;
+            }
+        }
+        let (mut shared, mut private) = (0u64, 0u64);
+        for m in l.maps.iter_mut() {
+            if m.pid == 0 {
+                continue;
+            }
+            let f = m.file_slot as usize;
+            if f >= MAX_FILES || l.files[f].key.is_empty() || m.count == 0 {
+                *m = MapRecord::default();
+                dropped = true;
+                continue;
+            }
+            let rec = &mut l.files[f];
+            if m.kind == MAP_PRIVATE_SNAPSHOT {
+                rec.private_maps += m.count;
+                private += u64::from(m.count);
+            } else {
+                rec.shared_writable_maps += m.count;
+                shared += u64::from(m.count);
+            }
+        }
+        let files_in_use = l.files.iter().filter(|f| !f.key.is_empty()).count() as u32;
+        let h = &l.header;
+        h.live_segments.store(live, Ordering::SeqCst);
+        h.shared_writable_maps.store(shared, Ordering::SeqCst);
+        h.private_maps.store(private, Ordering::SeqCst);
+        h.busy_pipes.store(busy as u32, Ordering::Relaxed);
+        h.pipes_in_use.store(pipes_in_use, Ordering::Relaxed);
+        h.files_in_use.store(files_in_use, Ordering::Relaxed);
+        dropped || self.derived_digest() != before
+    }
+
+    /// A digest of the counts [`Tables::repair`] recomputes (not the files' segment
+    /// ranges: between repairs they only ever grow, so a recomputed one is narrower).
+    fn derived_digest(&self) -> u64 {
+        let l = &*self.layout;
+        let mut d = 0xcbf2_9ce4_8422_2325u64;
+        let mut mix = |v: u64| d = (d ^ v).wrapping_mul(0x0100_0000_01b3);
+        for f in l.files.iter().filter(|f| !f.key.is_empty()) {
+            mix(u64::from(f.live_segments));
+            mix(u64::from(f.shared_writable_maps));
+            mix(u64::from(f.private_maps));
+        }
+        let h = &l.header;
+        mix(h.live_segments.load(Ordering::Relaxed));
+        mix(h.shared_writable_maps.load(Ordering::Relaxed));
+        mix(h.private_maps.load(Ordering::Relaxed));
+        mix(u64::from(h.pipes_in_use.load(Ordering::Relaxed)));
+        mix(u64::from(h.files_in_use.load(Ordering::Relaxed)));
+        let mut busy: u64 = 0;
+        for &s in self.busy_slots() {
+            busy = busy.wrapping_add(u64::from(s).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        }
+        mix(busy);
+        d
     }
 }

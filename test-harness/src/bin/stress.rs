@@ -36,7 +36,7 @@
 //! restarts them. A worker's death ends the *generation* of each of its channels: the
 //! surviving side finishes it (a consumer verifies everything delivered up to EOF) and
 //! both sides move on to a fresh FIFO. One extra mutator (the *victim*) runs with
-//! `SPLICECOW_TEST_SETTLE_PAUSE_US` (default 2000): a quarter of the kills are aimed at it
+//! `SPLICECOW_TEST_PAUSE=settle:2000`: a quarter of the kills are aimed at it
 //! while it sleeps inside a settle (found by stopping it and reading
 //! `/proc/<pid>/task/*/syscall`: the shim is the only code that uses `SYS_nanosleep`),
 //! which also kills it while it holds the registry lock; a probe process then measures
@@ -118,7 +118,7 @@ struct RunArgs {
     /// Seconds without progress (or inside one operation) that count as a hang.
     #[arg(long, default_value_t = 20.0)]
     hang_secs: f64,
-    /// The settle pause of the victim mutator (SPLICECOW_TEST_SETTLE_PAUSE_US).
+    /// The settle pause of the victim mutator (SPLICECOW_TEST_PAUSE=settle:US).
     #[arg(long, default_value_t = 2000)]
     settle_pause_us: u64,
     /// libsplicecow.so (default: $SPLICECOW_LIB, else target/release, else target/debug).
@@ -2246,8 +2246,8 @@ impl Parent {
         self.domain.protection(&self.lib).apply(&mut cmd);
         if w.role == Role::Victim {
             cmd.env(
-                "SPLICECOW_TEST_SETTLE_PAUSE_US",
-                self.args.settle_pause_us.to_string(),
+                "SPLICECOW_TEST_PAUSE",
+                format!("settle:{}", self.args.settle_pause_us),
             );
         }
         cmd.stdin(Stdio::null())
