@@ -303,12 +303,16 @@ pub fn pipe_to_pipe(
     };
     let waits = [(fd_in, libc::POLLIN), (fd_out, libc::POLLOUT)];
     let nb = flags | libc::SPLICE_F_NONBLOCK;
-    let reg = match runtime::get().tracking() {
-        Some(reg) if reg.live_segments() > 0 => reg,
-        _ => return blocking_loop(blocking, &waits, || call(nb)),
+    let Some(reg) = runtime::get().tracking() else {
+        return blocking_loop(blocking, &waits, || call(nb));
     };
+    // Whether the source carries segments is decided under the lock, on every try: a
+    // blocking caller waits outside it, and a splice into the source may land meanwhile.
     blocking_loop(blocking, &waits, || {
         let mut t = reg.lock();
+        if reg.live_segments() == 0 {
+            return call(nb);
+        }
         let src_slot = t.pipe_slot(src, false).ok().flatten();
         let src_pending = pipe::pending(fd_in).unwrap_or(0);
         let mut from = 0;
