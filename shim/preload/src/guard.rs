@@ -1,4 +1,5 @@
-//! The thread-local "inside the shim" flag, and errno preservation.
+//! The thread-local "inside the shim" flag, errno preservation, and the snapshot of a
+//! thread's shim state that a `vfork` parent gets back (see `hooks/vfork.rs`).
 
 use std::cell::Cell;
 
@@ -29,6 +30,22 @@ impl Drop for Inside {
     }
 }
 
+/// The calling thread's shim state, packed in a word that a `vfork` trampoline keeps in
+/// a register (the child runs on the parent's stack and memory, so it cannot be kept
+/// there): today only the "inside the shim" flag.
+pub fn save_thread_state() -> u64 {
+    INSIDE
+        .try_with(|inside| u64::from(inside.get()))
+        .unwrap_or(0)
+}
+
+/// Puts back what [`save_thread_state`] saved, whatever a `vfork` child that ran on this
+/// thread's memory changed (an `execve` hook that succeeded in the child never cleared
+/// the flag it set).
+pub fn restore_thread_state(saved: u64) {
+    let _ = INSIDE.try_with(|inside| inside.set(saved & 1 != 0));
+}
+
 /// Runs `f` and restores `errno` afterwards, so the shim's own calls never leak an errno.
 pub fn keep_errno<T>(f: impl FnOnce() -> T) -> T {
     let saved = crate::registry_sys::errno();
@@ -39,7 +56,20 @@ pub fn keep_errno<T>(f: impl FnOnce() -> T) -> T {
 
 #[cfg(test)]
 mod tests {
-    use super::Inside;
+    use super::{restore_thread_state, save_thread_state, Inside};
+
+    #[test]
+    fn a_saved_state_comes_back_whatever_happened_since() {
+        let saved = save_thread_state();
+        let inside = Inside::enter().expect("entry");
+        std::mem::forget(inside);
+        assert!(
+            Inside::enter().is_none(),
+            "left inside, as an exec'd vfork child leaves it"
+        );
+        restore_thread_state(saved);
+        assert!(Inside::enter().is_some(), "free again once restored");
+    }
 
     #[test]
     fn a_nested_enter_leaves_the_outer_one_inside() {

@@ -10,4 +10,5 @@ mod open;
 mod splice;
 pub mod stdio;
 mod truncate;
+mod vfork;
 mod write;

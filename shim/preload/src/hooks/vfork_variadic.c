@@ -1,0 +1,41 @@
+/* The body of the variadic clone hook (vfork.rs), which stable Rust cannot define: the
+ * exported clone jumps here with every register intact. A CLONE_VM | CLONE_VFORK child
+ * runs on the parent thread's memory until it exec's or exits: the thread's shim state
+ * is saved before and restored once the real clone returns in the parent. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+uint64_t splicecow_vfork_save(void);
+void splicecow_vfork_restore(uint64_t saved);
+
+typedef int (*clone_fn)(int (*)(void *), void *, int, void *, ...);
+
+int splicecow_clone(int (*fn)(void *), void *stack, int flags, void *arg, ...) {
+    static clone_fn real;
+    if (!real)
+        real = (clone_fn)dlsym(RTLD_NEXT, "clone");
+    if (!real) {
+        errno = ENOSYS;
+        return -1;
+    }
+    /* Like glibc's clone, take the optional arguments whether or not flags use them. */
+    va_list ap;
+    va_start(ap, arg);
+    pid_t *parent_tid = va_arg(ap, pid_t *);
+    void *tls = va_arg(ap, void *);
+    pid_t *child_tid = va_arg(ap, pid_t *);
+    va_end(ap);
+    if ((flags & (CLONE_VM | CLONE_VFORK)) != (CLONE_VM | CLONE_VFORK))
+        return real(fn, stack, flags, arg, parent_tid, tls, child_tid);
+    uint64_t saved = splicecow_vfork_save();
+    int r = real(fn, stack, flags, arg, parent_tid, tls, child_tid);
+    int e = errno;
+    splicecow_vfork_restore(saved);
+    errno = e;
+    return r;
+}
