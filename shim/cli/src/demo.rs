@@ -178,10 +178,8 @@ pub fn run_case(case: Case) -> Result<Outcome, String> {
             check(pid as isize, "fork")?;
             let mut st = 0;
             // SAFETY: waits for our own child.
-            check(
-                unsafe { libc::waitpid(pid, &mut st, 0) } as isize,
-                "waitpid",
-            )?;
+            let waited = unsafe { libc::waitpid(pid, &mut st, 0) };
+            check(waited as isize, "waitpid")?;
             if !(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
                 return Err("the mutating child process failed".to_string());
             }

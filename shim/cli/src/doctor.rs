@@ -74,7 +74,7 @@ fn dev_shm() -> Check {
     }
 }
 
-/// (c) Settle reopens another process's pipe through /proc/<pid>/fd/<n>.
+/// (c) Settle reopens another process's pipe through `/proc/<pid>/fd/<n>`.
 fn proc_fd_reopen() -> Check {
     let mut fds = [0; 2];
     // SAFETY: pipe writes two fds into the array.

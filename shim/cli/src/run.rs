@@ -266,8 +266,9 @@ fn wait_all(child_pid: libc::pid_t, sigs: &libc::sigset_t) -> (i32, bool) {
             tv_sec: if deadline.is_some() { 0 } else { 1 },
             tv_nsec: if deadline.is_some() { 10_000_000 } else { 0 },
         };
-        // SAFETY: info is written by the kernel; the set and timeout are valid.
+        // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
         let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
+        // SAFETY: info is written by the kernel; the set and timeout are valid.
         let sig = unsafe { libc::sigtimedwait(sigs, &mut info, &timeout) };
         if !FORWARDED.contains(&sig) {
             continue; // SIGCHLD, timeout or EINTR: reap again

@@ -5,24 +5,42 @@
 //! Splices are recorded as in-flight segments in the domain's shared registry
 //! ([`splicecow_registry`]); a call about to change a file first *settles* every pipe
 //! holding an overlapping segment (drains it and writes the bytes back, so they leave
-//! the page cache). Layout: `hooks/` (the exported symbols, one file per family),
-//! `mutation` (lookup + settle/report), `transfer` (the splice side), `settle`, `pipe`,
-//! `report` (detect mode), `maps` (this process's tracked file mappings), `snapshot`
-//! (private mappings as snapshots), `runtime` (mode, domain, registry), `real`/`guard`
-//! (symbol resolution, re-entrancy).
+//! the page cache). The code reads as floors, each importing only from those below it
+//! (docs/design.md, "Layers"):
+//!
+//! - `hooks`: the exported symbols (classify, build an intent, call an op, call through);
+//! - `ops`: the logic (the splice side, mutations, the settle, reports, mappings,
+//!   stdio streams, the exec environment);
+//! - `state`: per-process state and system helpers (runtime, re-entrancy guard,
+//!   symbol resolution, fds, caller memory, pipes);
+//! - the registry crate.
 
-mod fdkind;
-mod guard;
+#![deny(clippy::indexing_slicing)]
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+compile_error!(
+    "libsplicecow supports Linux on x86-64 only: the variadic hooks are naked jumps, the \
+     vfork trampoline is x86-64 assembly, and fixed-arity open and an 8-byte kernel sigset \
+     are assumed"
+);
+
 mod hooks;
-mod maps;
-mod mutation;
-mod pipe;
-mod real;
-mod report;
-mod runtime;
-mod settle;
-mod snapshot;
-mod transfer;
+mod ops;
+mod state;
 
-/// Raw syscall helpers shared with the registry (errno access).
-use splicecow_registry::sys as registry_sys;
+/// Runs at library load (before `main`): builds the runtime, so the first hook call finds
+/// it ready, and lets the operations that own per-process state install their `fork` and
+/// `exit` handlers.
+extern "C" fn constructor() {
+    if let Some(_inside) = state::guard::Inside::enter() {
+        if state::runtime::get().registry.is_some() {
+            ops::maps::install();
+            ops::snapshot::install();
+            ops::streams::install();
+        }
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static CONSTRUCTOR: extern "C" fn() = constructor;

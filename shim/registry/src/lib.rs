@@ -6,6 +6,10 @@
 //! This crate knows nothing of hooks: the preload library, the CLI and the test harness
 //! all read and write it through the API below.
 
+#![deny(clippy::indexing_slicing)]
+
+pub mod bounded;
+pub mod journal;
 pub mod layout;
 pub mod lock;
 pub mod pause;
@@ -13,7 +17,8 @@ pub mod sys;
 pub mod tables;
 
 pub use layout::{FileKey, Segment, LAYOUT_SIZE, LAYOUT_VERSION, MAGIC};
-pub use tables::{Full, SegmentInfo, Tables};
+pub use journal::{InterruptedSettle, SettleState};
+pub use tables::{FileSlot, Full, Intent, PipeSlot, SegmentInfo, Tables};
 
 pub use layout::Mailbox;
 use layout::{Header, Layout, MAX_FILES, MAX_PIPES};
@@ -132,15 +137,6 @@ impl Drop for Guard<'_> {
     fn drop(&mut self) {
         lock::release(&self.registry.header().lock);
     }
-}
-
-static INTERRUPTED_SETTLE_HANDLER: std::sync::OnceLock<fn(&mut Tables)> =
-    std::sync::OnceLock::new();
-
-/// Sets what [`Registry::lock`] runs when it finds a settle that its settler did not
-/// finish (it died holding the lock). Only the first call counts.
-pub fn set_interrupted_settle_handler(finish: fn(&mut Tables)) {
-    let _ = INTERRUPTED_SETTLE_HANDLER.set(finish);
 }
 
 /// A snapshot of the counters and fill levels, for `splicecow stats`.
@@ -325,18 +321,16 @@ impl Registry {
 
     /// Takes the table lock (taking it over from a dead holder if needed).
     /// A holder that died may have stopped anywhere inside an update: the taker first
-    /// repairs what the tables derive ([`Tables::repair`]), then, when the holder was a
-    /// settler (the journal is not idle), the handler set with
-    /// [`set_interrupted_settle_handler`] finishes that settle.
-    pub fn lock(&self) -> Guard<'_> {
+    /// repairs what the tables derive ([`Tables::repair`]). When the dead holder was a
+    /// settler, its settle comes back with the guard: the caller must finish it before
+    /// anything else (other writers of that pipe wait on the lock meanwhile).
+    pub fn lock(&self) -> (Guard<'_>, Option<InterruptedSettle>) {
         let taken_over = lock::acquire(&self.header().lock);
         let mut guard = Guard {
             registry: self,
             // SAFETY: the cross-process lock is held until the Guard drops, so no other
             // thread of any process accesses the tables meanwhile.
-            tables: Tables {
-                layout: unsafe { &mut *self.base },
-            },
+            tables: unsafe { Tables::of(self.base) },
         };
         if taken_over {
             let h = self.header();
@@ -345,12 +339,8 @@ impl Registry {
                 h.counters.table_repairs.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if guard.journal().state != layout::SETTLE_IDLE {
-            if let Some(finish) = INTERRUPTED_SETTLE_HANDLER.get() {
-                finish(&mut guard);
-            }
-        }
-        guard
+        let interrupted = guard.journal().interrupted();
+        (guard, interrupted)
     }
 
     /// Lock-free check whether `file` may have in-flight segments or shared writable
@@ -363,7 +353,7 @@ impl Registry {
             // SAFETY: i < MAX_FILES; volatile reads of plain integers that another process
             // may be writing: a torn value only makes this answer conservatively wrong for
             // one call, and the lock-holding path is then taken.
-            let rec = unsafe { std::ptr::read_volatile(&(*self.base).files[i]) };
+            let rec = unsafe { std::ptr::read_volatile(bounded::at(&(*self.base).files, i)) };
             if rec.key == file {
                 return rec.live_segments > 0
                     || rec.shared_writable_maps > 0
@@ -379,7 +369,7 @@ impl Registry {
     /// Mailbox number `index` (from [`Tables::claim_mailbox`]).
     pub fn mailbox(&self, index: usize) -> &Mailbox {
         // SAFETY: the mapping lives as long as self; mailboxes hold only atomics.
-        unsafe { &(*self.base).mailboxes[index % layout::MAX_MAILBOXES] }
+        unsafe { bounded::at(&(*self.base).mailboxes, index) }
     }
 
     /// The mailbox owned by `pid`, if any (lock-free: owners are published atomically).
@@ -438,11 +428,21 @@ impl Registry {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
     fn key(ino: u64) -> FileKey {
         FileKey { dev: 7, ino }
+    }
+
+    fn intent(file: FileKey, file_off: u64, len: u64) -> Intent {
+        Intent {
+            file,
+            file_off,
+            len,
+            splicer_pid: 1,
+        }
     }
 
     fn fresh(name: &str) -> Registry {
@@ -469,11 +469,11 @@ mod tests {
     fn segments_are_recorded_merged_pruned_and_carried() {
         let reg = fresh("segments");
         let (pipe_a, pipe_b, file) = (key(1), key(2), key(3));
-        let mut t = reg.lock();
-        let a = t.pipe_slot(pipe_a, true).unwrap().unwrap();
-        t.push_segment(a, file, 0, 100, 1).unwrap();
+        let (mut t, _) = reg.lock();
+        let a = t.pipe_or_insert(pipe_a).unwrap();
+        t.push_segment(a, intent(file, 0, 100)).unwrap();
         t.commit(a, 60); // the kernel moved only 60 bytes
-        t.push_segment(a, file, 60, 40, 1).unwrap();
+        t.push_segment(a, intent(file, 60, 40)).unwrap();
         t.commit(a, 40);
         assert_eq!(t.segments(a).count(), 1, "contiguous splices merge");
         assert_eq!(t.segments(a).next().unwrap().len, 100);
@@ -494,7 +494,7 @@ mod tests {
         assert_eq!((s.file_off, s.len, s.stream_pos), (30, 70, 30));
 
         // Carry 20 bytes from the head of a into b (a pipe→pipe splice).
-        let b = t.pipe_slot(pipe_b, true).unwrap().unwrap();
+        let b = t.pipe_or_insert(pipe_b).unwrap();
         t.carry(a, 30, 20, b).unwrap();
         t.commit(b, 20);
         let s = t.segments(b).next().unwrap();
@@ -511,21 +511,21 @@ mod tests {
     #[test]
     fn repair_recomputes_what_a_dead_holder_left_torn() {
         let reg = fresh("repair");
-        let mut t = reg.lock();
-        let p = t.pipe_slot(key(1), true).unwrap().unwrap();
-        t.push_segment(p, key(3), 0, 100, 1).unwrap();
+        let (mut t, _) = reg.lock();
+        let p = t.pipe_or_insert(key(1)).unwrap();
+        t.push_segment(p, intent(key(3), 0, 100)).unwrap();
         t.commit(p, 100);
-        let q = t.pipe_slot(key(2), true).unwrap().unwrap();
-        t.push_segment(q, key(4), 4096, 10, 1).unwrap();
+        let q = t.pipe_or_insert(key(2)).unwrap();
+        t.push_segment(q, intent(key(4), 4096, 10)).unwrap();
         t.commit(q, 10);
         assert!(!t.repair(), "consistent tables are left as they are");
         // A holder killed after the ring took a segment, before the counters did.
-        t.layout.header.live_segments.store(1, Ordering::SeqCst);
-        t.layout.header.busy_pipes.store(1, Ordering::Relaxed);
-        let f = t.file_slot(key(3), false).unwrap().unwrap();
-        t.layout.files[f].live_segments = 0;
+        t.header.live_segments.store(1, Ordering::SeqCst);
+        t.header.busy_pipes.store(1, Ordering::Relaxed);
+        let f = t.find_file(key(3)).unwrap();
+        t.files[f.index()].live_segments = 0;
         // And a ring count no update can leave.
-        t.layout.pipes[q].count = 1000;
+        t.pipes[q.index()].count = 1000;
         assert!(t.repair());
         assert_eq!(
             reg.live_segments(),
@@ -547,13 +547,13 @@ mod tests {
     #[test]
     fn a_full_ring_is_reported_not_overrun() {
         let reg = fresh("full");
-        let mut t = reg.lock();
-        let p = t.pipe_slot(key(1), true).unwrap().unwrap();
+        let (mut t, _) = reg.lock();
+        let p = t.pipe_or_insert(key(1)).unwrap();
         for i in 0..layout::SEGMENTS_PER_PIPE as u64 {
-            t.push_segment(p, key(2), i * 10, 5, 1).unwrap();
+            t.push_segment(p, intent(key(2), i * 10, 5)).unwrap();
             t.commit(p, 5);
         }
-        assert_eq!(t.push_segment(p, key(2), 10_000, 5, 1), Err(Full::Segments));
+        assert_eq!(t.push_segment(p, intent(key(2), 10_000, 5)), Err(Full::Segments));
     }
 
     #[test]

@@ -36,7 +36,7 @@ static PAUSE_US: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 impl Point {
     /// The point's name in `SPLICECOW_TEST_PAUSE`.
     pub fn name(self) -> &'static str {
-        POINTS[self as usize].1
+        crate::bounded::at(&POINTS, self as usize).1
     }
 }
 
@@ -50,7 +50,7 @@ pub fn configure(spec: &str) -> Result<(), String> {
             Some((point, us.trim().parse::<u64>().ok()?))
         });
         match parsed {
-            Some((point, us)) => PAUSE_US[point as usize].store(us, Ordering::Relaxed),
+            Some((point, us)) => crate::bounded::at(&PAUSE_US, point as usize).store(us, Ordering::Relaxed),
             None => {
                 bad.get_or_insert_with(|| item.to_string());
             }
@@ -61,7 +61,7 @@ pub fn configure(spec: &str) -> Result<(), String> {
 
 /// Sleeps for the pause configured at `point`, if any.
 pub fn at(point: Point) {
-    let us = PAUSE_US[point as usize].load(Ordering::Relaxed);
+    let us = crate::bounded::at(&PAUSE_US, point as usize).load(Ordering::Relaxed);
     if us > 0 {
         crate::sys::sleep_ns(us.saturating_mul(1000));
     }

@@ -154,7 +154,7 @@ fn is_zombie(pid: i32) -> bool {
     // SAFETY: reads into our own buffer.
     let n = unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) };
     close(fd);
-    let stat = &buf[..n.max(0) as usize];
+    let stat = buf.get(..n.max(0) as usize).unwrap_or_default();
     // "pid (comm) S ...": the state follows the last ')'.
     stat.iter()
         .rposition(|&b| b == b')')

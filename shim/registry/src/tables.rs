@@ -2,16 +2,86 @@
 //! (see [`crate::Registry::lock`]) and treats the shared bytes as untrusted: indices are
 //! bounds-checked, so a corrupt registry gives wrong answers, never a crash.
 
+use crate::bounded::{at, at_mut, prefix};
 use crate::layout::*;
 use crate::pause::{self, Point};
 use std::sync::atomic::Ordering;
 
-/// Exclusive view of the tables while the lock is held.
+/// Exclusive view of the tables while the lock is held: every part of the registry but
+/// the header, which holds only atomics (and fields fixed at creation) and stays shared.
 pub struct Tables<'a> {
-    pub(crate) layout: &'a mut Layout,
+    pub(crate) header: &'a Header,
+    pub(crate) files: &'a mut [FileRecord; MAX_FILES],
+    pub(crate) maps: &'a mut [MapRecord; MAX_MAPS],
+    pub(crate) mailboxes: &'a [Mailbox; MAX_MAILBOXES],
+    pub(crate) busy: &'a mut [u32; MAX_PIPES],
+    pub(crate) pipes: &'a mut [PipeRecord; MAX_PIPES],
+    pub(crate) journal: &'a mut SettleJournal,
 }
 
-/// Why a segment could not be recorded.
+impl<'a> Tables<'a> {
+    /// Splits a mapped layout into the shared header and the tables, without ever making
+    /// a unique reference to the header (other threads and processes read it meanwhile).
+    ///
+    /// # Safety
+    /// `base` points to a live mapping of a whole [`Layout`], and the caller holds the
+    /// table lock for `'a`: nobody else touches the tables meanwhile.
+    pub(crate) unsafe fn of(base: *mut Layout) -> Tables<'a> {
+        use std::ptr::addr_of_mut;
+        // SAFETY: every field is a disjoint part of the mapping; the header is only ever
+        // shared, the rest is exclusive to the lock holder (see above).
+        unsafe {
+            Tables {
+                header: &*addr_of_mut!((*base).header),
+                files: &mut *addr_of_mut!((*base).files),
+                maps: &mut *addr_of_mut!((*base).maps),
+                mailboxes: &*addr_of_mut!((*base).mailboxes),
+                busy: &mut *addr_of_mut!((*base).busy),
+                pipes: &mut *addr_of_mut!((*base).pipes),
+                journal: &mut *addr_of_mut!((*base).journal),
+            }
+        }
+    }
+
+    /// The domain's counters (not tied to this view: usable while the tables change).
+    pub fn counters(&self) -> &'a Counters {
+        &self.header.counters
+    }
+}
+
+/// A record of the pipe table, as found or inserted by [`Tables::find_pipe`] and
+/// [`Tables::pipe_or_insert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipeSlot(u32);
+
+/// A record of the file table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSlot(u32);
+
+impl PipeSlot {
+    /// The slot with index `i` (taken modulo the table size: always in bounds).
+    pub fn new(i: usize) -> PipeSlot {
+        PipeSlot((i % MAX_PIPES) as u32)
+    }
+
+    /// The slot's index in the pipe table.
+    pub fn index(self) -> usize {
+        self.0 as usize % MAX_PIPES
+    }
+}
+
+impl FileSlot {
+    fn new(i: usize) -> FileSlot {
+        FileSlot((i % MAX_FILES) as u32)
+    }
+
+    /// The slot's index in the file table.
+    pub fn index(self) -> usize {
+        self.0 as usize % MAX_FILES
+    }
+}
+
+/// Which table had no room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Full {
     /// No free file record.
@@ -20,13 +90,29 @@ pub enum Full {
     Pipes,
     /// The pipe's segment ring is full even after merging.
     Segments,
+    /// No free mapping record.
+    Maps,
+}
+
+/// What a splice is about to put into a pipe: recorded before the kernel call, trimmed
+/// to what really moved by [`Tables::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intent {
+    /// The spliced file.
+    pub file: FileKey,
+    /// Offset of the first byte in the file.
+    pub file_off: u64,
+    /// Most bytes the call can move.
+    pub len: u64,
+    /// The splicing process.
+    pub splicer_pid: i32,
 }
 
 /// A segment as returned by lookups, with the keys resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentInfo {
-    /// Pipe slot that holds it.
-    pub pipe_slot: usize,
+    /// Pipe that holds it.
+    pub pipe_slot: PipeSlot,
     /// Index in the pipe's ring order (0 = oldest).
     pub index: usize,
     /// The segment itself.
@@ -38,54 +124,62 @@ fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_end: u64) -> bool {
 }
 
 impl Tables<'_> {
-    /// Finds the slot of `key` in the file table; creates it when `create`.
-    pub fn file_slot(&mut self, key: FileKey, create: bool) -> Result<Option<usize>, Full> {
-        let h = &self.layout.header;
-        let files = &mut self.layout.files;
+    /// The record of `key` in the file table, if it has one.
+    pub fn find_file(&self, key: FileKey) -> Option<FileSlot> {
+        find(key, MAX_FILES, |i| at(self.files, i).key).map(FileSlot::new)
+    }
+
+    /// The record of `key` in the file table, made if it has none.
+    pub fn file_or_insert(&mut self, key: FileKey) -> Result<FileSlot, Full> {
+        let h = self.header;
+        let files = &mut self.files;
         let found = probe(key, MAX_FILES, |i| {
             (
-                files[i].key,
-                files[i].live_segments == 0
-                    && files[i].shared_writable_maps == 0
-                    && files[i].private_maps == 0,
+                at(files, i).key,
+                at(files, i).live_segments == 0
+                    && at(files, i).shared_writable_maps == 0
+                    && at(files, i).private_maps == 0,
             )
         });
         match found {
-            Probe::Found(i) => Ok(Some(i)),
-            _ if !create => Ok(None),
+            Probe::Found(i) => Ok(FileSlot::new(i)),
             Probe::Free(i) => {
-                if files[i].key.is_empty() {
+                if at(files, i).key.is_empty() {
                     h.files_in_use.fetch_add(1, Ordering::Relaxed);
                 }
-                files[i] = FileRecord {
+                *at_mut(files, i) = FileRecord {
                     key,
                     ..Default::default()
                 };
-                Ok(Some(i))
+                Ok(FileSlot::new(i))
             }
             Probe::Full => Err(Full::Files),
         }
     }
 
-    /// Finds the slot of pipe `key`; creates it when `create`.
-    pub fn pipe_slot(&mut self, key: FileKey, create: bool) -> Result<Option<usize>, Full> {
-        let h = &self.layout.header;
-        let pipes = &mut self.layout.pipes;
-        let found = probe(key, MAX_PIPES, |i| (pipes[i].key, pipes[i].count == 0));
+    /// The record of pipe `key`, if it has one.
+    pub fn find_pipe(&self, key: FileKey) -> Option<PipeSlot> {
+        find(key, MAX_PIPES, |i| at(self.pipes, i).key).map(PipeSlot::new)
+    }
+
+    /// The record of pipe `key`, made (empty) if it has none.
+    pub fn pipe_or_insert(&mut self, key: FileKey) -> Result<PipeSlot, Full> {
+        let h = self.header;
+        let pipes = &mut self.pipes;
+        let found = probe(key, MAX_PIPES, |i| (at(pipes, i).key, at(pipes, i).count == 0));
         match found {
-            Probe::Found(i) => Ok(Some(i)),
-            _ if !create => Ok(None),
+            Probe::Found(i) => Ok(PipeSlot::new(i)),
             Probe::Free(i) => {
-                if pipes[i].key.is_empty() {
+                if at(pipes, i).key.is_empty() {
                     h.pipes_in_use.fetch_add(1, Ordering::Relaxed);
                 }
-                let p = &mut pipes[i];
+                let p = at_mut(pipes, i);
                 p.key = key;
                 p.bytes_in = 0;
                 p.head = 0;
                 p.count = 0;
                 p.holders = Default::default();
-                Ok(Some(i))
+                Ok(PipeSlot::new(i))
             }
             Probe::Full => Err(Full::Pipes),
         }
@@ -93,29 +187,24 @@ impl Tables<'_> {
 
     /// The settle journal.
     pub fn journal(&mut self) -> &mut SettleJournal {
-        &mut self.layout.journal
+        self.journal
     }
 
-    /// The domain's counters.
-    pub fn counters(&self) -> &Counters {
-        &self.layout.header.counters
+    /// The record of pipe `slot`.
+    pub fn pipe(&self, slot: PipeSlot) -> &PipeRecord {
+        at(self.pipes, slot.index())
     }
 
-    /// The record of pipe slot `slot`.
-    pub fn pipe(&self, slot: usize) -> &PipeRecord {
-        &self.layout.pipes[slot % MAX_PIPES]
-    }
-
-    /// The record of file slot `slot`.
-    pub fn file(&self, slot: usize) -> &FileRecord {
-        &self.layout.files[slot % MAX_FILES]
+    /// The record of file `slot`.
+    pub fn file(&self, slot: FileSlot) -> &FileRecord {
+        at(self.files, slot.index())
     }
 
     /// Remembers that `pid` holds the pipe as `fd` (most recent first).
-    pub fn add_holder(&mut self, slot: usize, pid: i32, fd: i32) {
-        let holders = &mut self.layout.pipes[slot % MAX_PIPES].holders;
+    pub fn add_holder(&mut self, slot: PipeSlot, pid: i32, fd: i32) {
+        let holders = &mut at_mut(self.pipes, slot.index()).holders;
         let new = Holder { pid, fd };
-        if holders[0] == new {
+        if *at(holders, 0) == new {
             return;
         }
         let mut kept = [Holder::default(); HOLDERS_PER_PIPE];
@@ -128,7 +217,7 @@ impl Tables<'_> {
         for (i, h) in kept.into_iter().enumerate() {
             // SAFETY: `i` < HOLDERS_PER_PIPE; a volatile store so the list is in shared
             // memory, as written so far, when the test pause below is reached.
-            unsafe { std::ptr::write_volatile(&mut holders[i], h) };
+            unsafe { std::ptr::write_volatile(at_mut(holders, i), h) };
             if i == 0 {
                 pause::at(Point::Holder);
             }
@@ -136,46 +225,37 @@ impl Tables<'_> {
     }
 
     /// Segments of pipe `slot`, oldest first.
-    pub fn segments(&self, slot: usize) -> impl Iterator<Item = Segment> + '_ {
+    pub fn segments(&self, slot: PipeSlot) -> impl Iterator<Item = Segment> + '_ {
         let p = self.pipe(slot);
         let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
-        (0..count).map(move |i| p.segments[(p.head as usize + i) % SEGMENTS_PER_PIPE])
+        (0..count).map(move |i| *at(&p.segments, p.head as usize + i))
     }
 
     /// Appends a segment of `len` bytes of file `file` at `file_off` to pipe `slot`, at the
     /// pipe's current end of stream, merging with the newest segment when contiguous.
     /// This is the intent recorded before the kernel call; [`Tables::commit`] then trims
     /// it to what the call really moved and advances the stream end.
-    pub fn push_segment(
-        &mut self,
-        slot: usize,
-        file: FileKey,
-        file_off: u64,
-        len: u64,
-        splicer_pid: i32,
-    ) -> Result<(), Full> {
+    pub fn push_segment(&mut self, slot: PipeSlot, intent: Intent) -> Result<(), Full> {
         let stream_pos = self.pipe(slot).bytes_in;
-        self.push_at(slot, file, file_off, len, stream_pos, splicer_pid)
+        self.push_at(slot, intent, stream_pos)
     }
 
-    fn push_at(
-        &mut self,
-        slot: usize,
-        file: FileKey,
-        file_off: u64,
-        len: u64,
-        stream_pos: u64,
-        splicer_pid: i32,
-    ) -> Result<(), Full> {
+    fn push_at(&mut self, slot: PipeSlot, intent: Intent, stream_pos: u64) -> Result<(), Full> {
+        let Intent {
+            file,
+            file_off,
+            len,
+            splicer_pid,
+        } = intent;
         if len == 0 {
             return Ok(());
         }
-        let fslot = self.file_slot(file, true)?.ok_or(Full::Files)?;
+        let fslot = self.file_or_insert(file)?.index();
         let now = crate::sys::realtime_ns();
-        let p = &mut self.layout.pipes[slot % MAX_PIPES];
+        let p = at_mut(self.pipes, slot.index());
         let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
         if count > 0 {
-            let last = &mut p.segments[(p.head as usize + count - 1) % SEGMENTS_PER_PIPE];
+            let last = at_mut(&mut p.segments, p.head as usize + count - 1);
             if last.file_slot as usize == fslot
                 && last.splicer_pid == splicer_pid
                 && last.file_off.wrapping_add(last.len) == file_off
@@ -183,7 +263,7 @@ impl Tables<'_> {
                 && last.reported == 0
             {
                 last.len += len;
-                let f = &mut self.layout.files[fslot];
+                let f = at_mut(self.files, fslot);
                 f.seg_hi = f.seg_hi.max(file_off.saturating_add(len));
                 return Ok(());
             }
@@ -191,7 +271,7 @@ impl Tables<'_> {
         if count >= SEGMENTS_PER_PIPE {
             return Err(Full::Segments);
         }
-        p.segments[(p.head as usize + count) % SEGMENTS_PER_PIPE] = Segment {
+        *at_mut(&mut p.segments, p.head as usize + count) = Segment {
             file_slot: fslot as u32,
             splicer_pid,
             file_off,
@@ -205,7 +285,7 @@ impl Tables<'_> {
         p.count = count as u32 + 1;
         pause::at(Point::Record);
         self.update_busy(slot);
-        let f = &mut self.layout.files[fslot];
+        let f = at_mut(self.files, fslot);
         let end = file_off.saturating_add(len);
         (f.seg_lo, f.seg_hi) = if f.live_segments == 0 {
             (file_off, end)
@@ -213,32 +293,29 @@ impl Tables<'_> {
             (f.seg_lo.min(file_off), f.seg_hi.max(end))
         };
         f.live_segments += 1;
-        self.layout
-            .header
-            .live_segments
-            .fetch_add(1, Ordering::SeqCst);
+        self.header.live_segments.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     /// After a kernel call moved `moved` bytes into pipe `slot` (whose intent segments were
     /// pushed before the call): trims the intent to what really happened and advances the
     /// stream end. Also serves writes of bytes that carry no segment (`write` to a pipe).
-    pub fn commit(&mut self, slot: usize, moved: u64) {
+    pub fn commit(&mut self, slot: PipeSlot, moved: u64) {
         let end = self.pipe(slot).bytes_in.wrapping_add(moved);
         self.truncate_stream(slot, end);
-        self.layout.pipes[slot % MAX_PIPES].bytes_in = end;
+        at_mut(self.pipes, slot.index()).bytes_in = end;
     }
 
     /// Drops or trims segments that lie at or beyond stream position `end`.
-    fn truncate_stream(&mut self, slot: usize, end: u64) {
+    fn truncate_stream(&mut self, slot: PipeSlot, end: u64) {
         loop {
-            let p = &mut self.layout.pipes[slot % MAX_PIPES];
+            let p = at_mut(self.pipes, slot.index());
             let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
             if count == 0 {
                 self.update_busy(slot);
                 return;
             }
-            let last = &mut p.segments[(p.head as usize + count - 1) % SEGMENTS_PER_PIPE];
+            let last = at_mut(&mut p.segments, p.head as usize + count - 1);
             if last.stream_pos >= end {
                 let fslot = last.file_slot as usize;
                 p.count = count as u32 - 1;
@@ -255,8 +332,8 @@ impl Tables<'_> {
     /// Retires segments already consumed: the pipe holds `pending` bytes (`FIONREAD`),
     /// so everything before `bytes_in - pending` was read. With writers the shim does not
     /// know, `pending` is larger and this keeps more than needed, never less.
-    pub fn prune(&mut self, slot: usize, pending: u64) {
-        let p = &self.layout.pipes[slot % MAX_PIPES];
+    pub fn prune(&mut self, slot: PipeSlot, pending: u64) {
+        let p = at(self.pipes, slot.index());
         if pending == 0 {
             self.retire_all(slot);
             return;
@@ -266,15 +343,15 @@ impl Tables<'_> {
     }
 
     /// Retires every segment before stream position `pos`, trimming one that straddles it.
-    pub fn retire_before(&mut self, slot: usize, pos: u64) {
+    pub fn retire_before(&mut self, slot: PipeSlot, pos: u64) {
         loop {
-            let p = &mut self.layout.pipes[slot % MAX_PIPES];
+            let p = at_mut(self.pipes, slot.index());
             let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
             if count == 0 {
                 self.update_busy(slot);
                 return;
             }
-            let first = &mut p.segments[p.head as usize % SEGMENTS_PER_PIPE];
+            let first = at_mut(&mut p.segments, p.head as usize);
             let end = first.stream_pos.saturating_add(first.len);
             if end <= pos {
                 let fslot = first.file_slot as usize;
@@ -296,8 +373,8 @@ impl Tables<'_> {
     }
 
     /// Retires every segment of pipe `slot` (its bytes no longer live in the page cache).
-    pub fn retire_all(&mut self, slot: usize) {
-        let p = &mut self.layout.pipes[slot % MAX_PIPES];
+    pub fn retire_all(&mut self, slot: PipeSlot) {
+        let p = at_mut(self.pipes, slot.index());
         let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
         let head = p.head as usize;
         p.head = 0;
@@ -306,38 +383,35 @@ impl Tables<'_> {
             pause::at(Point::Retire);
         }
         for i in 0..count {
-            let fslot = self.layout.pipes[slot % MAX_PIPES].segments
-                [(head + i) % SEGMENTS_PER_PIPE]
-                .file_slot;
+            let fslot = at(&at(self.pipes, slot.index()).segments, head + i).file_slot;
             self.release_file_ref(fslot as usize);
         }
         self.update_busy(slot);
     }
 
     /// Keeps pipe `slot`'s membership in the busy list in line with its segment count.
-    fn update_busy(&mut self, slot: usize) {
-        let slot = slot % MAX_PIPES;
-        let l = &mut *self.layout;
-        let n = (l.header.busy_pipes.load(Ordering::Relaxed) as usize).min(MAX_PIPES);
-        let pos = l.pipes[slot].busy_pos as usize;
-        let member = pos < n && l.busy[pos] as usize == slot;
-        let busy = l.pipes[slot].count > 0;
+    fn update_busy(&mut self, slot: PipeSlot) {
+        let slot = slot.index();
+        let n = (self.header.busy_pipes.load(Ordering::Relaxed) as usize).min(MAX_PIPES);
+        let pos = at(self.pipes, slot).busy_pos as usize;
+        let member = pos < n && *at(self.busy, pos) as usize == slot;
+        let busy = at(self.pipes, slot).count > 0;
         if busy && !member && n < MAX_PIPES {
-            l.busy[n] = slot as u32;
-            l.pipes[slot].busy_pos = n as u32;
-            l.header.busy_pipes.store(n as u32 + 1, Ordering::Relaxed);
+            *at_mut(self.busy, n) = slot as u32;
+            at_mut(self.pipes, slot).busy_pos = n as u32;
+            self.header.busy_pipes.store(n as u32 + 1, Ordering::Relaxed);
         } else if !busy && member {
-            let last = l.busy[n - 1] as usize % MAX_PIPES;
-            l.busy[pos] = last as u32;
-            l.pipes[last].busy_pos = pos as u32;
-            l.header.busy_pipes.store(n as u32 - 1, Ordering::Relaxed);
+            let last = *at(self.busy, n - 1) as usize % MAX_PIPES;
+            *at_mut(self.busy, pos) = last as u32;
+            at_mut(self.pipes, last).busy_pos = pos as u32;
+            self.header.busy_pipes.store(n as u32 - 1, Ordering::Relaxed);
         }
     }
 
     fn release_file_ref(&mut self, fslot: usize) {
-        let f = &mut self.layout.files[fslot % MAX_FILES];
+        let f = at_mut(self.files, fslot);
         f.live_segments = f.live_segments.saturating_sub(1);
-        let live = &self.layout.header.live_segments;
+        let live = &self.header.live_segments;
         let _ = live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
             Some(v.saturating_sub(1))
         });
@@ -346,31 +420,29 @@ impl Tables<'_> {
     /// Copies the segments covering stream range `[from, from + n)` of pipe `src` to the
     /// end of pipe `dst` (for `tee` and pipe→pipe `splice`), as pushed intents: the caller
     /// then calls [`Tables::commit`] on `dst` with the bytes really moved.
-    pub fn carry(&mut self, src: usize, from: u64, n: u64, dst: usize) -> Result<(), Full> {
+    pub fn carry(&mut self, src: PipeSlot, from: u64, n: u64, dst: PipeSlot) -> Result<(), Full> {
         let to = from.saturating_add(n);
         let base = self.pipe(dst).bytes_in;
         let mut copy = [Segment::default(); SEGMENTS_PER_PIPE];
         let mut count = 0;
         for s in self.segments(src) {
-            copy[count] = s;
+            *at_mut(&mut copy, count) = s;
             count += 1;
         }
-        for s in &copy[..count] {
+        for s in prefix(&copy, count) {
             let lo = s.stream_pos.max(from);
             let hi = s.stream_pos.saturating_add(s.len).min(to);
             if lo >= hi {
                 continue;
             }
-            let key = self.file(s.file_slot as usize).key;
-            let file_off = s.file_off + (lo - s.stream_pos);
-            self.push_at(
-                dst,
-                key,
-                file_off,
-                hi - lo,
-                base + (lo - from),
-                s.splicer_pid,
-            )?;
+            let key = at(self.files, s.file_slot as usize).key;
+            let intent = Intent {
+                file: key,
+                file_off: s.file_off + (lo - s.stream_pos),
+                len: hi - lo,
+                splicer_pid: s.splicer_pid,
+            };
+            self.push_at(dst, intent, base + (lo - from))?;
         }
         Ok(())
     }
@@ -384,20 +456,20 @@ impl Tables<'_> {
         end: u64,
         mut each: impl FnMut(SegmentInfo) -> bool,
     ) {
-        let Some(fslot) = find(file, MAX_FILES, |i| self.layout.files[i].key) else {
+        let Some(fslot) = self.find_file(file).map(FileSlot::index) else {
             return;
         };
-        let f = &self.layout.files[fslot];
+        let f = at(self.files, fslot);
         if f.live_segments == 0 || !overlaps(f.seg_lo, f.seg_hi.saturating_sub(f.seg_lo), off, end)
         {
             return;
         }
         for &pipe_slot in self.busy_slots() {
-            let pipe_slot = pipe_slot as usize % MAX_PIPES;
-            let p = &self.layout.pipes[pipe_slot];
+            let pipe_slot = PipeSlot::new(pipe_slot as usize);
+            let p = at(self.pipes, pipe_slot.index());
             let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
             for index in 0..count {
-                let s = p.segments[(p.head as usize + index) % SEGMENTS_PER_PIPE];
+                let s = *at(&p.segments, p.head as usize + index);
                 if s.file_slot as usize == fslot
                     && overlaps(s.file_off, s.len, off, end)
                     && !each(SegmentInfo {
@@ -413,23 +485,39 @@ impl Tables<'_> {
     }
 
     /// True when pipe `slot` has a segment of `file` overlapping bytes `[off, end)`.
-    pub fn pipe_overlaps(&self, slot: usize, file: FileKey, off: u64, end: u64) -> bool {
-        let Some(fslot) = find(file, MAX_FILES, |i| self.layout.files[i].key) else {
+    pub fn pipe_overlaps(&self, slot: PipeSlot, file: FileKey, off: u64, end: u64) -> bool {
+        let Some(fslot) = self.find_file(file).map(FileSlot::index) else {
             return false;
         };
         self.segments(slot)
             .any(|s| s.file_slot as usize == fslot && overlaps(s.file_off, s.len, off, end))
     }
 
-    /// Marks a segment (found by [`Tables::overlapping`]) as reported; false if it already was.
-    pub fn mark_reported(&mut self, info: &SegmentInfo) -> bool {
-        let p = &mut self.layout.pipes[info.pipe_slot % MAX_PIPES];
-        let s = &mut p.segments[(p.head as usize + info.index) % SEGMENTS_PER_PIPE];
-        if s.reported != 0 {
-            return false;
+    /// Marks every not yet reported segment of `file` in pipe `slot` that overlaps bytes
+    /// `[off, end)` as reported, and calls `each` with it.
+    pub fn report_overlapping(
+        &mut self,
+        slot: PipeSlot,
+        file: FileKey,
+        off: u64,
+        end: u64,
+        mut each: impl FnMut(Segment),
+    ) {
+        let Some(fslot) = self.find_file(file).map(FileSlot::index) else {
+            return;
+        };
+        let p = at_mut(self.pipes, slot.index());
+        let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
+        for i in 0..count {
+            let s = at_mut(&mut p.segments, p.head as usize + i);
+            if s.reported == 0
+                && s.file_slot as usize == fslot
+                && overlaps(s.file_off, s.len, off, end)
+            {
+                s.reported = 1;
+                each(*s);
+            }
         }
-        s.reported = 1;
-        true
     }
 
     /// Adds `delta` to the shared writable mappings process `pid` has of `file`.
@@ -464,20 +552,26 @@ impl Tables<'_> {
         lo: u64,
         hi: u64,
     ) -> Result<(), Full> {
-        let Some(fslot) = self.file_slot(file, delta > 0)? else {
-            return Ok(());
-        };
-        let maps = &mut self.layout.maps;
+        let fslot = if delta > 0 {
+            self.file_or_insert(file)?
+        } else {
+            match self.find_file(file) {
+                Some(f) => f,
+                None => return Ok(()),
+            }
+        }
+        .index();
+        let maps = &mut self.maps;
         let found = maps
             .iter()
             .position(|m| m.pid == pid && m.kind == kind && m.file_slot as usize == fslot);
         let i = match found {
             Some(i) => i,
-            None if delta > 0 => maps.iter().position(|m| m.pid == 0).ok_or(Full::Files)?,
+            None if delta > 0 => maps.iter().position(|m| m.pid == 0).ok_or(Full::Maps)?,
             None => return Ok(()),
         };
         let old = if found.is_some() {
-            maps[i]
+            *at(maps, i)
         } else {
             MapRecord {
                 lo: u64::MAX,
@@ -485,7 +579,7 @@ impl Tables<'_> {
             }
         };
         let count = old.count.saturating_add_signed(delta);
-        maps[i] = if count == 0 {
+        *at_mut(maps, i) = if count == 0 {
             MapRecord::default()
         } else {
             let (lo, hi) = if delta > 0 {
@@ -507,8 +601,8 @@ impl Tables<'_> {
     }
 
     fn adjust_file_maps(&mut self, kind: u32, fslot: usize, diff: i64) {
-        let f = &mut self.layout.files[fslot % MAX_FILES];
-        let h = &self.layout.header;
+        let f = at_mut(self.files, fslot);
+        let h = &self.header;
         let (field, total) = if kind == MAP_PRIVATE_SNAPSHOT {
             (&mut f.private_maps, &h.private_maps)
         } else {
@@ -522,27 +616,27 @@ impl Tables<'_> {
 
     /// Frees map record `i` (its process died or exec'd).
     fn drop_map_record(&mut self, i: usize) {
-        let m = self.layout.maps[i];
-        self.layout.maps[i] = MapRecord::default();
+        let m = *at(self.maps, i);
+        *at_mut(self.maps, i) = MapRecord::default();
         self.adjust_file_maps(m.kind, m.file_slot as usize, -(m.count as i64));
     }
 
     /// True when `file` has a live shared writable mapping in the domain; records of
     /// processes that died are reclaimed on the way.
     pub fn has_shared_writable_map(&mut self, file: FileKey) -> bool {
-        let Some(fslot) = find(file, MAX_FILES, |i| self.layout.files[i].key) else {
+        let Some(fslot) = self.find_file(file).map(FileSlot::index) else {
             return false;
         };
-        if self.layout.files[fslot].shared_writable_maps == 0 {
+        if at(self.files, fslot).shared_writable_maps == 0 {
             return false;
         }
         for i in 0..MAX_MAPS {
-            let m = self.layout.maps[i];
+            let m = *at(self.maps, i);
             if m.pid != 0 && m.file_slot as usize == fslot && !crate::sys::process_alive(m.pid) {
                 self.drop_map_record(i);
             }
         }
-        self.layout.files[fslot].shared_writable_maps > 0
+        at(self.files, fslot).shared_writable_maps > 0
     }
 
     /// Calls `each(pid)` for every live process with a private snapshot mapping of
@@ -554,14 +648,14 @@ impl Tables<'_> {
         end: u64,
         mut each: impl FnMut(i32),
     ) {
-        let Some(fslot) = find(file, MAX_FILES, |i| self.layout.files[i].key) else {
+        let Some(fslot) = self.find_file(file).map(FileSlot::index) else {
             return;
         };
-        if self.layout.files[fslot].private_maps == 0 {
+        if at(self.files, fslot).private_maps == 0 {
             return;
         }
         for i in 0..MAX_MAPS {
-            let m = self.layout.maps[i];
+            let m = *at(self.maps, i);
             if m.pid == 0 || m.kind != MAP_PRIVATE_SNAPSHOT || m.file_slot as usize != fslot {
                 continue;
             }
@@ -576,11 +670,11 @@ impl Tables<'_> {
     /// Drops every mapping record and the mailbox of `pid` (its mappings are gone: `exec`).
     pub fn drop_maps(&mut self, pid: i32) {
         for i in 0..MAX_MAPS {
-            if self.layout.maps[i].pid == pid && pid != 0 {
+            if at(self.maps, i).pid == pid && pid != 0 {
                 self.drop_map_record(i);
             }
         }
-        for mb in self.layout.mailboxes.iter() {
+        for mb in self.mailboxes.iter() {
             if mb.owner_pid.load(Ordering::Relaxed) == pid as u32 {
                 mb.owner_pid.store(0, Ordering::Relaxed);
             }
@@ -588,19 +682,19 @@ impl Tables<'_> {
     }
 
     /// Pipe slots that have live segments.
-    pub fn busy_pipes(&self) -> impl Iterator<Item = usize> + '_ {
-        self.busy_slots().iter().map(|&s| s as usize % MAX_PIPES)
+    pub fn busy_pipes(&self) -> impl Iterator<Item = PipeSlot> + '_ {
+        self.busy_slots().iter().map(|&s| PipeSlot::new(s as usize))
     }
 
     fn busy_slots(&self) -> &[u32] {
-        let n = self.layout.header.busy_pipes.load(Ordering::Relaxed) as usize;
-        &self.layout.busy[..n.min(MAX_PIPES)]
+        let n = self.header.busy_pipes.load(Ordering::Relaxed) as usize;
+        prefix(self.busy, n)
     }
 
     /// Claims a snapshot mailbox for `pid` (its own if it has one, else a free one or
     /// one of a dead process); returns its index.
     pub fn claim_mailbox(&mut self, pid: i32) -> Option<usize> {
-        let boxes = &self.layout.mailboxes;
+        let boxes = &self.mailboxes;
         let i = boxes
             .iter()
             .position(|m| m.owner_pid.load(Ordering::Relaxed) == pid as u32)
@@ -610,7 +704,7 @@ impl Tables<'_> {
                     owner == 0 || !crate::sys::process_alive(owner)
                 })
             })?;
-        let mb = &boxes[i];
+        let mb = at(boxes, i);
         mb.owner_pid.store(pid as u32, Ordering::Relaxed);
         mb.requester.store(0, Ordering::Relaxed);
         mb.done_seq
@@ -662,8 +756,7 @@ impl Tables<'_> {
     /// record of a file slot out of range or empty). Returns true when anything changed.
     pub fn repair(&mut self) -> bool {
         let before = self.derived_digest();
-        let l = &mut *self.layout;
-        for rec in l.files.iter_mut() {
+        for rec in self.files.iter_mut() {
             rec.live_segments = 0;
             rec.shared_writable_maps = 0;
             rec.private_maps = 0;
@@ -671,7 +764,7 @@ impl Tables<'_> {
         let (mut live, mut busy, mut pipes_in_use) = (0u64, 0usize, 0u32);
         let mut dropped = false;
         for slot in 0..MAX_PIPES {
-            let p = &mut l.pipes[slot];
+            let p = at_mut(self.pipes, slot);
             if p.key.is_empty() {
                 continue;
             }
@@ -683,15 +776,15 @@ impl Tables<'_> {
             // Keep the valid segments, in order, from the head on.
             let mut kept = 0usize;
             for i in 0..p.count as usize {
-                let s = p.segments[(p.head as usize + i) % SEGMENTS_PER_PIPE];
+                let s = *at(&p.segments, p.head as usize + i);
                 let f = s.file_slot as usize;
-                if f >= MAX_FILES || l.files[f].key.is_empty() || s.len == 0 {
+                if f >= MAX_FILES || at(self.files, f).key.is_empty() || s.len == 0 {
                     dropped = true;
                     continue;
                 }
-                p.segments[(p.head as usize + kept) % SEGMENTS_PER_PIPE] = s;
+                *at_mut(&mut p.segments, p.head as usize + kept) = s;
                 kept += 1;
-                let rec = &mut l.files[f];
+                let rec = at_mut(self.files, f);
                 let end = s.file_off.saturating_add(s.len);
                 (rec.seg_lo, rec.seg_hi) = if rec.live_segments == 0 {
                     (s.file_off, end)
@@ -703,23 +796,23 @@ impl Tables<'_> {
             p.count = kept as u32;
             live += kept as u64;
             if kept > 0 {
-                l.busy[busy] = slot as u32;
+                *at_mut(self.busy, busy) = slot as u32;
                 p.busy_pos = busy as u32;
                 busy += 1;
             }
         }
         let (mut shared, mut private) = (0u64, 0u64);
-        for m in l.maps.iter_mut() {
+        for m in self.maps.iter_mut() {
             if m.pid == 0 {
                 continue;
             }
             let f = m.file_slot as usize;
-            if f >= MAX_FILES || l.files[f].key.is_empty() || m.count == 0 {
+            if f >= MAX_FILES || at(self.files, f).key.is_empty() || m.count == 0 {
                 *m = MapRecord::default();
                 dropped = true;
                 continue;
             }
-            let rec = &mut l.files[f];
+            let rec = at_mut(self.files, f);
             if m.kind == MAP_PRIVATE_SNAPSHOT {
                 rec.private_maps += m.count;
                 private += u64::from(m.count);
@@ -728,8 +821,8 @@ impl Tables<'_> {
                 shared += u64::from(m.count);
             }
         }
-        let files_in_use = l.files.iter().filter(|f| !f.key.is_empty()).count() as u32;
-        let h = &l.header;
+        let files_in_use = self.files.iter().filter(|f| !f.key.is_empty()).count() as u32;
+        let h = &self.header;
         h.live_segments.store(live, Ordering::SeqCst);
         h.shared_writable_maps.store(shared, Ordering::SeqCst);
         h.private_maps.store(private, Ordering::SeqCst);
@@ -742,15 +835,14 @@ impl Tables<'_> {
     /// A digest of the counts [`Tables::repair`] recomputes (not the files' segment
     /// ranges: between repairs they only ever grow, so a recomputed one is narrower).
     fn derived_digest(&self) -> u64 {
-        let l = &*self.layout;
         let mut d = 0xcbf2_9ce4_8422_2325u64;
         let mut mix = |v: u64| d = (d ^ v).wrapping_mul(0x0100_0000_01b3);
-        for f in l.files.iter().filter(|f| !f.key.is_empty()) {
+        for f in self.files.iter().filter(|f| !f.key.is_empty()) {
             mix(u64::from(f.live_segments));
             mix(u64::from(f.shared_writable_maps));
             mix(u64::from(f.private_maps));
         }
-        let h = &l.header;
+        let h = &self.header;
         mix(h.live_segments.load(Ordering::Relaxed));
         mix(h.shared_writable_maps.load(Ordering::Relaxed));
         mix(h.private_maps.load(Ordering::Relaxed));

@@ -1,21 +1,12 @@
 //! Copies into a file: `copy_file_range` changes the destination range.
 //! (`sendfile` and `splice` into files are handled with their families in `splice.rs`.)
 
-use crate::mutation::{Kind, Mutation};
-use crate::real::hooks;
-use crate::transfer::user_offset;
+use crate::hooks::hooks;
+use crate::ops::intent::{Kind, Mutation};
 use libc::{c_int, c_uint, loff_t, size_t, ssize_t};
 
 hooks! {
     /// `copy_file_range(2)`: `len` bytes at `*off_out` (or the current offset) of `fd_out`.
     fn copy_file_range(fd_in: c_int, off_in: *mut loff_t, fd_out: c_int, off_out: *mut loff_t, len: size_t, flags: c_uint) -> ssize_t
-        => before destination(fd_out, off_out, len, Kind::CopyFileRange);
-}
-
-/// The bytes a copy of `len` bytes writes into `fd` at `*off` or at its offset.
-pub fn destination(fd: c_int, off: *const loff_t, len: size_t, kind: Kind) -> Mutation {
-    match user_offset(off) {
-        Some(at) => Mutation::at(fd, at as i64, len as u64, kind),
-        None => Mutation::cursor(fd, len as u64, kind),
-    }
+        => before Mutation::copy_destination(fd_out, off_out, len, Kind::CopyFileRange);
 }

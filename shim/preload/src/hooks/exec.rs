@@ -1,18 +1,12 @@
-//! The `exec` and `posix_spawn` families. The domain follows a new program through its
-//! inherited environment (`LD_PRELOAD`, `SPLICECOW_*`). A program that drops them
-//! (`clearenv`, `env -i`, an explicit `envp`) starts its child unprotected and outside
-//! the domain: these hooks notice it and count it (`env_cleared`, which `splicecow run`
-//! reports at exit). The environment itself is passed on untouched (the host program
-//! must not be able to tell the shim is there). The variadic `execl`, `execle` and
-//! `execlp` are C bodies (`exec_variadic.c`) that call the hooks below.
+//! The `exec` and `posix_spawn` families: each passes its environment through
+//! `ops::exec_env`, which counts a child that leaves the domain. The variadic `execl`,
+//! `execle` and `execlp` are C bodies (`exec_variadic.c`) that call the hooks below.
 
-use crate::real::{hooks, variadic_hook, Symbol};
-use crate::runtime::{self, Mode};
+use crate::hooks::{hooks, variadic_hook};
+use crate::ops::exec_env::{with_domain_env, Argv};
+use crate::state::real::Symbol;
 use libc::{c_char, c_int, pid_t};
-use std::ffi::CStr;
-use std::sync::atomic::Ordering;
 
-type Argv = *const *const c_char;
 type ExecveFn = unsafe extern "C" fn(*const c_char, Argv, Argv) -> c_int;
 type SpawnFn = unsafe extern "C" fn(
     *mut pid_t,
@@ -83,7 +77,7 @@ unsafe fn execvp_impl(
 unsafe fn via(sym: &Symbol, path: *const c_char, argv: Argv, envp: Argv) -> c_int {
     let addr = sym.get();
     if addr.is_null() {
-        crate::registry_sys::set_errno(libc::ENOSYS);
+        splicecow_registry::sys::set_errno(libc::ENOSYS);
         return -1;
     }
     // SAFETY: `addr` is libc's definition of a function with the ExecveFn signature.
@@ -103,88 +97,6 @@ unsafe fn spawn_with_env(
 ) -> c_int {
     // SAFETY: as in `exec_with_env`.
     unsafe { with_domain_env(envp, |env| real(pid, path, actions, attr, argv, env)) }
-}
-
-/// Counts an exec whose `envp` lost `LD_PRELOAD` (with this library) or one of the
-/// `SPLICECOW_*` variables this process started with, then runs `f` with `envp` as given.
-///
-/// # Safety
-/// `envp` is null or a valid null-terminated array of C strings.
-unsafe fn with_domain_env<T>(envp: Argv, f: impl FnOnce(Argv) -> T) -> T {
-    let rt = runtime::get();
-    if rt.mode != Mode::Off && !rt.exec_env.is_empty() {
-        // SAFETY: the caller's envp, as the exec call itself requires it.
-        let entries: Vec<&CStr> = unsafe { env_entries(envp) };
-        let lost = rt.exec_env.iter().any(|wanted| {
-            let name_len = wanted
-                .iter()
-                .position(|&b| b == b'=')
-                .map_or(wanted.len(), |i| i + 1);
-            let name = &wanted[..name_len];
-            let found = entries.iter().find(|e| e.to_bytes().starts_with(name));
-            match found {
-                Some(e) if name == b"LD_PRELOAD=" => {
-                    !contains_library(e.to_bytes(), &rt.library_path)
-                }
-                Some(_) => false,
-                None => true,
-            }
-        });
-        if let (true, Some(reg)) = (lost, rt.registry.as_ref()) {
-            reg.header()
-                .counters
-                .env_cleared
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    f(envp)
-}
-
-/// The entries of a null-terminated `envp` (none for null).
-///
-/// # Safety
-/// As for [`with_domain_env`].
-unsafe fn env_entries<'a>(envp: Argv) -> Vec<&'a CStr> {
-    let mut out = Vec::new();
-    if envp.is_null() {
-        return out;
-    }
-    let mut i = 0;
-    loop {
-        // SAFETY: envp is null-terminated; we stop at the terminator.
-        let p = unsafe { *envp.add(i) };
-        if p.is_null() {
-            return out;
-        }
-        // SAFETY: each entry is a NUL-terminated string.
-        out.push(unsafe { CStr::from_ptr(p) });
-        i += 1;
-    }
-}
-
-/// True when an `LD_PRELOAD=...` entry names the library (space or colon separated).
-fn contains_library(entry: &[u8], library: &[u8]) -> bool {
-    let value = &entry[entry.iter().position(|&b| b == b'=').map_or(0, |i| i + 1)..];
-    value
-        .split(|&b| b == b' ' || b == b':')
-        .any(|item| item == library)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn library_is_found_in_preload_lists() {
-        let lib = b"/x/libsplicecow.so";
-        assert!(super::contains_library(
-            b"LD_PRELOAD=/a.so /x/libsplicecow.so",
-            lib
-        ));
-        assert!(super::contains_library(
-            b"LD_PRELOAD=/x/libsplicecow.so:/b.so",
-            lib
-        ));
-        assert!(!super::contains_library(b"LD_PRELOAD=/a.so", lib));
-    }
 }
 
 variadic_hook! {

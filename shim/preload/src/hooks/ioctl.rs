@@ -1,9 +1,10 @@
 //! `ioctl`: the clone and dedupe requests write into their destination file; every other
 //! request goes straight through after one comparison.
 
-use crate::mutation::{self, Kind, Mutation};
-use crate::real::hooks;
-use crate::transfer::copy_from_user;
+use crate::ops::intent::{Kind, Mutation};
+use crate::ops::mutation;
+use crate::hooks::hooks;
+use crate::state::usermem::copy_from_user;
 use libc::{c_int, c_ulong, c_void};
 
 /// `FICLONE` = `_IOW(0x94, 9, int)`.
@@ -28,7 +29,7 @@ unsafe fn ioctl_impl(
     arg: *mut c_void,
 ) -> c_int {
     if matches!(request, FICLONE | FICLONERANGE | FIDEDUPERANGE) {
-        crate::guard::keep_errno(|| clone_mutations(fd, request, arg));
+        crate::state::guard::keep_errno(|| clone_mutations(fd, request, arg));
     }
     // SAFETY: the caller's arguments.
     unsafe { real(fd, request, arg) }
@@ -37,12 +38,12 @@ unsafe fn ioctl_impl(
 /// Reads `N` little-endian u64 words at `p` from the caller's memory.
 fn words<const N: usize>(p: *const u8) -> Option<[u64; N]> {
     let mut raw = [0u8; 64];
-    if N > 8 || !copy_from_user(p, &mut raw[..N * 8]) {
+    if !copy_from_user(p, raw.get_mut(..N * 8)?) {
         return None;
     }
     let mut out = [0u64; N];
-    for (i, w) in out.iter_mut().enumerate() {
-        *w = u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().ok()?);
+    for (w, bytes) in out.iter_mut().zip(raw.chunks_exact(8)) {
+        *w = u64::from_ne_bytes(bytes.try_into().ok()?);
     }
     Some(out)
 }

@@ -5,8 +5,8 @@
 //! register a fixed third/fourth parameter reads, and is only used when the flags need it
 //! (as libc does), so declaring it as a plain parameter is sound there.
 
-use crate::mutation::{Kind, Mutation, Span, Target};
-use crate::real::hooks;
+use crate::ops::intent::{Kind, Mutation, Span, Target};
+use crate::hooks::hooks;
 use libc::{c_char, c_int, mode_t, AT_FDCWD, FILE};
 
 hooks! {
@@ -64,7 +64,7 @@ fn open_mutation(dirfd: c_int, path: *const c_char, flags: c_int) -> Mutation {
 fn fopen_mutation(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> Mutation {
     let mut first = [0u8; 1];
     let truncates = !mode.is_null()
-        && crate::transfer::copy_from_user(mode.cast(), &mut first)
+        && crate::state::usermem::copy_from_user(mode.cast(), &mut first)
         && first[0] == b'w';
     let span = if truncates {
         Span::From(0)

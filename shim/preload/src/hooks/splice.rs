@@ -1,11 +1,12 @@
 //! `splice`, `tee`, `sendfile`, `sendfile64`: bytes moved into pipes are recorded,
 //! bytes moved into regular files are mutations of those files.
 
-use crate::fdkind::FdKind;
-use crate::mutation::{self, Kind, Mutation};
-use crate::real::hooks;
-use crate::runtime::{self, Mode};
-use crate::transfer;
+use crate::state::fd::FdKind;
+use crate::ops::intent::{Kind, Mutation};
+use crate::ops::mutation;
+use crate::hooks::hooks;
+use crate::state::runtime::{self, Mode};
+use crate::ops::transfer::{self, FileToPipe};
 use libc::{c_int, c_uint, loff_t, off_t, size_t, ssize_t};
 
 type SpliceFn =
@@ -41,7 +42,15 @@ unsafe fn splice_impl(
 ) -> ssize_t {
     match ends(fd_in, fd_out) {
         Some((FdKind::Regular(file), FdKind::Pipe(pipe))) if off_out.is_null() => {
-            transfer::file_to_pipe(fd_in, off_in, fd_out, file, pipe, len, flags)
+            transfer::file_to_pipe(FileToPipe {
+                fd_in,
+                off_in,
+                fd_out,
+                file,
+                pipe,
+                len,
+                flags,
+            })
         }
         Some((FdKind::Pipe(src), FdKind::Pipe(dst))) if off_in.is_null() && off_out.is_null() => {
             transfer::pipe_to_pipe(fd_in, fd_out, src, dst, len, flags, |fl| {
@@ -50,8 +59,8 @@ unsafe fn splice_impl(
             })
         }
         Some((FdKind::Pipe(_), FdKind::Regular(_))) => {
-            let m = super::copy::destination(fd_out, off_out, len, Kind::SpliceInto);
-            crate::guard::keep_errno(|| mutation::before(m));
+            let m = Mutation::copy_destination(fd_out, off_out, len, Kind::SpliceInto);
+            crate::state::guard::keep_errno(|| mutation::before(m));
             // SAFETY: the caller's arguments.
             unsafe { real(fd_in, off_in, fd_out, off_out, len, flags) }
         }
@@ -89,10 +98,18 @@ unsafe fn sendfile_impl(
     match ends(in_fd, out_fd) {
         // sendfile into a pipe is a file→pipe splice with the pipe's own O_NONBLOCK.
         Some((FdKind::Regular(file), FdKind::Pipe(pipe))) => {
-            transfer::file_to_pipe(in_fd, offset, out_fd, file, pipe, count, 0)
+            transfer::file_to_pipe(FileToPipe {
+                fd_in: in_fd,
+                off_in: offset,
+                fd_out: out_fd,
+                file,
+                pipe,
+                len: count,
+                flags: 0,
+            })
         }
         Some((_, FdKind::Regular(_))) => {
-            crate::guard::keep_errno(|| {
+            crate::state::guard::keep_errno(|| {
                 mutation::before(Mutation::cursor(out_fd, count as u64, Kind::SendfileInto))
             });
             // SAFETY: the caller's arguments.

@@ -2,32 +2,13 @@
 //! `LD_PRELOAD` hook sees, so every public function through which stream output may
 //! reach the kernel first settles the stream's file from its current offset on (the
 //! bytes a flush writes land there; `O_APPEND` and read-only streams never conflict).
-//! `fflush(NULL)` and process exit (an `atexit` handler that runs before glibc's own
-//! final flush) cover every open file. The variadic `fprintf`, `printf` and `dprintf`
+//! `fflush(NULL)` and process exit cover every open file (see `ops::streams`). The variadic `fprintf`, `printf` and `dprintf`
 //! are defined in `stdio_variadic.c` and call [`splicecow_before_stream`] and
 //! [`splicecow_before_fd`].
 
-use crate::mutation::{self, Kind, Mutation, Span, Target};
-use crate::real::{hooks, variadic_hook};
+use crate::hooks::{hooks, variadic_hook};
+use crate::ops::streams::{self, stream};
 use libc::{c_char, c_int, c_void, size_t, FILE};
-
-/// The mutation stream output may cause.
-fn stream(s: *mut FILE) -> Mutation {
-    Mutation {
-        target: Target::Stream(s),
-        span: Span::FromCursor,
-        kind: Kind::Stdio,
-    }
-}
-
-/// `fflush`/`fclose` of one stream, or of all streams for null.
-fn stream_or_all(s: *mut FILE) {
-    if s.is_null() {
-        mutation::before_all_open_files();
-    } else {
-        mutation::before(stream(s));
-    }
-}
 
 /// `stdout`, for the functions that write to it implicitly.
 fn stdout() -> *mut FILE {
@@ -88,7 +69,7 @@ hooks! {
 }
 
 unsafe fn flush_impl(real: unsafe extern "C" fn(*mut FILE) -> c_int, s: *mut FILE) -> c_int {
-    crate::guard::keep_errno(|| stream_or_all(s));
+    crate::state::guard::keep_errno(|| streams::before_flush(s));
     // SAFETY: the caller's argument.
     unsafe { real(s) }
 }
@@ -96,29 +77,16 @@ unsafe fn flush_impl(real: unsafe extern "C" fn(*mut FILE) -> c_int, s: *mut FIL
 /// Called by the C variadic wrappers before they format into stream `s`.
 #[no_mangle]
 pub extern "C" fn splicecow_before_stream(s: *mut FILE) {
-    if let Some(_inside) = crate::guard::Inside::enter() {
-        crate::guard::keep_errno(|| mutation::before(stream(s)));
+    if let Some(_inside) = crate::state::guard::Inside::enter() {
+        crate::state::guard::keep_errno(|| streams::before_output(s));
     }
 }
 
 /// Called by the C `dprintf` wrapper before it writes to `fd` at its offset.
 #[no_mangle]
 pub extern "C" fn splicecow_before_fd(fd: c_int) {
-    if let Some(_inside) = crate::guard::Inside::enter() {
-        let m = Mutation {
-            target: Target::Fd(fd),
-            span: Span::FromCursor,
-            kind: Kind::Stdio,
-        };
-        crate::guard::keep_errno(|| mutation::before(m));
-    }
-}
-
-/// The `atexit` handler: runs after the program's own handlers and before glibc flushes
-/// every stream, so that final flush cannot change spliced bytes.
-pub extern "C" fn before_exit_flush() {
-    if let Some(_inside) = crate::guard::Inside::enter() {
-        crate::guard::keep_errno(mutation::before_all_open_files);
+    if let Some(_inside) = crate::state::guard::Inside::enter() {
+        crate::state::guard::keep_errno(|| streams::before_fd_output(fd));
     }
 }
 

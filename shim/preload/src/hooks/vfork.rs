@@ -12,19 +12,19 @@
 //! the stack. `clone` runs its child on another stack, so its C body (`vfork_variadic.c`)
 //! only calls the save and restore below around the real call.
 
-use crate::real::variadic_hook;
+use crate::hooks::variadic_hook;
 
 /// The calling thread's shim state, before a `vfork`-like child starts.
 extern "C" fn save() -> u64 {
-    crate::guard::save_thread_state()
+    crate::state::guard::save_thread_state()
 }
 
 /// The parent's half after the `vfork` system call returned `raw` (a pid or `-errno`):
 /// restores the state and turns `raw` into libc's return value and `errno`.
 extern "C" fn parent_returns(saved: u64, raw: i64) -> libc::pid_t {
-    crate::guard::restore_thread_state(saved);
+    crate::state::guard::restore_thread_state(saved);
     if (-4095..0).contains(&raw) {
-        crate::registry_sys::set_errno(-raw as i32);
+        splicecow_registry::sys::set_errno(-raw as i32);
         return -1;
     }
     raw as libc::pid_t
@@ -39,7 +39,7 @@ extern "C" fn splicecow_vfork_save() -> u64 {
 /// `clone`'s C body: the state back in the parent once that child exec'd or exited.
 #[no_mangle]
 extern "C" fn splicecow_vfork_restore(saved: u64) {
-    crate::guard::restore_thread_state(saved);
+    crate::state::guard::restore_thread_state(saved);
 }
 
 /// `vfork(2)`.

@@ -2,11 +2,10 @@
 //! `writev` into a pipe that holds spliced bytes go through the pipe's lock, so that a
 //! settle cannot reorder them.
 
-use crate::fdkind::FdKind;
-use crate::mutation::{self, Kind, Mutation};
-use crate::real::hooks;
-use crate::runtime::{self, Mode};
-use crate::transfer;
+use crate::hooks::hooks;
+use crate::ops::intent::{Kind, Mutation};
+use crate::ops::transfer::{self, WriteRoute};
+use crate::state::usermem::copy_from_user;
 use libc::{c_int, c_void, iovec, off_t, size_t, ssize_t};
 
 /// Most iovecs `writev` into a tracked pipe copies to go on after a partial write;
@@ -48,47 +47,14 @@ fn pwritev2_mutation(fd: c_int, offset: off_t, flags: c_int) -> Mutation {
     }
 }
 
-/// Where a `write`/`writev` goes, once the mutation side is done.
-enum Route {
-    /// Straight to the real call.
-    Direct,
-    /// Into a pipe the registry tracks: through [`transfer::write_into_pipe`].
-    TrackedPipe(
-        &'static splicecow_registry::Registry,
-        splicecow_registry::FileKey,
-    ),
-}
-
-/// Settles what a write of `len` bytes at `fd`'s offset overlaps, and routes pipe writes.
-fn route(fd: c_int, len: u64, kind: Kind) -> Route {
-    crate::guard::keep_errno(|| {
-        let Some(reg) = mutation::active_registry() else {
-            return Route::Direct;
-        };
-        match FdKind::of_fd(fd) {
-            FdKind::Regular(key) => {
-                mutation::check_file(reg, key, Mutation::cursor(fd, len, kind));
-                Route::Direct
-            }
-            FdKind::Pipe(key)
-                if runtime::get().mode == Mode::Protect
-                    && reg.lock().pipe_slot(key, false).ok().flatten().is_some() =>
-            {
-                Route::TrackedPipe(reg, key)
-            }
-            _ => Route::Direct,
-        }
-    })
-}
-
 unsafe fn write_impl(
     real: unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t,
     fd: c_int,
     buf: *const c_void,
     count: size_t,
 ) -> ssize_t {
-    match route(fd, count as u64, Kind::Write) {
-        Route::TrackedPipe(reg, key) => {
+    match transfer::route_write(fd, count as u64, Kind::Write) {
+        WriteRoute::TrackedPipe(reg, key) => {
             let mut iov = [iovec {
                 iov_base: buf as *mut c_void,
                 iov_len: count,
@@ -98,7 +64,7 @@ unsafe fn write_impl(
                 .unwrap_or_else(|| unsafe { real(fd, buf, count) })
         }
         // SAFETY: the caller's arguments.
-        Route::Direct => unsafe { real(fd, buf, count) },
+        WriteRoute::Direct => unsafe { real(fd, buf, count) },
     }
 }
 
@@ -108,8 +74,8 @@ unsafe fn writev_impl(
     iov: *const iovec,
     iovcnt: c_int,
 ) -> ssize_t {
-    match route(fd, u64::MAX, Kind::Writev) {
-        Route::TrackedPipe(reg, key)
+    match transfer::route_write(fd, u64::MAX, Kind::Writev) {
+        WriteRoute::TrackedPipe(reg, key)
             if !iov.is_null() && (0..=MAX_PIPE_IOV as c_int).contains(&iovcnt) =>
         {
             let mut copy = [iovec {
@@ -124,8 +90,8 @@ unsafe fn writev_impl(
                     n * std::mem::size_of::<iovec>(),
                 )
             };
-            if transfer::copy_from_user(iov.cast(), bytes) {
-                transfer::write_into_pipe(reg, fd, key, &mut copy[..n])
+            if let (true, Some(vector)) = (copy_from_user(iov.cast(), bytes), copy.get_mut(..n)) {
+                transfer::write_into_pipe(reg, fd, key, vector)
                     // SAFETY: the caller's arguments.
                     .unwrap_or_else(|| unsafe { real(fd, iov, iovcnt) })
             } else {

@@ -3,8 +3,12 @@
 //! and private ones kept as snapshots. The registry only knows "process P has N mappings
 //! of this kind of file F"; the address ranges stay here.
 
+use crate::ops::settle;
+use crate::state::guard::Inside;
+use crate::state::runtime;
 use crossbeam_utils::Backoff;
-use splicecow_registry::FileKey;
+use splicecow_registry::bounded::{at, at_mut};
+use splicecow_registry::{sys, FileKey};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -63,7 +67,9 @@ impl Table {
         else {
             return true;
         };
-        let Some(m) = self.maps[i] else { return true };
+        let Some(m) = *at(&self.maps, i) else {
+            return true;
+        };
         let right = LocalMap {
             start: addr,
             file_off: m.file_off + (addr - m.start) as u64,
@@ -73,7 +79,7 @@ impl Table {
             return false;
         };
         *slot = Some(right);
-        self.maps[i] = Some(LocalMap { end: addr, ..m });
+        *at_mut(&mut self.maps, i) = Some(LocalMap { end: addr, ..m });
         counted(right, 1);
         true
     }
@@ -205,13 +211,14 @@ impl LocalMaps {
     /// `out`; returns how many (at most `out.len()`).
     pub fn private_of(&self, key: FileKey, off: u64, end: u64, out: &mut [LocalMap]) -> usize {
         self.with(|t| {
-            let mut n = 0;
-            for m in t.maps.iter().flatten() {
+            let wanted = t.maps.iter().flatten().filter(|m| {
                 let (lo, hi) = m.file_range();
-                if m.private && m.key == key && lo < end && off < hi && n < out.len() {
-                    out[n] = *m;
-                    n += 1;
-                }
+                m.private && m.key == key && lo < end && off < hi
+            });
+            let mut n = 0;
+            for (slot, m) in out.iter_mut().zip(wanted) {
+                *slot = *m;
+                n += 1;
             }
             n
         })
@@ -220,6 +227,62 @@ impl LocalMaps {
     /// Calls `each` with every tracked mapping (a forked child's registration).
     pub fn for_each(&self, mut each: impl FnMut(LocalMap)) {
         self.with(|t| t.maps.iter().flatten().for_each(|m| each(*m)))
+    }
+}
+
+/// Adds `delta` to this process's registry count for mapping `m` (by its kind).
+pub fn count(m: LocalMap, delta: i32) {
+    let Some(reg) = runtime::get().tracking() else {
+        return;
+    };
+    let pid = sys::getpid();
+    let (lo, hi) = m.file_range();
+    let _ = if m.private {
+        settle::lock(reg).add_private_map(m.key, pid, delta, lo, hi)
+    } else if m.shared_writable() {
+        settle::lock(reg).add_shared_writable_map(m.key, pid, delta)
+    } else {
+        Ok(())
+    };
+}
+
+/// Called once, from the library constructor: forgets what this pid registered before an
+/// `exec` (mappings do not survive it; nothing to look at, and no table pages to touch,
+/// when no mapping is tracked) and registers the `fork` handlers of the mapping table.
+pub fn install() {
+    if let Some(reg) = runtime::get().tracking() {
+        let h = reg.header();
+        let tracked = h.shared_writable_maps.load(Ordering::Relaxed)
+            + h.private_maps.load(Ordering::Relaxed);
+        if tracked > 0 {
+            settle::lock(reg).drop_maps(sys::getpid());
+        }
+    }
+    // SAFETY: registering plain extern "C" handlers; this library is never unloaded.
+    unsafe {
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork_in_parent),
+            Some(after_fork_in_child),
+        )
+    };
+}
+
+/// `fork` prepare handler: no other thread may be inside the mapping table.
+extern "C" fn before_fork() {
+    LOCAL_MAPS.hold_for_fork();
+}
+
+/// `fork` parent handler.
+extern "C" fn after_fork_in_parent() {
+    LOCAL_MAPS.release_after_fork();
+}
+
+/// `fork` child handler: the child inherits the parent's tracked mappings; count them.
+extern "C" fn after_fork_in_child() {
+    LOCAL_MAPS.release_after_fork();
+    if let Some(_inside) = Inside::enter() {
+        LOCAL_MAPS.for_each(|m| count(m, 1));
     }
 }
 

@@ -1,23 +1,15 @@
 //! Detect mode: one JSON line per conflict, appended to `SPLICECOW_REPORT` or stderr.
+//! Written after the table lock is released (formatting allocates and reads `/proc`).
 
-use crate::mutation::{Mutation, Target};
-use crate::runtime;
-use splicecow_registry::{sys, FileKey, Tables};
+use crate::ops::intent::{Mutation, Target};
+use crate::ops::settle::Conflict;
+use crate::state::runtime;
+use splicecow_registry::sys;
 
-/// Reports every not yet reported segment of `key` in pipe `slot` overlapping `[off, end)`.
-pub fn pipe_conflicts(t: &mut Tables, slot: usize, key: FileKey, m: Mutation, off: u64, end: u64) {
-    let mut found = Vec::new();
-    t.for_each_overlapping(key, off, end, |info| {
-        if info.pipe_slot == slot {
-            found.push(info);
-        }
-        true
-    });
-    for info in found {
-        if t.mark_reported(&info) {
-            let pipe_ino = t.pipe(info.pipe_slot).key.ino;
-            emit(&line(m, off, end, &info.segment, pipe_ino));
-        }
+/// Reports each of `conflicts`, found for mutation `m` of bytes `[off, end)`.
+pub fn emit_all(m: Mutation, off: u64, end: u64, conflicts: &[Conflict]) {
+    for c in conflicts {
+        emit(&line(m, off, end, &c.segment, c.pipe_ino));
     }
 }
 

@@ -1,16 +1,178 @@
-//! Settling a pipe: move its pending bytes out of the page cache by draining them and
-//! writing the same bytes back, in order, so the pipe then holds private copies.
+//! The settle: the one place that reaches a pipe holding in-flight segments, prunes it
+//! exactly, and then settles it (moves its pending bytes out of the page cache by
+//! draining them and writing the same bytes back, in order), reports it (detect mode) or
+//! retires it (nobody holds it any more). Also the domain's lock as the operations take
+//! it: whoever takes it over from a settler that died finishes that settle first.
 
-use crate::pipe;
-use splicecow_registry::layout::{
-    Counters, JOURNAL_BYTES, JOURNAL_CHUNKS, MAX_PIPES, SETTLE_DRAINING, SETTLE_IDLE,
-    SETTLE_PRIVATE, SETTLE_REFILLING,
-};
-use splicecow_registry::{sys, Tables};
+use crate::state::fd::status_flags;
+use crate::state::pipe;
+use splicecow_registry::layout::{JOURNAL_BYTES, SEGMENTS_PER_PIPE};
+use splicecow_registry::{sys, FileKey, Guard, InterruptedSettle, PipeSlot, Registry};
+use splicecow_registry::{Segment, SettleState, Tables};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
+/// Which of a pipe's segments matter.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    /// Those of `file` overlapping bytes `[off, end)` (a mutation's range).
+    Overlapping {
+        /// The file about to change.
+        file: FileKey,
+        /// First byte that changes.
+        off: u64,
+        /// One past the last (`u64::MAX`: to the end).
+        end: u64,
+    },
+    /// All of them (the pipe's bytes must become private whatever they are).
+    Whole,
+}
+
+/// What to do with a pipe whose pending bytes still hold segments in scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Make its bytes private (protect mode).
+    Settle,
+    /// Report the segments, leave the bytes (detect mode).
+    Report,
+}
+
+/// What [`handle`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No process holds the pipe any more: nobody can read its bytes; retired.
+    Unreachable,
+    /// A reader already consumed every byte in scope: nothing to do.
+    Consumed,
+    /// The pipe was settled; `bytes` were copied.
+    Settled {
+        /// Bytes drained and written back.
+        bytes: u64,
+    },
+    /// Segments in scope were reported; `new` of them for the first time.
+    Reported {
+        /// Segments reported now (others had been reported before).
+        new: usize,
+    },
+}
+
+impl Outcome {
+    /// True when the pipe held bytes in scope (a real conflict).
+    pub fn conflicted(self) -> bool {
+        matches!(self, Outcome::Settled { .. } | Outcome::Reported { .. })
+    }
+}
+
+/// A segment detect mode reports, kept until the lock is released.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Conflict {
+    /// The segment as recorded.
+    pub segment: Segment,
+    /// Inode of the pipe holding it.
+    pub pipe_ino: u64,
+}
+
+/// Most conflicts collected under one lock hold: one pipe's worth (the caller reports
+/// them after each pipe that had any).
+pub const MAX_CONFLICTS: usize = SEGMENTS_PER_PIPE;
+
+/// Conflicts collected under the lock, reported after it is released (formatting
+/// allocates and reads `/proc`).
+pub struct Conflicts {
+    items: [Conflict; MAX_CONFLICTS],
+    n: usize,
+}
+
+impl Default for Conflicts {
+    fn default() -> Conflicts {
+        Conflicts {
+            items: [Conflict::default(); MAX_CONFLICTS],
+            n: 0,
+        }
+    }
+}
+
+impl Conflicts {
+    /// The collected conflicts.
+    pub fn as_slice(&self) -> &[Conflict] {
+        self.items.get(..self.n).unwrap_or_default()
+    }
+
+    /// Forgets them (after they were reported).
+    pub fn clear(&mut self) {
+        self.n = 0;
+    }
+
+    fn push(&mut self, c: Conflict) -> bool {
+        let Some(slot) = self.items.get_mut(self.n) else {
+            return false;
+        };
+        *slot = c;
+        self.n += 1;
+        true
+    }
+}
+
+/// Takes the domain's table lock; when the previous holder died inside a settle, finishes
+/// that settle first (no drained byte is lost, and the pipe's other writers wait).
+pub fn lock(reg: &Registry) -> Guard<'_> {
+    let (mut t, interrupted) = reg.lock();
+    if let Some(i) = interrupted {
+        finish_interrupted(&mut t, i);
+    }
+    t
+}
+
+/// Reaches pipe `slot`, prunes what its readers consumed, and applies `action` when
+/// segments in `scope` remain; a pipe nobody holds is retired. Detect-mode conflicts go
+/// to `found`, which must be empty (it holds one pipe's worth).
+pub fn handle(
+    t: &mut Tables,
+    slot: PipeSlot,
+    scope: Scope,
+    action: Action,
+    found: &mut Conflicts,
+) -> Outcome {
+    let Some(fd) = open_pipe(t, slot) else {
+        retire_unreachable(t, slot);
+        return Outcome::Unreachable;
+    };
+    if let Some(pending) = pipe::pending(fd) {
+        t.prune(slot, pending);
+    }
+    let in_scope = match scope {
+        Scope::Overlapping { file, off, end } => t.pipe_overlaps(slot, file, off, end),
+        Scope::Whole => t.pipe(slot).count > 0,
+    };
+    let outcome = match (in_scope, action) {
+        (false, _) => Outcome::Consumed,
+        (true, Action::Settle) => Outcome::Settled {
+            bytes: settle_open(t, slot, fd),
+        },
+        (true, Action::Report) => Outcome::Reported {
+            new: mark_reported(t, slot, scope, found),
+        },
+    };
+    sys::close(fd);
+    outcome
+}
+
+/// Marks the unreported segments of `slot` in `scope` reported, collecting them.
+fn mark_reported(t: &mut Tables, slot: PipeSlot, scope: Scope, found: &mut Conflicts) -> usize {
+    let Scope::Overlapping { file, off, end } = scope else {
+        return 0;
+    };
+    let pipe_ino = t.pipe(slot).key.ino;
+    let mut new = 0;
+    t.report_overlapping(slot, file, off, end, |segment| {
+        if found.push(Conflict { segment, pipe_ino }) {
+            new += 1;
+        }
+    });
+    new
+}
+
 /// Opens pipe `slot` through a recorded holder, else a scan of `/proc/*/fd`.
-pub fn open_pipe(t: &Tables, slot: usize) -> Option<i32> {
+fn open_pipe(t: &Tables, slot: PipeSlot) -> Option<i32> {
     let rec = t.pipe(slot);
     let key = rec.key;
     let holders = rec.holders;
@@ -20,92 +182,66 @@ pub fn open_pipe(t: &Tables, slot: usize) -> Option<i32> {
         .or_else(|| pipe::open_by_scan(key))
 }
 
-/// Settles pipe `slot` and retires its segments. Runs with the table lock held, which
-/// also serialises use of this process's drain buffer.
-pub fn settle(t: &mut Tables, slot: usize, counters: &Counters) {
-    match open_pipe(t, slot) {
-        Some(fd) => {
-            settle_open(t, slot, fd, counters);
-            sys::close(fd);
-        }
-        None => retire_unreachable(t, slot, counters),
-    }
-}
-
 /// Retires pipe `slot`, which no process holds any more: nobody can read its bytes.
-pub fn retire_unreachable(t: &mut Tables, slot: usize, counters: &Counters) {
-    counters.unreachable_pipes.fetch_add(1, Ordering::Relaxed);
+fn retire_unreachable(t: &mut Tables, slot: PipeSlot) {
+    t.counters()
+        .unreachable_pipes
+        .fetch_add(1, Ordering::Relaxed);
     t.retire_all(slot);
 }
 
-/// [`settle`] through `fd`, already open on the pipe (read-write, non-blocking).
+/// Settles pipe `slot` through `fd`, already open on it (read-write, non-blocking), and
+/// retires its segments; returns the bytes copied.
 ///
 /// The drained bytes and the progress of the write-back live in the registry's settle
 /// journal, so that if this process dies in between, whoever takes the table lock over
 /// finishes the settle ([`finish_interrupted`]) and no byte is lost. A pipe larger than
 /// the journal's 1 MiB (only root can grow one that far) is drained into a private
 /// buffer instead, without that safety net.
-pub fn settle_open(t: &mut Tables, slot: usize, fd: i32, counters: &Counters) {
+fn settle_open(t: &mut Tables, slot: PipeSlot, fd: i32) -> u64 {
     let cap = pipe::capacity(fd);
-    let buf = if cap > JOURNAL_BYTES {
+    let private = if cap > JOURNAL_BYTES {
         private_buffer(cap)
     } else {
         None
     };
-    let j = t.journal();
-    record(&mut j.pipe_slot, slot as u32);
-    record(&mut j.n_chunks, 0);
-    record(&mut j.done_chunks, 0);
-    record(&mut j.total, 0);
-    record(&mut j.done_in_chunk, 0);
-    // The state last: a journal that says "draining" always has reset counters.
-    let state = if buf.is_some() {
-        SETTLE_PRIVATE
-    } else {
-        SETTLE_DRAINING
-    };
-    record(&mut j.state, state);
-    let (buf, cap) = match buf {
+    t.journal().begin(slot, private.is_some());
+    let (buf, cap) = match private {
         Some(b) => (b, cap),
-        None => (j.bytes.as_mut_ptr(), JOURNAL_BYTES),
+        None => (t.journal().bytes.as_mut_ptr(), JOURNAL_BYTES),
     };
     let copied = drain_and_refill(t, slot, fd, buf, cap);
-    finish(t, slot, copied, counters);
+    finish(t, slot, copied);
+    copied
 }
 
 /// Counts a finished settle and retires the pipe's segments (its bytes are private now).
-fn finish(t: &mut Tables, slot: usize, copied: u64, counters: &Counters) {
-    record(&mut t.journal().state, SETTLE_IDLE);
-    counters.settles.fetch_add(1, Ordering::Relaxed);
-    counters.bytes_copied.fetch_add(copied, Ordering::Relaxed);
+fn finish(t: &mut Tables, slot: PipeSlot, copied: u64) {
+    t.journal().finish();
+    let c = t.counters();
+    c.settles.fetch_add(1, Ordering::Relaxed);
+    c.bytes_copied.fetch_add(copied, Ordering::Relaxed);
     t.retire_all(slot);
 }
 
-/// Finishes a settle whose settler died holding the table lock (registered with the
-/// registry as its interrupted-settle handler; runs right after the takeover).
-pub fn finish_interrupted(t: &mut Tables) {
-    let slot = t.journal().pipe_slot as usize % MAX_PIPES;
-    let counters: *const Counters = t.counters();
-    // SAFETY: the counters are atomics in the registry mapping, alive while `t` is.
-    let counters = unsafe { &*counters };
-    let state = t.journal().state;
-    let fd = if state == SETTLE_DRAINING || state == SETTLE_REFILLING {
-        open_pipe(t, slot)
-    } else {
-        None
+/// Finishes a settle whose settler died holding the table lock.
+fn finish_interrupted(t: &mut Tables, i: InterruptedSettle) {
+    let fd = match i.state {
+        SettleState::Draining | SettleState::Refilling => open_pipe(t, i.pipe),
+        SettleState::Private | SettleState::Idle => None,
     };
     match fd {
         Some(fd) => {
             let buf = t.journal().bytes.as_mut_ptr();
-            let copied = drain_and_refill(t, slot, fd, buf, JOURNAL_BYTES);
-            finish(t, slot, copied, counters);
+            let copied = drain_and_refill(t, i.pipe, fd, buf, JOURNAL_BYTES);
+            finish(t, i.pipe, copied);
             sys::close(fd);
         }
         None => {
             // Nobody holds the pipe any more (nobody can read those bytes), or they
             // were in the dead settler's private buffer.
-            record(&mut t.journal().state, SETTLE_IDLE);
-            retire_unreachable(t, slot, counters);
+            t.journal().finish();
+            retire_unreachable(t, i.pipe);
         }
     }
 }
@@ -119,71 +255,59 @@ pub fn finish_interrupted(t: &mut Tables) {
 /// non-packet (spliced) bytes followed by one packet. The chunk's leading bytes that the
 /// registry knows were spliced are written back without `O_DIRECT`, the rest as one
 /// packet.
-fn drain_and_refill(t: &mut Tables, slot: usize, fd: i32, buf: *mut u8, cap: usize) -> u64 {
-    let resumable = t.journal().state != SETTLE_PRIVATE;
-    if t.journal().state != SETTLE_REFILLING {
-        let j = t.journal();
-        let mut total = (j.total as usize).min(cap);
+fn drain_and_refill(t: &mut Tables, slot: PipeSlot, fd: i32, buf: *mut u8, cap: usize) -> u64 {
+    let state = t.journal().state();
+    if state != SettleState::Refilling {
+        let mut total = t.journal().drained().min(cap);
         while total < cap {
             // SAFETY: buf has `cap` writable bytes; we read into its unused tail.
             let r = unsafe { libc::syscall(libc::SYS_read, fd, buf.add(total), cap - total) };
             if r <= 0 {
                 break;
             }
-            let n = (j.n_chunks as usize).min(JOURNAL_CHUNKS);
-            if n < JOURNAL_CHUNKS {
-                record(&mut j.chunk_len[n], r as u32);
-                record(&mut j.n_chunks, n as u32 + 1);
-            } else {
-                let merged = j.chunk_len[JOURNAL_CHUNKS - 1] + r as u32;
-                record(&mut j.chunk_len[JOURNAL_CHUNKS - 1], merged);
-            }
+            t.journal().add_drained(r as usize);
             total += r as usize;
-            record(&mut j.total, total as u64);
         }
         splicecow_registry::pause::at(splicecow_registry::pause::Point::Settle);
-        let n = (t.journal().n_chunks as usize).min(JOURNAL_CHUNKS);
+        let n = t.journal().chunks();
         let base = t.pipe(slot).bytes_in.saturating_sub(total as u64);
         let mut at = 0u64;
         for i in 0..n {
-            let len = t.journal().chunk_len[i] as u64;
+            let len = t.journal().chunk(i).len as u64;
             let plain = if n > 1 {
                 spliced_prefix(t, slot, base + at, len)
             } else {
                 len
             };
-            record(&mut t.journal().chunk_plain[i], plain as u32);
+            t.journal().set_plain(i, plain as usize);
             at += len;
         }
-        if resumable {
-            record(&mut t.journal().state, SETTLE_REFILLING);
-        }
+        t.journal().start_refill();
     }
-    let flags = crate::fdkind::status_flags(fd);
+    let flags = status_flags(fd);
     let j = t.journal();
-    let n = (j.n_chunks as usize).min(JOURNAL_CHUNKS);
-    let first = (j.done_chunks as usize).min(n);
-    let mut at: usize = j.chunk_len[..first].iter().map(|&l| l as usize).sum();
+    let n = j.chunks();
+    let (first, _) = j.refill_progress();
+    let mut at: usize = (0..first).map(|i| j.chunk(i).len).sum();
     for i in first..n {
-        let len = j.chunk_len[i] as usize;
-        let plain = (j.chunk_plain[i] as usize).min(len);
-        for (end, direct) in [(plain, false), (len, true)] {
-            if (j.done_in_chunk as usize) < end {
+        let chunk = j.chunk(i);
+        for (end, direct) in [(chunk.plain, false), (chunk.len, true)] {
+            let (_, done) = j.refill_progress();
+            if done < end {
                 set_direct(fd, flags, direct);
                 // SAFETY: [at, at + len) lies inside the bytes drained into buf.
-                write_all(fd, unsafe { buf.add(at) }, end, &mut j.done_in_chunk);
+                write_all(fd, unsafe { buf.add(at) }, done, end, |d| j.wrote_in_chunk(d));
             }
         }
-        record(&mut j.done_chunks, i as u32 + 1);
-        record(&mut j.done_in_chunk, 0);
-        at += len;
+        j.wrote_chunk(i);
+        at += chunk.len;
     }
-    j.total
+    j.drained() as u64
 }
 
 /// How many of the `len` drained bytes at stream position `lo` of pipe `slot` were
 /// spliced (the registry's segments say which).
-fn spliced_prefix(t: &Tables, slot: usize, lo: u64, len: u64) -> u64 {
+fn spliced_prefix(t: &Tables, slot: PipeSlot, lo: u64, len: u64) -> u64 {
     let hi = lo + len;
     let end = t
         .segments(slot)
@@ -205,17 +329,17 @@ fn set_direct(fd: i32, flags: i32, on: bool) {
     unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFL, fl) };
 }
 
-/// Writes bytes `[*done, to)` of the chunk at `p` to the non-blocking pipe `fd`,
-/// waiting for room if another writer filled the pipe meanwhile, and advances `*done`
-/// after every write (a settle finished by someone else resumes there). Never gives
-/// up: giving up would lose bytes.
-fn write_all(fd: i32, p: *const u8, to: usize, done: &mut u64) {
-    while (*done as usize) < to {
-        let at = *done as usize;
-        // SAFETY: p[at..to] is readable (see caller).
-        let r = unsafe { libc::syscall(libc::SYS_write, fd, p.add(at), to - at) };
+/// Writes bytes `[done, to)` of the chunk at `p` to the non-blocking pipe `fd`, waiting
+/// for room if another writer filled the pipe meanwhile, and tells `progress` after every
+/// write (a settle finished by someone else resumes there). Never gives up: giving up
+/// would lose bytes.
+fn write_all(fd: i32, p: *const u8, mut done: usize, to: usize, mut progress: impl FnMut(usize)) {
+    while done < to {
+        // SAFETY: p[done..to] is readable (see caller).
+        let r = unsafe { libc::syscall(libc::SYS_write, fd, p.add(done), to - done) };
         if r > 0 {
-            record(done, *done + r as u64);
+            done += r as usize;
+            progress(done);
         } else if r < 0 && sys::errno() == libc::EAGAIN {
             pipe::wait(fd, libc::POLLOUT);
         } else if !(r < 0 && sys::errno() == libc::EINTR) {
@@ -241,14 +365,4 @@ fn private_buffer(cap: usize) -> Option<*mut u8> {
     }
     LEN.store(cap, Ordering::Relaxed);
     Some(p)
-}
-
-/// Stores one field of the settle journal so that it is in shared memory before the
-/// next system call: whoever finishes a settle this process could not must see exactly
-/// how far it got (the compiler may otherwise keep the value in a register across the
-/// blocking waits of a write-back).
-fn record<T: Copy>(field: &mut T, value: T) {
-    // SAFETY: `field` is a valid, exclusive reference.
-    unsafe { std::ptr::write_volatile(field, value) };
-    std::sync::atomic::compiler_fence(Ordering::SeqCst);
 }

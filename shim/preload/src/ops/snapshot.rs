@@ -18,9 +18,10 @@
 //! `SPLICECOW_SNAPSHOT_TIMEOUT_MS`) the mutation goes ahead and `snapshot_timeouts`
 //! counts it.
 
-use crate::hooks::mmap::count;
-use crate::maps::{LocalMap, LOCAL_MAPS};
-use crate::runtime;
+use crate::ops::maps::{count, LocalMap, LOCAL_MAPS};
+use crate::ops::settle;
+use crate::state::runtime;
+use splicecow_registry::bounded::{at_mut, prefix};
 use splicecow_registry::{lock, sys, FileKey, Mailbox, Registry};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -55,7 +56,7 @@ pub fn started_private_mapping(m: LocalMap) {
         return;
     };
     start_helper(reg);
-    if reg.lock().has_shared_writable_map(m.key) {
+    if settle::lock(reg).has_shared_writable_map(m.key) {
         let (lo, hi) = m.file_range();
         snapshot_own(Change {
             key: m.key,
@@ -71,15 +72,15 @@ pub fn started_private_mapping(m: LocalMap) {
 pub fn before_change(reg: &Registry, c: Change) {
     let mut owners = [0i32; MAX_OWNERS];
     let mut n = 0;
-    reg.lock()
+    settle::lock(reg)
         .for_each_private_owner(c.key, c.off, c.end, |pid| {
-            if n < MAX_OWNERS && !owners[..n].contains(&pid) {
-                owners[n] = pid;
+            if n < MAX_OWNERS && !prefix(&owners, n).contains(&pid) {
+                *at_mut(&mut owners, n) = pid;
                 n += 1;
             }
         });
     let me = sys::getpid();
-    for &pid in &owners[..n] {
+    for &pid in prefix(&owners, n) {
         if pid == me {
             snapshot_own(c);
         } else {
@@ -93,7 +94,7 @@ fn snapshot_own(c: Change) {
     let mut maps = [LocalMap::default(); MAX_PER_REQUEST];
     let n = LOCAL_MAPS.private_of(c.key, c.off, c.end, &mut maps);
     let page = page_size();
-    for m in &maps[..n] {
+    for m in prefix(&maps, n) {
         let (lo, hi) = m.file_range();
         let from = c.off.max(lo);
         let to = c.end.min(hi);
@@ -289,8 +290,8 @@ fn start_helper(reg: &'static Registry) {
         return;
     }
     let pid = sys::getpid();
-    let Some(index) = reg.lock().claim_mailbox(pid) else {
-        crate::runtime::warn("no free snapshot mailbox in the registry; private mappings of this process are not protected from other processes");
+    let Some(index) = settle::lock(reg).claim_mailbox(pid) else {
+        runtime::warn("no free snapshot mailbox in the registry; private mappings of this process are not protected from other processes");
         return;
     };
     let mb = reg.mailbox(index);
@@ -305,7 +306,7 @@ fn start_helper(reg: &'static Registry) {
 /// The helper thread: waits for requests in `mb`, snapshots, acknowledges.
 fn serve(mb: &'static Mailbox) {
     // Everything this thread calls goes straight to libc.
-    let _inside = crate::guard::Inside::enter();
+    let _inside = crate::state::guard::Inside::enter();
     let mut seen = mb.done_seq.load(Ordering::Acquire);
     loop {
         let req = mb.request_seq.load(Ordering::Acquire);
@@ -329,9 +330,18 @@ fn serve(mb: &'static Mailbox) {
     }
 }
 
-/// `fork` child: threads do not survive fork; start a helper of the child's own if it
-/// inherited private mappings.
-pub fn after_fork_in_child() {
+/// Registers the `fork` child handler (threads do not survive fork: the child needs a
+/// helper of its own). Called once, from the library constructor.
+pub fn install() {
+    // SAFETY: registering a plain extern "C" handler; this library is never unloaded.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+}
+
+/// `fork` child: start a helper of the child's own if it inherited private mappings.
+extern "C" fn after_fork_in_child() {
+    let Some(_inside) = crate::state::guard::Inside::enter() else {
+        return;
+    };
     HELPER_STARTED.store(false, Ordering::Release);
     let mut any = false;
     LOCAL_MAPS.for_each(|m| any |= m.private);

@@ -5,13 +5,16 @@
 //! interleaves with it; a blocking caller then waits for room with `poll`, outside the
 //! lock, and tries again — exactly the blocking behaviour of the real call.
 
-use crate::fdkind::{current_offset, status_flags};
-use crate::guard::keep_errno;
-use crate::pipe::{self, Wait};
-use crate::runtime::{self, Mode};
-use crate::settle::settle;
+use crate::ops::intent::{Kind, Mutation};
+use crate::ops::mutation;
+use crate::ops::settle::{self, Action, Conflicts, Scope};
+use crate::state::fd::{current_offset, status_flags, FdKind};
+use crate::state::guard::keep_errno;
+use crate::state::pipe::{self, Wait};
+use crate::state::runtime::{self, Mode};
+use crate::state::usermem::user_offset;
 use splicecow_registry::layout::Counters;
-use splicecow_registry::{sys, FileKey, Full, Guard, Registry};
+use splicecow_registry::{sys, FileKey, Full, Guard, Intent, PipeSlot, Registry, Tables};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Runs `attempt` (one non-blocking try) until it does not fail with `EAGAIN`, waiting
@@ -55,142 +58,127 @@ fn raw_splice(
     unsafe { libc::syscall(libc::SYS_splice, fd_in, off_in, fd_out, off_out, len, flags) as isize }
 }
 
-/// Copies `dst.len()` bytes from the caller's memory at `src` without trusting the
-/// pointer: false (nothing copied) where the kernel would answer `EFAULT`.
-pub fn copy_from_user(src: *const u8, dst: &mut [u8]) -> bool {
-    if dst.is_empty() {
-        return true;
-    }
-    let local = libc::iovec {
-        iov_base: dst.as_mut_ptr().cast(),
-        iov_len: dst.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: src as *mut libc::c_void,
-        iov_len: dst.len(),
-    };
-    // SAFETY: the kernel checks `src` and copies into our own buffer `dst`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_process_vm_readv,
-            sys::getpid(),
-            &local as *const libc::iovec,
-            1usize,
-            &remote as *const libc::iovec,
-            1usize,
-            0usize,
-        )
-    };
-    r == dst.len() as i64
+/// A file→pipe transfer (`splice`, `sendfile`) as the caller asked for it.
+#[derive(Debug, Clone, Copy)]
+pub struct FileToPipe {
+    /// The file's fd.
+    pub fd_in: i32,
+    /// The caller's offset pointer (null: the fd's offset).
+    pub off_in: *mut i64,
+    /// The pipe's write end.
+    pub fd_out: i32,
+    /// The file's identity.
+    pub file: FileKey,
+    /// The pipe's identity.
+    pub pipe: FileKey,
+    /// Most bytes to move.
+    pub len: usize,
+    /// The caller's `SPLICE_F_*` flags.
+    pub flags: u32,
 }
 
-/// Reads the caller's `loff_t` at `p` (null, unreadable or negative → `None`).
-pub fn user_offset(p: *const i64) -> Option<u64> {
-    let mut v = [0u8; 8];
-    if p.is_null() || !copy_from_user(p.cast(), &mut v) {
-        return None;
-    }
-    let v = i64::from_ne_bytes(v);
-    (v >= 0).then_some(v as u64)
+/// How one try of a file→pipe transfer moves its bytes.
+enum Route {
+    /// Zero-copy, its intent recorded.
+    Recorded,
+    /// Zero-copy without a record: the kernel will refuse the call (bad offset pointer or
+    /// fd), so nothing moves.
+    Refused,
+    /// The copy path, counted under this cause.
+    Copy(&'static AtomicU64),
 }
 
-/// A file→pipe transfer (`splice`, `sendfile`) by a shimmed process: recorded as an
-/// in-flight segment in protect/detect mode, copied in copy mode or when it cannot be
-/// recorded. Returns what the real call would: bytes moved, or -1 with `errno`.
-pub fn file_to_pipe(
-    fd_in: i32,
-    off_in: *mut i64,
-    fd_out: i32,
-    file: FileKey,
-    pipe_key: FileKey,
-    len: usize,
-    flags: u32,
-) -> isize {
+/// A file→pipe transfer by a shimmed process: recorded as an in-flight segment in
+/// protect/detect mode, copied in copy mode or when it cannot be recorded. Returns what
+/// the real call would: bytes moved, or -1 with `errno`.
+pub fn file_to_pipe(x: FileToPipe) -> isize {
     let rt = runtime::get();
-    let blocking =
-        || flags & libc::SPLICE_F_NONBLOCK == 0 && status_flags(fd_out) & libc::O_NONBLOCK == 0;
-    let waits = [(fd_out, libc::POLLOUT)];
+    let blocking = || {
+        x.flags & libc::SPLICE_F_NONBLOCK == 0 && status_flags(x.fd_out) & libc::O_NONBLOCK == 0
+    };
+    let waits = [(x.fd_out, libc::POLLOUT)];
     let splice_nonblocking = || {
-        let nb = flags | libc::SPLICE_F_NONBLOCK;
-        raw_splice(fd_in, off_in, fd_out, std::ptr::null_mut(), len, nb)
+        let nb = x.flags | libc::SPLICE_F_NONBLOCK;
+        raw_splice(x.fd_in, x.off_in, x.fd_out, std::ptr::null_mut(), x.len, nb)
     };
     let Some(reg) = rt.tracking() else {
         let copy = rt.mode == Mode::Copy;
         return blocking_loop(blocking, &waits, || {
             if copy {
-                copy_into_pipe(fd_in, off_in, fd_out, len)
+                copy_into_pipe(x.fd_in, x.off_in, x.fd_out, x.len)
             } else {
                 splice_nonblocking()
             }
         });
     };
-    let counters = &reg.header().counters;
+    let counters: &'static Counters = &reg.header().counters;
     blocking_loop(blocking, &waits, || {
-        let mut t = reg.lock();
-        let slot = match t.pipe_slot(pipe_key, true) {
-            Ok(Some(slot)) => slot,
-            _ => {
-                let c = &counters.copy_fallbacks_registry_full;
-                return fallback_copy(reg, c, fd_in, off_in, fd_out, len);
+        let mut t = settle::lock(reg);
+        let Ok(slot) = t.pipe_or_insert(x.pipe) else {
+            let c = &counters.copy_fallbacks_registry_full;
+            return fallback_copy(reg, c, x.fd_in, x.off_in, x.fd_out, x.len);
+        };
+        let route = record(&mut t, slot, x);
+        let r = match route {
+            Route::Recorded | Route::Refused => splice_nonblocking(),
+            Route::Copy(cause) => {
+                count_fallback(counters, cause);
+                copy_into_pipe(x.fd_in, x.off_in, x.fd_out, x.len)
             }
-        };
-        // A pipe never holds more than its capacity: older stream bytes were consumed.
-        // (Cheap: F_GETPIPE_SZ takes no lock; FIONREAD would wait for a running reader.)
-        let cap = pipe::capacity(fd_out) as u64;
-        let bytes_in = t.pipe(slot).bytes_in;
-        t.retire_before(slot, bytes_in.saturating_sub(cap));
-        let off = if off_in.is_null() {
-            current_offset(fd_in)
-        } else {
-            user_offset(off_in)
-        };
-        let pid = sys::getpid();
-        let shared_mapping = off.is_some() && t.has_shared_writable_map(file);
-        let recorded = match off {
-            Some(off) if !shared_mapping => {
-                let intent = (len as u64).min(cap).min(u64::MAX - off);
-                let mut pushed = t.push_segment(slot, file, off, intent, pid);
-                if pushed == Err(Full::Segments) {
-                    // Ring full of small splices: prune exactly, then try again.
-                    if let Some(pending) = pipe::pending(fd_out) {
-                        t.prune(slot, pending);
-                    }
-                    pushed = t.push_segment(slot, file, off, intent, pid);
-                }
-                pushed.is_ok()
-            }
-            Some(_) => false,
-            // The kernel will refuse the call (bad offset pointer or fd): nothing moves.
-            None => true,
-        };
-        let r = if recorded {
-            splice_nonblocking()
-        } else {
-            count_fallback(
-                counters,
-                if shared_mapping {
-                    &counters.copy_fallbacks_shared_mapping
-                } else {
-                    &counters.copy_fallbacks_registry_full
-                },
-            );
-            copy_into_pipe(fd_in, off_in, fd_out, len)
         };
         let errno = sys::errno();
         t.commit(slot, r.max(0) as u64);
         if r > 0 {
-            t.add_holder(slot, pid, fd_out);
+            t.add_holder(slot, sys::getpid(), x.fd_out);
             counters.splices.fetch_add(1, Ordering::Relaxed);
-            let kind = if recorded {
-                &counters.bytes_zero_copy
-            } else {
-                &counters.bytes_copy_path
+            let kind = match route {
+                Route::Copy(_) => &counters.bytes_copy_path,
+                Route::Recorded | Route::Refused => &counters.bytes_zero_copy,
             };
             kind.fetch_add(r as u64, Ordering::Relaxed);
         }
         sys::set_errno(errno);
         r
     })
+}
+
+/// Records the intent of `x` in pipe `slot` (under the lock), or says why it cannot be.
+fn record(t: &mut Tables<'static>, slot: PipeSlot, x: FileToPipe) -> Route {
+    let counters = t.counters();
+    // A pipe never holds more than its capacity: older stream bytes were consumed.
+    // (Cheap: F_GETPIPE_SZ takes no lock; FIONREAD would wait for a running reader.)
+    let cap = pipe::capacity(x.fd_out) as u64;
+    let bytes_in = t.pipe(slot).bytes_in;
+    t.retire_before(slot, bytes_in.saturating_sub(cap));
+    let off = if x.off_in.is_null() {
+        current_offset(x.fd_in)
+    } else {
+        user_offset(x.off_in)
+    };
+    let Some(off) = off else {
+        return Route::Refused;
+    };
+    if t.has_shared_writable_map(x.file) {
+        return Route::Copy(&counters.copy_fallbacks_shared_mapping);
+    }
+    let intent = Intent {
+        file: x.file,
+        file_off: off,
+        len: (x.len as u64).min(cap).min(u64::MAX - off),
+        splicer_pid: sys::getpid(),
+    };
+    let mut pushed = t.push_segment(slot, intent);
+    if pushed == Err(Full::Segments) {
+        // Ring full of small splices: prune exactly, then try again.
+        if let Some(pending) = pipe::pending(x.fd_out) {
+            t.prune(slot, pending);
+        }
+        pushed = t.push_segment(slot, intent);
+    }
+    match pushed {
+        Ok(()) => Route::Recorded,
+        Err(_) => Route::Copy(&counters.copy_fallbacks_registry_full),
+    }
 }
 
 /// Counts a splice served by the copy path in protect or detect mode, in all and under
@@ -309,29 +297,27 @@ pub fn pipe_to_pipe(
     // Whether the source carries segments is decided under the lock, on every try: a
     // blocking caller waits outside it, and a splice into the source may land meanwhile.
     blocking_loop(blocking, &waits, || {
-        let mut t = reg.lock();
+        let mut t = settle::lock(reg);
         if reg.live_segments() == 0 {
             return call(nb);
         }
-        let src_slot = t.pipe_slot(src, false).ok().flatten();
+        let src_slot = t.find_pipe(src);
         let src_pending = pipe::pending(fd_in).unwrap_or(0);
-        let mut from = 0;
-        let carrying = match src_slot {
-            Some(s) => {
-                t.prune(s, src_pending);
-                from = t.pipe(s).bytes_in.saturating_sub(src_pending);
-                t.pipe(s).count > 0
-            }
-            None => false,
+        let carrying = src_slot.filter(|&s| {
+            t.prune(s, src_pending);
+            t.pipe(s).count > 0
+        });
+        let dst_slot = match carrying {
+            Some(_) => t.pipe_or_insert(dst).ok(),
+            None => t.find_pipe(dst),
         };
-        let dst_slot = t.pipe_slot(dst, carrying).ok().flatten();
-        if let (Some(s), Some(d)) = (src_slot.filter(|_| carrying), dst_slot) {
-            if t.carry(s, from, len as u64, d).is_err() {
+        if let Some(s) = carrying {
+            let from = t.pipe(s).bytes_in.saturating_sub(src_pending);
+            let carried = dst_slot.is_some_and(|d| t.carry(s, from, len as u64, d).is_ok());
+            if !carried {
                 // No room to follow the bytes: make the source's bytes private instead.
-                settle(&mut t, s, &reg.header().counters);
+                settle::handle(&mut t, s, Scope::Whole, Action::Settle, &mut Conflicts::default());
             }
-        } else if let (Some(s), None) = (src_slot.filter(|_| carrying), dst_slot) {
-            settle(&mut t, s, &reg.header().counters);
         }
         let r = call(nb);
         let errno = sys::errno();
@@ -343,6 +329,37 @@ pub fn pipe_to_pipe(
         }
         sys::set_errno(errno);
         r
+    })
+}
+
+/// Where a `write`/`writev` goes, once the mutation side is done.
+pub enum WriteRoute {
+    /// Straight to the real call.
+    Direct,
+    /// Into a pipe the registry tracks: through [`write_into_pipe`].
+    TrackedPipe(&'static Registry, FileKey),
+}
+
+/// Settles what a write of `len` bytes at `fd`'s offset overlaps (a regular file), and
+/// routes writes into tracked pipes (protect mode) through [`write_into_pipe`].
+pub fn route_write(fd: i32, len: u64, kind: Kind) -> WriteRoute {
+    keep_errno(|| {
+        let Some(reg) = mutation::active_registry() else {
+            return WriteRoute::Direct;
+        };
+        match FdKind::of_fd(fd) {
+            FdKind::Regular(key) => {
+                mutation::check_file(reg, key, Mutation::cursor(fd, len, kind));
+                WriteRoute::Direct
+            }
+            FdKind::Pipe(key)
+                if runtime::get().mode == Mode::Protect
+                    && settle::lock(reg).find_pipe(key).is_some() =>
+            {
+                WriteRoute::TrackedPipe(reg, key)
+            }
+            FdKind::Pipe(_) | FdKind::Other => WriteRoute::Direct,
+        }
     })
 }
 
@@ -375,19 +392,15 @@ pub fn write_into_pipe(
             || blocking,
             &[(fd, libc::POLLOUT)],
             || {
-                let mut t: Guard = reg.lock();
-                // SAFETY: iov[first..] are the caller's iovecs (adjusted below); the kernel
+                let mut t: Guard = settle::lock(reg);
+                let rest = iov.get(first..).unwrap_or_default();
+                // SAFETY: `rest` are the caller's iovecs (adjusted below); the kernel
                 // checks the buffers they point to.
                 let r = unsafe {
-                    libc::syscall(
-                        libc::SYS_writev,
-                        writer,
-                        iov[first..].as_ptr(),
-                        iov.len() - first,
-                    ) as isize
+                    libc::syscall(libc::SYS_writev, writer, rest.as_ptr(), rest.len()) as isize
                 };
                 let errno = sys::errno();
-                if let Ok(Some(slot)) = t.pipe_slot(key, false) {
+                if let Some(slot) = t.find_pipe(key) {
                     t.commit(slot, r.max(0) as u64);
                 }
                 sys::set_errno(errno);
@@ -403,12 +416,12 @@ pub fn write_into_pipe(
         }
         // Skip what was written and go on, as a blocking write would.
         let mut skip = r as usize;
-        while skip > 0 && first < iov.len() {
-            let take = skip.min(iov[first].iov_len);
-            iov[first].iov_base = (iov[first].iov_base as usize + take) as *mut libc::c_void;
-            iov[first].iov_len -= take;
+        while let (true, Some(v)) = (skip > 0, iov.get_mut(first)) {
+            let take = skip.min(v.iov_len);
+            v.iov_base = (v.iov_base as usize + take) as *mut libc::c_void;
+            v.iov_len -= take;
             skip -= take;
-            if iov[first].iov_len == 0 {
+            if v.iov_len == 0 {
                 first += 1;
             }
         }

@@ -48,9 +48,9 @@ pub fn restore_thread_state(saved: u64) {
 
 /// Runs `f` and restores `errno` afterwards, so the shim's own calls never leak an errno.
 pub fn keep_errno<T>(f: impl FnOnce() -> T) -> T {
-    let saved = crate::registry_sys::errno();
+    let saved = splicecow_registry::sys::errno();
     let r = f();
-    crate::registry_sys::set_errno(saved);
+    splicecow_registry::sys::set_errno(saved);
     r
 }
 

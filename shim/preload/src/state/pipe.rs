@@ -172,21 +172,23 @@ pub fn reopen(pid: i32, fd: i32, key: FileKey, flags: i32) -> Result<i32, i32> {
 /// Formats `/proc/<pid>/fd/<fd>\0` into `buf` without allocating (signal handlers reach this).
 fn proc_fd_path(buf: &mut [u8; 48], pid: i32, fd: i32) -> &[u8] {
     fn put(buf: &mut [u8], at: &mut usize, s: &[u8]) {
-        buf[*at..*at + s.len()].copy_from_slice(s);
-        *at += s.len();
+        if let Some(dst) = buf.get_mut(*at..*at + s.len()) {
+            dst.copy_from_slice(s);
+            *at += s.len();
+        }
     }
     fn put_num(buf: &mut [u8], at: &mut usize, mut n: u32) {
         let mut digits = [0u8; 10];
         let mut i = digits.len();
-        loop {
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
             i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
             n /= 10;
             if n == 0 {
                 break;
             }
         }
-        put(buf, at, &digits[i..]);
+        put(buf, at, digits.get(i..).unwrap_or_default());
     }
     let mut at = 0;
     put(buf, &mut at, b"/proc/");
@@ -194,7 +196,7 @@ fn proc_fd_path(buf: &mut [u8; 48], pid: i32, fd: i32) -> &[u8] {
     put(buf, &mut at, b"/fd/");
     put_num(buf, &mut at, fd as u32);
     put(buf, &mut at, b"\0");
-    &buf[..at]
+    buf.get(..at).unwrap_or_default()
 }
 
 /// Scans `/proc/*/fd` for any process holding pipe (or FIFO) `key` and opens it.

@@ -1,6 +1,6 @@
 //! Per-process state: mode, domain and the mapped registry, read from the environment
 //! once (in the library constructor, or on the first hook call if another library's
-//! constructor calls a hook before ours ran).
+//! constructor calls a hook before ours ran). Initialising never takes the table lock.
 
 use splicecow_registry::{Registry, DEFAULT_DOMAIN};
 use std::sync::OnceLock;
@@ -52,17 +52,6 @@ pub fn try_get() -> Option<&'static Runtime> {
     RUNTIME.get()
 }
 
-/// Runs at library load (before `main`), so the first hook call finds a ready runtime.
-extern "C" fn constructor() {
-    if let Some(_inside) = crate::guard::Inside::enter() {
-        get();
-    }
-}
-
-#[used]
-#[link_section = ".init_array"]
-static CONSTRUCTOR: extern "C" fn() = constructor;
-
 /// Writes one line to stderr with a raw syscall (no stdio, no hooks).
 pub fn warn(msg: &str) {
     let line = format!("splicecow: {msg}\n");
@@ -87,24 +76,6 @@ fn library_path() -> Vec<u8> {
     unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }
         .to_bytes()
         .to_vec()
-}
-
-/// `fork` prepare handler: no other thread may be inside the mapping table.
-extern "C" fn before_fork() {
-    crate::maps::LOCAL_MAPS.hold_for_fork();
-}
-
-/// `fork` parent handler.
-extern "C" fn after_fork_in_parent() {
-    crate::maps::LOCAL_MAPS.release_after_fork();
-}
-
-/// `fork` child handler: the child inherits the parent's tracked mappings; count them.
-extern "C" fn after_fork_in_child() {
-    crate::maps::LOCAL_MAPS.release_after_fork();
-    if let Some(_inside) = crate::guard::Inside::enter() {
-        crate::hooks::mmap::register_child_maps();
-    }
 }
 
 fn init() -> Runtime {
@@ -138,10 +109,6 @@ fn init() -> Runtime {
             ));
         }
     }
-    // Whoever takes the table lock over from a settler that died finishes its settle
-    // (possibly right below, while this runtime is still being built: that path must
-    // not ask for the runtime).
-    splicecow_registry::set_interrupted_settle_handler(crate::settle::finish_interrupted);
     let registry = if mode == Mode::Off {
         None
     } else {
@@ -162,27 +129,6 @@ fn init() -> Runtime {
             }
         }
     };
-    if let Some(reg) = &registry {
-        // Mappings do not survive exec: forget what this pid registered before it
-        // (nothing to look at, and no table pages to touch, when no mapping is tracked).
-        let h = reg.header();
-        let tracked = h
-            .shared_writable_maps
-            .load(std::sync::atomic::Ordering::Relaxed)
-            + h.private_maps.load(std::sync::atomic::Ordering::Relaxed);
-        if tracked > 0 {
-            reg.lock().drop_maps(splicecow_registry::sys::getpid());
-        }
-        // SAFETY: registering plain extern "C" handlers; this library is never unloaded.
-        unsafe {
-            libc::pthread_atfork(
-                Some(before_fork),
-                Some(after_fork_in_parent),
-                Some(after_fork_in_child),
-            );
-            libc::atexit(crate::hooks::stdio::before_exit_flush);
-        }
-    }
     let library_path = library_path();
     let exec_env = std::env::vars_os()
         .filter_map(|(k, v)| {

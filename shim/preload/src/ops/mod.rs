@@ -1,0 +1,13 @@
+//! The middle floor: what the hooks ask for. Each module owns one concern and the
+//! per-process state that goes with it; nothing here imports from the hooks.
+
+pub mod exec_env;
+pub mod intent;
+pub mod maps;
+pub mod mappings;
+pub mod mutation;
+pub mod report;
+pub mod settle;
+pub mod snapshot;
+pub mod streams;
+pub mod transfer;

@@ -1,0 +1,9 @@
+//! The bottom floor of the library: per-process state and system helpers, below every
+//! operation and hook.
+
+pub mod fd;
+pub mod guard;
+pub mod pipe;
+pub mod real;
+pub mod runtime;
+pub mod usermem;
