@@ -730,3 +730,136 @@ pub fn parallel<T: Sync>(
     });
     failures.into_inner().unwrap()
 }
+
+/// A scratch directory under `/var/tmp`, removed with everything in it on drop.
+#[derive(Debug)]
+pub struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    /// A fresh, empty directory (see [`temp_path`]).
+    pub fn new(tag: &str) -> io::Result<ScratchDir> {
+        let path = temp_path(tag);
+        std::fs::create_dir_all(&path)?;
+        Ok(ScratchDir { path })
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `name` inside the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Compiles the C program `source` with `gcc -O1` into `target/test-programs/<name>` and
+/// returns its path. The binary is built under a unique name and renamed into place, so
+/// test processes that compile the same program at once never run a half-written one.
+pub fn compile_c(name: &str, source: &str) -> Result<PathBuf, String> {
+    let dir = target_dir().join("test-programs");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let unique = format!("{name}-{}-{:?}", std::process::id(), thread::current().id())
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "");
+    let src = dir.join(format!("{unique}.c"));
+    let tmp = dir.join(&unique);
+    let out = dir.join(name);
+    std::fs::write(&src, source).map_err(|e| format!("{}: {e}", src.display()))?;
+    let mut gcc = Command::new("gcc");
+    strip_shim_env(&mut gcc)
+        .args(["-O1", "-Wall", "-o"])
+        .arg(&tmp)
+        .arg(&src);
+    let result = run_with_timeout(&mut gcc, Duration::from_secs(60));
+    let _ = std::fs::remove_file(&src);
+    let built = result.map_err(|e| format!("gcc is needed by this test: {e}"))?;
+    if built.status.map(|s| s.success()) != Some(true) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("gcc failed on {name}: {}", built.describe()));
+    }
+    std::fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(out)
+}
+
+/// The Python 3 interpreter itself (`sys.executable` of `python3` on `$PATH`), so that
+/// a launcher script in front of it (a pyenv shim is a bash script) neither runs under
+/// the shim nor stands between a test and the pid it signals. `python3` if unknown.
+pub fn python3() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let mut cmd = Command::new("python3");
+            strip_shim_env(&mut cmd).args(["-c", "import sys; print(sys.executable)"]);
+            run_with_timeout(&mut cmd, Duration::from_secs(30))
+                .ok()
+                .filter(|out| out.status.map(|s| s.success()) == Some(true))
+                .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+                .filter(|p| p.is_file())
+                .unwrap_or_else(|| PathBuf::from("python3"))
+        })
+        .clone()
+}
+
+/// True when a thread of process `pid` is blocked in one of the system calls `numbers`
+/// (its `/proc/<pid>/task/<tid>/syscall` starts with the number).
+pub fn in_syscall(pid: u32, numbers: &[libc::c_long]) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("syscall")).is_ok_and(|s| {
+            let first = s.split_whitespace().next().unwrap_or_default();
+            first
+                .parse::<libc::c_long>()
+                .is_ok_and(|n| numbers.contains(&n))
+        })
+    })
+}
+
+/// True when a thread of process `pid` is blocked in the raw `nanosleep` system call,
+/// which is where the shim's test pauses (`SPLICECOW_TEST_PAUSE`) sleep.
+pub fn in_nanosleep(pid: u32) -> bool {
+    in_syscall(pid, &[libc::SYS_nanosleep])
+}
+
+/// Waits until a thread of `child` is blocked in one of the system calls `numbers`;
+/// false when it exited or `timeout` passed first.
+pub fn wait_for_syscall(
+    child: &mut Child,
+    numbers: &[libc::c_long],
+    timeout: Duration,
+) -> io::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        if in_syscall(child.id(), numbers) {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits until `child` sits in a test pause ([`in_nanosleep`]); false when it exited or
+/// `timeout` passed first.
+pub fn wait_for_pause(child: &mut Child, timeout: Duration) -> io::Result<bool> {
+    wait_for_syscall(child, &[libc::SYS_nanosleep], timeout)
+}
+
+/// Counter `name` of a [`domain_stats`] answer (`None` when the library lacks it).
+pub fn counter(stats: &serde_json::Value, name: &str) -> Option<u64> {
+    stats.get(name).and_then(serde_json::Value::as_u64)
+}
