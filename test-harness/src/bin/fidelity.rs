@@ -439,7 +439,7 @@ fn battery_splice(b: &mut Battery) -> Res<()> {
     let fwo = f_wronly.as_raw_fd();
     b.fds.push(f_wronly);
     let flen = FLEN as loff_t;
-    // SAFETY (all calls below): fds are open or deliberately invalid; offset pointers
+    // SAFETY: (all calls below) fds are open or deliberately invalid; offset pointers
     // point at live locals or are deliberately invalid (the kernel answers EFAULT).
     unsafe {
         let mut o: loff_t = 0;
@@ -599,7 +599,7 @@ fn battery_sendfile(b: &mut Battery) -> Res<()> {
         let (_, nfw) = b.full_pipe(libc::O_NONBLOCK)?;
         let (lr, _) = b.loaded_pipe(0)?;
         let n = |case: &str| format!("{name}.{case}");
-        // SAFETY (all calls below): fds are open or deliberately invalid; offset
+        // SAFETY: (all calls below) fds are open or deliberately invalid; offset
         // pointers point at live locals or are deliberately invalid.
         unsafe {
             let mut o: off_t = 0;
@@ -662,7 +662,7 @@ fn battery_write(b: &mut Battery) -> Res<()> {
     let (er, ew) = b.pipe(0)?;
     b.close(er); // a pipe without readers: EPIPE
     let (tr, tw) = b.loaded_pipe(libc::O_NONBLOCK)?;
-    // SAFETY (all calls below): buffers and iovecs are live locals, or pointers are
+    // SAFETY: (all calls below) buffers and iovecs are live locals, or pointers are
     // deliberately invalid (EFAULT); fds are open or deliberately invalid.
     unsafe {
         b.seek(200);
@@ -762,7 +762,7 @@ fn battery_pwrite(b: &mut Battery) -> Res<()> {
         ("pwritev2", libc::pwritev2),
         ("pwritev64v2", libc::pwritev64v2),
     ];
-    // SAFETY (all calls below): buffers and iovecs are live locals or deliberately
+    // SAFETY: (all calls below) buffers and iovecs are live locals or deliberately
     // invalid pointers; fds are open or deliberately invalid.
     unsafe {
         for (name, w) in pwrites {
@@ -828,7 +828,7 @@ fn battery_sizes(b: &mut Battery) -> Res<()> {
     let empty = c"";
     let long = CString::new(vec![b'a'; 5000]).map_err(|e| e.to_string())?;
     let (fp, dp) = (b.f_path.as_ptr(), b.dir_path.as_ptr());
-    // SAFETY (all calls below): fds are open or deliberately invalid; paths are live
+    // SAFETY: (all calls below) fds are open or deliberately invalid; paths are live
     // NUL-terminated strings or deliberately null/invalid (EFAULT).
     unsafe {
         for (name, fa) in falls {
@@ -914,7 +914,7 @@ fn battery_open(b: &mut Battery) -> Res<()> {
     let freopens: [(&str, FreopenFn); 2] =
         [("freopen", libc::freopen), ("freopen64", libc::freopen64)];
     let (w, r, z) = (c"w".as_ptr(), c"r".as_ptr(), c"z".as_ptr());
-    // SAFETY (all calls below): paths and modes are live NUL-terminated strings or
+    // SAFETY: (all calls below) paths and modes are live NUL-terminated strings or
     // deliberately null/invalid (EFAULT); returned fds and streams are closed once.
     unsafe {
         for (name, o) in opens {
@@ -1032,7 +1032,7 @@ fn battery_issue3(b: &mut Battery) -> Res<()> {
         }
     };
     let data = [b'S'; 16];
-    // SAFETY (all calls below): fds are open or deliberately invalid; addresses are our
+    // SAFETY: (all calls below) fds are open or deliberately invalid; addresses are our
     // own mappings or deliberately unmapped/unaligned; buffers are live locals; streams
     // are opened by the case and closed once.
     unsafe {
@@ -1345,8 +1345,8 @@ fn block(op: BlockOp, case: BlockCase) -> Res<()> {
     // What the destination holds now must be the file/pipe bytes, after any filler.
     let mut got = vec![0u8; 2 * 65536];
     let q = queued(dr);
-    // SAFETY: got is valid for its length; the pipe has q bytes, so read won't block.
     let n = if q > 0 {
+        // SAFETY: got is valid for its length; the pipe has q bytes, so read won't block.
         unsafe { libc::read(dr, got.as_mut_ptr().cast(), got.len()) }
     } else {
         0

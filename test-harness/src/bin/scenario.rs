@@ -185,7 +185,7 @@ impl Prepared {
         let range = self.size as libc::off_t;
         let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         let name = value_name(&self.kind);
-        // SAFETY (whole match): every call gets a valid open fd (or -1, which fails
+        // SAFETY: (whole match) every call gets a valid open fd (or -1, which fails
         // cleanly), NUL-terminated paths that outlive the call, and buffers/iovecs that
         // point into the static `BS` with lengths inside it; returned FILE*s and
         // mappings are checked before use and released exactly once.

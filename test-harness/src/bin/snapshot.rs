@@ -321,8 +321,8 @@ fn apply(path: &Path, m: Mut, at: u64, len: usize) -> io::Result<()> {
         Mut::Pwrite => pwrite_all(&open_raw(path, libc::O_WRONLY)?, &small, at),
         Mut::Write => {
             let fd = open_raw(path, libc::O_WRONLY)?;
-            // SAFETY: plain lseek on an fd we own.
             check_ret(
+                // SAFETY: plain lseek on an fd we own.
                 unsafe { libc::lseek(fd.as_raw_fd(), at as i64, libc::SEEK_SET) },
                 "lseek",
             )?;
@@ -847,8 +847,8 @@ fn huge(size_mib: usize, touch_kib: usize, mutation: Mut) -> io::Result<()> {
     {
         let fd = open_raw(file.path(), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC)?;
         pwrite_all(&fd, &pattern(touch), 0)?;
-        // SAFETY: ftruncate touches no memory of ours.
         check_ret(
+            // SAFETY: ftruncate touches no memory of ours.
             unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) } as i64,
             "ftruncate",
         )?;
