@@ -5,7 +5,7 @@ use splicecow_registry::{OpenError, Registry, Stats, DEFAULT_DOMAIN};
 use std::time::Duration;
 
 /// The counters and fill levels of `s`, named as the fields of [`Stats`].
-pub fn fields(s: &Stats) -> [(&'static str, u64); 23] {
+pub fn fields(s: &Stats) -> [(&'static str, u64); 25] {
     [
         ("splices", s.splices),
         ("bytes_zero_copy", s.bytes_zero_copy),
@@ -33,6 +33,8 @@ pub fn fields(s: &Stats) -> [(&'static str, u64); 23] {
         ("snapshot_timeouts", s.snapshot_timeouts),
         ("pipes_in_use", s.pipes_in_use),
         ("files_in_use", s.files_in_use),
+        ("retired_stale", s.retired_stale),
+        ("sweeps", s.sweeps),
         ("pipe_capacity", s.pipe_capacity),
         ("file_capacity", s.file_capacity),
         ("busy_pipes", s.busy_pipes),

@@ -37,6 +37,7 @@ extern "C" fn constructor() {
             ops::maps::install();
             ops::snapshot::install();
             ops::streams::install();
+            ops::lifetime::install();
         }
     }
 }

@@ -153,7 +153,10 @@ impl SettleJournal {
     /// The first chunk not completely written back, and how much of it was.
     pub fn refill_progress(&self) -> (usize, usize) {
         let n = self.chunks();
-        ((self.done_chunks as usize).min(n), self.done_in_chunk as usize)
+        (
+            (self.done_chunks as usize).min(n),
+            self.done_in_chunk as usize,
+        )
     }
 
     /// Records that `done` bytes of the current chunk are written back.

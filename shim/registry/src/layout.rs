@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// First eight bytes of an initialised registry: "SPLCCOW\x01".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SPLCCOW\x01");
 /// Bumped whenever the layout below changes; a registry of another version is refused.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// File records (files with in-flight segments or shared writable mappings).
 pub const MAX_FILES: usize = 4096;
 /// Pipe records (pipes that may hold page-cache pages of a domain's splices).
@@ -244,6 +244,11 @@ pub struct Counters {
     pub snapshot_timeouts: AtomicU64,
     /// Lock takeovers that found the tables torn by the dead holder and repaired them.
     pub table_repairs: AtomicU64,
+    /// Segments retired because their bytes had left the pipe or the pipe was gone,
+    /// found when a holder closed its end or by a sweep.
+    pub retired_stale: AtomicU64,
+    /// Sweeps for stale records run.
+    pub sweeps: AtomicU64,
 }
 
 /// The registry's first bytes.
@@ -265,14 +270,12 @@ pub struct Header {
     pub private_maps: AtomicU64,
     /// Locks taken over from a dead holder.
     pub lock_takeovers: AtomicU64,
-    /// Number of pipe records in use.
-    pub pipes_in_use: AtomicU32,
-    /// Number of file records in use.
-    pub files_in_use: AtomicU32,
+    /// `CLOCK_MONOTONIC` nanoseconds when the last sweep for stale records started.
+    pub last_sweep_ns: AtomicU64,
     /// Number of entries of [`Layout::busy`].
     pub busy_pipes: AtomicU32,
-    /// Keeps the size a multiple of 8.
-    pub reserved: u32,
+    /// Where in the busy list the next sweep starts (sweeps are bounded).
+    pub sweep_cursor: AtomicU32,
     /// Counters shown by `splicecow stats`.
     pub counters: Counters,
 }
@@ -318,12 +321,12 @@ mod tests {
         assert_eq!(size_of::<FileRecord>(), 48);
         assert_eq!(size_of::<MapRecord>(), 32);
         assert_eq!(size_of::<Mailbox>(), 56);
-        assert_eq!(size_of::<Counters>(), 112);
+        assert_eq!(size_of::<Counters>(), 128);
         assert_eq!(
             size_of::<SettleJournal>(),
             32 + 8 * JOURNAL_CHUNKS + JOURNAL_BYTES
         );
-        assert_eq!(size_of::<Header>(), 72 + 112);
+        assert_eq!(size_of::<Header>(), 72 + 128);
         assert_eq!(align_of::<Layout>(), 8);
         assert_eq!(
             LAYOUT_SIZE,

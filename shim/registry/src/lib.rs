@@ -16,8 +16,8 @@ pub mod pause;
 pub mod sys;
 pub mod tables;
 
-pub use layout::{FileKey, Segment, LAYOUT_SIZE, LAYOUT_VERSION, MAGIC};
 pub use journal::{InterruptedSettle, SettleState};
+pub use layout::{FileKey, Segment, LAYOUT_SIZE, LAYOUT_VERSION, MAGIC};
 pub use tables::{FileSlot, Full, Intent, PipeSlot, SegmentInfo, Tables};
 
 pub use layout::Mailbox;
@@ -158,6 +158,10 @@ pub struct Stats {
     pub copy_fallbacks_shared_mapping: u64,
     /// Lock takeovers that repaired tables torn by the dead holder.
     pub table_repairs: u64,
+    /// Segments retired because their bytes had left the pipe or the pipe was gone.
+    pub retired_stale: u64,
+    /// Sweeps for stale records run.
+    pub sweeps: u64,
     /// Bytes that went through the copy path.
     pub bytes_copy_path: u64,
     /// `exec`s whose environment had lost `LD_PRELOAD`/`SPLICECOW_*` (child unprotected).
@@ -178,9 +182,10 @@ pub struct Stats {
     pub snapshots: u64,
     /// Snapshot requests that timed out.
     pub snapshot_timeouts: u64,
-    /// Pipe records ever used (capacity [`Stats::pipe_capacity`]).
+    /// Pipe records holding segments now (capacity [`Stats::pipe_capacity`]); a record
+    /// whose segments are all retired is free for any pipe.
     pub pipes_in_use: u64,
-    /// File records ever used (capacity [`Stats::file_capacity`]).
+    /// File records with live segments or mappings now (capacity [`Stats::file_capacity`]).
     pub files_in_use: u64,
     /// Pipe records in the table.
     pub pipe_capacity: u64,
@@ -393,6 +398,20 @@ impl Registry {
         h.live_segments.load(Ordering::SeqCst) > 0 || h.private_maps.load(Ordering::SeqCst) > 0
     }
 
+    /// File records with live segments or mappings now (a lock-free scan: a record
+    /// changing meanwhile may be counted either way).
+    fn files_in_use(&self) -> u64 {
+        (0..MAX_FILES)
+            .filter(|&i| {
+                // SAFETY: volatile read of plain integers another process may be
+                // writing (as in `file_may_be_tracked`); `at` keeps `i` in bounds.
+                let f = unsafe { std::ptr::read_volatile(bounded::at(&(*self.base).files, i)) };
+                !f.key.is_empty()
+                    && (f.live_segments > 0 || f.shared_writable_maps > 0 || f.private_maps > 0)
+            })
+            .count() as u64
+    }
+
     /// Counters and fill levels.
     pub fn stats(&self) -> Stats {
         let h = self.header();
@@ -418,8 +437,10 @@ impl Registry {
             private_maps: r(&h.private_maps),
             snapshots: r(&c.snapshots),
             snapshot_timeouts: r(&c.snapshot_timeouts),
-            pipes_in_use: h.pipes_in_use.load(Ordering::Relaxed) as u64,
-            files_in_use: h.files_in_use.load(Ordering::Relaxed) as u64,
+            pipes_in_use: busy,
+            files_in_use: self.files_in_use(),
+            retired_stale: r(&c.retired_stale),
+            sweeps: r(&c.sweeps),
             pipe_capacity: MAX_PIPES as u64,
             file_capacity: MAX_FILES as u64,
             busy_pipes: busy,
@@ -553,7 +574,10 @@ mod tests {
             t.push_segment(p, intent(key(2), i * 10, 5)).unwrap();
             t.commit(p, 5);
         }
-        assert_eq!(t.push_segment(p, intent(key(2), 10_000, 5)), Err(Full::Segments));
+        assert_eq!(
+            t.push_segment(p, intent(key(2), 10_000, 5)),
+            Err(Full::Segments)
+        );
     }
 
     #[test]

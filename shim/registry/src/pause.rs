@@ -50,7 +50,9 @@ pub fn configure(spec: &str) -> Result<(), String> {
             Some((point, us.trim().parse::<u64>().ok()?))
         });
         match parsed {
-            Some((point, us)) => crate::bounded::at(&PAUSE_US, point as usize).store(us, Ordering::Relaxed),
+            Some((point, us)) => {
+                crate::bounded::at(&PAUSE_US, point as usize).store(us, Ordering::Relaxed)
+            }
             None => {
                 bad.get_or_insert_with(|| item.to_string());
             }

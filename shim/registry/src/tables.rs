@@ -131,7 +131,6 @@ impl Tables<'_> {
 
     /// The record of `key` in the file table, made if it has none.
     pub fn file_or_insert(&mut self, key: FileKey) -> Result<FileSlot, Full> {
-        let h = self.header;
         let files = &mut self.files;
         let found = probe(key, MAX_FILES, |i| {
             (
@@ -144,9 +143,6 @@ impl Tables<'_> {
         match found {
             Probe::Found(i) => Ok(FileSlot::new(i)),
             Probe::Free(i) => {
-                if at(files, i).key.is_empty() {
-                    h.files_in_use.fetch_add(1, Ordering::Relaxed);
-                }
                 *at_mut(files, i) = FileRecord {
                     key,
                     ..Default::default()
@@ -164,15 +160,13 @@ impl Tables<'_> {
 
     /// The record of pipe `key`, made (empty) if it has none.
     pub fn pipe_or_insert(&mut self, key: FileKey) -> Result<PipeSlot, Full> {
-        let h = self.header;
         let pipes = &mut self.pipes;
-        let found = probe(key, MAX_PIPES, |i| (at(pipes, i).key, at(pipes, i).count == 0));
+        let found = probe(key, MAX_PIPES, |i| {
+            (at(pipes, i).key, at(pipes, i).count == 0)
+        });
         match found {
             Probe::Found(i) => Ok(PipeSlot::new(i)),
             Probe::Free(i) => {
-                if at(pipes, i).key.is_empty() {
-                    h.pipes_in_use.fetch_add(1, Ordering::Relaxed);
-                }
                 let p = at_mut(pipes, i);
                 p.key = key;
                 p.bytes_in = 0;
@@ -220,6 +214,26 @@ impl Tables<'_> {
             unsafe { std::ptr::write_volatile(at_mut(holders, i), h) };
             if i == 0 {
                 pause::at(Point::Holder);
+            }
+        }
+    }
+
+    /// Forgets that `pid` holds the pipe as `fd` (it closed it).
+    pub fn remove_holder(&mut self, slot: PipeSlot, pid: i32, fd: i32) {
+        let holders = &mut at_mut(self.pipes, slot.index()).holders;
+        let gone = Holder { pid, fd };
+        let mut kept = [Holder::default(); HOLDERS_PER_PIPE];
+        for (cell, h) in kept.iter_mut().zip(holders.iter().filter(|h| **h != gone)) {
+            *cell = *h;
+        }
+        *holders = kept;
+    }
+
+    /// Calls `each(fd)` for every pipe with live segments that `pid` is recorded to hold.
+    pub fn for_each_held_by(&self, pid: i32, mut each: impl FnMut(i32)) {
+        for slot in self.busy_pipes() {
+            for h in self.pipe(slot).holders.iter().filter(|h| h.pid == pid) {
+                each(h.fd);
             }
         }
     }
@@ -399,12 +413,16 @@ impl Tables<'_> {
         if busy && !member && n < MAX_PIPES {
             *at_mut(self.busy, n) = slot as u32;
             at_mut(self.pipes, slot).busy_pos = n as u32;
-            self.header.busy_pipes.store(n as u32 + 1, Ordering::Relaxed);
+            self.header
+                .busy_pipes
+                .store(n as u32 + 1, Ordering::Relaxed);
         } else if !busy && member {
             let last = *at(self.busy, n - 1) as usize % MAX_PIPES;
             *at_mut(self.busy, pos) = last as u32;
             at_mut(self.pipes, last).busy_pos = pos as u32;
-            self.header.busy_pipes.store(n as u32 - 1, Ordering::Relaxed);
+            self.header
+                .busy_pipes
+                .store(n as u32 - 1, Ordering::Relaxed);
         }
     }
 
@@ -749,8 +767,8 @@ fn find(key: FileKey, n: usize, slot: impl Fn(usize) -> FileKey) -> Option<usize
 
 impl Tables<'_> {
     /// Recomputes everything derived from the pipe rings and mapping records: each file's
-    /// live segment count and range, its mapping counts, the domain-wide live counts, the
-    /// busy list and the records in use. Run by whoever takes the lock over from a holder
+    /// live segment count and range, its mapping counts, the domain-wide live counts and
+    /// the busy list. Run by whoever takes the lock over from a holder
     /// that died, which may have stopped anywhere inside an update; also drops what no
     /// valid update leaves behind (a ring longer than its capacity, a segment or mapping
     /// record of a file slot out of range or empty). Returns true when anything changed.
@@ -761,14 +779,13 @@ impl Tables<'_> {
             rec.shared_writable_maps = 0;
             rec.private_maps = 0;
         }
-        let (mut live, mut busy, mut pipes_in_use) = (0u64, 0usize, 0u32);
+        let (mut live, mut busy) = (0u64, 0usize);
         let mut dropped = false;
         for slot in 0..MAX_PIPES {
             let p = at_mut(self.pipes, slot);
             if p.key.is_empty() {
                 continue;
             }
-            pipes_in_use += 1;
             if p.count as usize > SEGMENTS_PER_PIPE || p.head as usize >= SEGMENTS_PER_PIPE {
                 (p.count, p.head) = (0, 0);
                 dropped = true;
@@ -821,14 +838,11 @@ impl Tables<'_> {
                 shared += u64::from(m.count);
             }
         }
-        let files_in_use = self.files.iter().filter(|f| !f.key.is_empty()).count() as u32;
         let h = &self.header;
         h.live_segments.store(live, Ordering::SeqCst);
         h.shared_writable_maps.store(shared, Ordering::SeqCst);
         h.private_maps.store(private, Ordering::SeqCst);
         h.busy_pipes.store(busy as u32, Ordering::Relaxed);
-        h.pipes_in_use.store(pipes_in_use, Ordering::Relaxed);
-        h.files_in_use.store(files_in_use, Ordering::Relaxed);
         dropped || self.derived_digest() != before
     }
 
@@ -846,8 +860,6 @@ impl Tables<'_> {
         mix(h.live_segments.load(Ordering::Relaxed));
         mix(h.shared_writable_maps.load(Ordering::Relaxed));
         mix(h.private_maps.load(Ordering::Relaxed));
-        mix(u64::from(h.pipes_in_use.load(Ordering::Relaxed)));
-        mix(u64::from(h.files_in_use.load(Ordering::Relaxed)));
         let mut busy: u64 = 0;
         for &s in self.busy_slots() {
             busy = busy.wrapping_add(u64::from(s).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);

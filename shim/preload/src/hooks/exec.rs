@@ -4,6 +4,7 @@
 
 use crate::hooks::{hooks, variadic_hook};
 use crate::ops::exec_env::{with_domain_env, Argv};
+use crate::ops::lifetime;
 use crate::state::real::Symbol;
 use libc::{c_char, c_int, pid_t};
 
@@ -39,6 +40,7 @@ hooks! {
 }
 
 unsafe fn exec_with_env(real: ExecveFn, path: *const c_char, argv: Argv, envp: Argv) -> c_int {
+    lifetime::before_exec();
     // SAFETY: exec requires a valid, null-terminated envp; we pass it (or a copy) on.
     unsafe { with_domain_env(envp, |env| real(path, argv, env)) }
 }
@@ -49,6 +51,7 @@ unsafe fn fexecve_impl(
     argv: Argv,
     envp: Argv,
 ) -> c_int {
+    lifetime::before_exec();
     // SAFETY: as in `exec_with_env`.
     unsafe { with_domain_env(envp, |env| real(fd, argv, env)) }
 }

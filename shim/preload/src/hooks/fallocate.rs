@@ -1,8 +1,8 @@
 //! `fallocate`, `fallocate64`: punching, zeroing, collapsing and inserting change data;
 //! plain allocation (and so `posix_fallocate`) does not and never conflicts.
 
-use crate::ops::intent::{Kind, Mutation};
 use crate::hooks::hooks;
+use crate::ops::intent::{Kind, Mutation};
 use libc::{c_int, off_t};
 
 hooks! {

@@ -1,9 +1,9 @@
 //! `ioctl`: the clone and dedupe requests write into their destination file; every other
 //! request goes straight through after one comparison.
 
+use crate::hooks::hooks;
 use crate::ops::intent::{Kind, Mutation};
 use crate::ops::mutation;
-use crate::hooks::hooks;
 use crate::state::usermem::copy_from_user;
 use libc::{c_int, c_ulong, c_void};
 

@@ -6,6 +6,7 @@
 mod copy;
 mod exec;
 mod fallocate;
+mod fds;
 mod ioctl;
 mod mmap;
 mod open;

@@ -5,8 +5,8 @@
 //! register a fixed third/fourth parameter reads, and is only used when the flags need it
 //! (as libc does), so declaring it as a plain parameter is sound there.
 
-use crate::ops::intent::{Kind, Mutation, Span, Target};
 use crate::hooks::hooks;
+use crate::ops::intent::{Kind, Mutation, Span, Target};
 use libc::{c_char, c_int, mode_t, AT_FDCWD, FILE};
 
 hooks! {

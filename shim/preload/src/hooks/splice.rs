@@ -1,12 +1,12 @@
 //! `splice`, `tee`, `sendfile`, `sendfile64`: bytes moved into pipes are recorded,
 //! bytes moved into regular files are mutations of those files.
 
-use crate::state::fd::FdKind;
+use crate::hooks::hooks;
 use crate::ops::intent::{Kind, Mutation};
 use crate::ops::mutation;
-use crate::hooks::hooks;
-use crate::state::runtime::{self, Mode};
 use crate::ops::transfer::{self, FileToPipe};
+use crate::state::fd::FdKind;
+use crate::state::runtime::{self, Mode};
 use libc::{c_int, c_uint, loff_t, off_t, size_t, ssize_t};
 
 type SpliceFn =
@@ -97,17 +97,15 @@ unsafe fn sendfile_impl(
 ) -> ssize_t {
     match ends(in_fd, out_fd) {
         // sendfile into a pipe is a file→pipe splice with the pipe's own O_NONBLOCK.
-        Some((FdKind::Regular(file), FdKind::Pipe(pipe))) => {
-            transfer::file_to_pipe(FileToPipe {
-                fd_in: in_fd,
-                off_in: offset,
-                fd_out: out_fd,
-                file,
-                pipe,
-                len: count,
-                flags: 0,
-            })
-        }
+        Some((FdKind::Regular(file), FdKind::Pipe(pipe))) => transfer::file_to_pipe(FileToPipe {
+            fd_in: in_fd,
+            off_in: offset,
+            fd_out: out_fd,
+            file,
+            pipe,
+            len: count,
+            flags: 0,
+        }),
         Some((_, FdKind::Regular(_))) => {
             crate::state::guard::keep_errno(|| {
                 mutation::before(Mutation::cursor(out_fd, count as u64, Kind::SendfileInto))

@@ -52,8 +52,8 @@ hooks! {
     fn fflush(s: *mut FILE) -> c_int => with flush_impl;
     /// `fflush_unlocked`.
     fn fflush_unlocked(s: *mut FILE) -> c_int => with flush_impl;
-    /// `fclose(3)`: flushes.
-    fn fclose(s: *mut FILE) -> c_int => before stream(s);
+    /// `fclose(3)`: flushes, and closes the stream's fd.
+    fn fclose(s: *mut FILE) -> c_int => with fclose_impl;
     /// `fseek(3)`: flushes pending output.
     fn fseek(s: *mut FILE, offset: libc::c_long, whence: c_int) -> c_int => before stream(s);
     /// `fseeko(3)`.
@@ -70,6 +70,12 @@ hooks! {
 
 unsafe fn flush_impl(real: unsafe extern "C" fn(*mut FILE) -> c_int, s: *mut FILE) -> c_int {
     crate::state::guard::keep_errno(|| streams::before_flush(s));
+    // SAFETY: the caller's argument.
+    unsafe { real(s) }
+}
+
+unsafe fn fclose_impl(real: unsafe extern "C" fn(*mut FILE) -> c_int, s: *mut FILE) -> c_int {
+    crate::state::guard::keep_errno(|| streams::before_close(s));
     // SAFETY: the caller's argument.
     unsafe { real(s) }
 }

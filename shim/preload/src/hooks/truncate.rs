@@ -1,7 +1,7 @@
 //! `ftruncate`, `truncate` and their 64-bit names: they change `[len, ∞)`.
 
-use crate::ops::intent::{Kind, Mutation};
 use crate::hooks::hooks;
+use crate::ops::intent::{Kind, Mutation};
 use libc::{c_char, c_int, off_t, AT_FDCWD};
 
 hooks! {

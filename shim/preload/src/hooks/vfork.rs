@@ -19,6 +19,11 @@ extern "C" fn save() -> u64 {
     crate::state::guard::save_thread_state()
 }
 
+/// The child's half, right after the `vfork` system call returned 0 in it.
+extern "C" fn child_starts() {
+    crate::state::guard::vfork_child_starts();
+}
+
 /// The parent's half after the `vfork` system call returned `raw` (a pid or `-errno`):
 /// restores the state and turns `raw` into libc's return value and `errno`.
 extern "C" fn parent_returns(saved: u64, raw: i64) -> libc::pid_t {
@@ -34,6 +39,12 @@ extern "C" fn parent_returns(saved: u64, raw: i64) -> libc::pid_t {
 #[no_mangle]
 extern "C" fn splicecow_vfork_save() -> u64 {
     save()
+}
+
+/// `clone`'s C body: first thing in a `CLONE_VM | CLONE_VFORK` child.
+#[no_mangle]
+extern "C" fn splicecow_vfork_child_starts() {
+    child_starts();
 }
 
 /// `clone`'s C body: the state back in the parent once that child exec'd or exited.
@@ -63,7 +74,11 @@ pub unsafe extern "C" fn vfork() -> libc::pid_t {
         "push rdi",
         "test rax, rax",
         "jnz 2f",
-        // The child: returns 0 with the parent's state as it was.
+        // The child: marks the borrowed memory as a child's, returns 0.
+        "sub rsp, 8",
+        "call {child}",
+        "add rsp, 8",
+        "xor eax, eax",
         "ret",
         "2:",
         // The parent, after the child exec'd or exited: restore, then return.
@@ -74,6 +89,7 @@ pub unsafe extern "C" fn vfork() -> libc::pid_t {
         "add rsp, 8",
         "ret",
         save = sym save,
+        child = sym child_starts,
         parent = sym parent_returns,
         nr = const libc::SYS_vfork,
     )

@@ -11,7 +11,21 @@
 #include <sys/types.h>
 
 uint64_t splicecow_vfork_save(void);
+void splicecow_vfork_child_starts(void);
 void splicecow_vfork_restore(uint64_t saved);
+
+/* What the child runs: marks itself as a vfork child, then the caller's function. The
+ * parent waits inside clone, so this lives on its stack for the child's whole run. */
+struct child_call {
+    int (*fn)(void *);
+    void *arg;
+};
+
+static int child_entry(void *p) {
+    struct child_call *call = p;
+    splicecow_vfork_child_starts();
+    return call->fn(call->arg);
+}
 
 typedef int (*clone_fn)(int (*)(void *), void *, int, void *, ...);
 
@@ -33,7 +47,8 @@ int splicecow_clone(int (*fn)(void *), void *stack, int flags, void *arg, ...) {
     if ((flags & (CLONE_VM | CLONE_VFORK)) != (CLONE_VM | CLONE_VFORK))
         return real(fn, stack, flags, arg, parent_tid, tls, child_tid);
     uint64_t saved = splicecow_vfork_save();
-    int r = real(fn, stack, flags, arg, parent_tid, tls, child_tid);
+    struct child_call call = {fn, arg};
+    int r = real(child_entry, stack, flags, &call, parent_tid, tls, child_tid);
     int e = errno;
     splicecow_vfork_restore(saved);
     errno = e;

@@ -50,12 +50,7 @@ pub fn before_map(planned: LocalMap, fd: i32) {
     count(planned, 1);
     if planned.shared_writable() {
         let (lo, hi) = planned.file_range();
-        mutation::before(Mutation::at(
-            fd,
-            lo as i64,
-            hi - lo,
-            Kind::SharedMapping,
-        ));
+        mutation::before(Mutation::at(fd, lo as i64, hi - lo, Kind::SharedMapping));
     }
 }
 

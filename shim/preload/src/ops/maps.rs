@@ -252,8 +252,8 @@ pub fn count(m: LocalMap, delta: i32) {
 pub fn install() {
     if let Some(reg) = runtime::get().tracking() {
         let h = reg.header();
-        let tracked = h.shared_writable_maps.load(Ordering::Relaxed)
-            + h.private_maps.load(Ordering::Relaxed);
+        let tracked =
+            h.shared_writable_maps.load(Ordering::Relaxed) + h.private_maps.load(Ordering::Relaxed);
         if tracked > 0 {
             settle::lock(reg).drop_maps(sys::getpid());
         }

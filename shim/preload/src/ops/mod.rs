@@ -3,11 +3,13 @@
 
 pub mod exec_env;
 pub mod intent;
-pub mod maps;
+pub mod lifetime;
 pub mod mappings;
+pub mod maps;
 pub mod mutation;
 pub mod report;
 pub mod settle;
 pub mod snapshot;
 pub mod streams;
+pub mod sweep;
 pub mod transfer;

@@ -3,7 +3,7 @@
 
 use crate::ops::intent::{Mutation, Span, Target};
 use crate::ops::settle::{self, Action, Conflicts, Scope};
-use crate::ops::{report, snapshot};
+use crate::ops::{report, snapshot, sweep};
 use crate::state::fd::{current_offset, status_flags, FdKind};
 use crate::state::runtime::{self, Mode};
 use splicecow_registry::{sys, FileKey, PipeSlot, Registry};
@@ -33,6 +33,11 @@ pub fn before(m: Mutation) {
     let Some(reg) = active_registry() else {
         return;
     };
+    // Something is live: perhaps only what has long left its pipes.
+    sweep::maybe(reg);
+    if !reg.has_live_references() {
+        return;
+    }
     let st = match m.target {
         Target::Fd(fd) => sys::fstat(fd),
         Target::Stream(stream) => {

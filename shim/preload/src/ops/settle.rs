@@ -296,7 +296,9 @@ fn drain_and_refill(t: &mut Tables, slot: PipeSlot, fd: i32, buf: *mut u8, cap: 
             if done < end {
                 set_direct(fd, flags, direct);
                 // SAFETY: [at, at + len) lies inside the bytes drained into buf.
-                write_all(fd, unsafe { buf.add(at) }, done, end, |d| j.wrote_in_chunk(d));
+                write_all(fd, unsafe { buf.add(at) }, done, end, |d| {
+                    j.wrote_in_chunk(d)
+                });
             }
         }
         j.wrote_chunk(i);

@@ -72,13 +72,12 @@ pub fn started_private_mapping(m: LocalMap) {
 pub fn before_change(reg: &Registry, c: Change) {
     let mut owners = [0i32; MAX_OWNERS];
     let mut n = 0;
-    settle::lock(reg)
-        .for_each_private_owner(c.key, c.off, c.end, |pid| {
-            if n < MAX_OWNERS && !prefix(&owners, n).contains(&pid) {
-                *at_mut(&mut owners, n) = pid;
-                n += 1;
-            }
-        });
+    settle::lock(reg).for_each_private_owner(c.key, c.off, c.end, |pid| {
+        if n < MAX_OWNERS && !prefix(&owners, n).contains(&pid) {
+            *at_mut(&mut owners, n) = pid;
+            n += 1;
+        }
+    });
     let me = sys::getpid();
     for &pid in prefix(&owners, n) {
         if pid == me {

@@ -2,7 +2,7 @@
 //! (glibc writes them through an internal `write` no hook sees), and the exit flush.
 
 use crate::ops::intent::{Kind, Mutation, Span, Target};
-use crate::ops::mutation;
+use crate::ops::{lifetime, mutation};
 use crate::state::guard::{keep_errno, Inside};
 use libc::FILE;
 
@@ -29,7 +29,18 @@ pub fn before_fd_output(fd: i32) {
     });
 }
 
-/// Before `fflush`/`fclose` of stream `s`, or of all streams for null.
+/// Before `fclose` of stream `s`: its output is flushed and its fd closed.
+pub fn before_close(s: *mut FILE) {
+    if mutation::may_conflict() {
+        before_output(s);
+    }
+    if !s.is_null() {
+        // SAFETY: fclose requires a valid stream; fileno only reads its fd.
+        lifetime::before_close(unsafe { libc::fileno(s) });
+    }
+}
+
+/// Before `fflush` of stream `s`, or of all streams for null.
 pub fn before_flush(s: *mut FILE) {
     if s.is_null() {
         before_all_open_files();

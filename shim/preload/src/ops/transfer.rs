@@ -6,8 +6,8 @@
 //! lock, and tries again — exactly the blocking behaviour of the real call.
 
 use crate::ops::intent::{Kind, Mutation};
-use crate::ops::mutation;
 use crate::ops::settle::{self, Action, Conflicts, Scope};
+use crate::ops::{lifetime, mutation, sweep};
 use crate::state::fd::{current_offset, status_flags, FdKind};
 use crate::state::guard::keep_errno;
 use crate::state::pipe::{self, Wait};
@@ -78,14 +78,17 @@ pub struct FileToPipe {
 }
 
 /// How one try of a file→pipe transfer moves its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     /// Zero-copy, its intent recorded.
     Recorded,
     /// Zero-copy without a record: the kernel will refuse the call (bad offset pointer or
     /// fd), so nothing moves.
     Refused,
-    /// The copy path, counted under this cause.
-    Copy(&'static AtomicU64),
+    /// The copy path: the file has a shared writable mapping.
+    SharedMapping,
+    /// The copy path: no room in the registry.
+    Full,
 }
 
 /// A file→pipe transfer by a shimmed process: recorded as an in-flight segment in
@@ -93,9 +96,8 @@ enum Route {
 /// the real call would: bytes moved, or -1 with `errno`.
 pub fn file_to_pipe(x: FileToPipe) -> isize {
     let rt = runtime::get();
-    let blocking = || {
-        x.flags & libc::SPLICE_F_NONBLOCK == 0 && status_flags(x.fd_out) & libc::O_NONBLOCK == 0
-    };
+    let blocking =
+        || x.flags & libc::SPLICE_F_NONBLOCK == 0 && status_flags(x.fd_out) & libc::O_NONBLOCK == 0;
     let waits = [(x.fd_out, libc::POLLOUT)];
     let splice_nonblocking = || {
         let nb = x.flags | libc::SPLICE_F_NONBLOCK;
@@ -114,25 +116,43 @@ pub fn file_to_pipe(x: FileToPipe) -> isize {
     let counters: &'static Counters = &reg.header().counters;
     blocking_loop(blocking, &waits, || {
         let mut t = settle::lock(reg);
-        let Ok(slot) = t.pipe_or_insert(x.pipe) else {
-            let c = &counters.copy_fallbacks_registry_full;
-            return fallback_copy(reg, c, x.fd_in, x.off_in, x.fd_out, x.len);
-        };
-        let route = record(&mut t, slot, x);
+        let mut placed = place(&mut t, x);
+        if placed.1 == Route::Full {
+            // A table full of records nobody needs any more is reclaimed first.
+            drop(t);
+            let swept = sweep::for_room(reg);
+            t = settle::lock(reg);
+            if swept {
+                placed = place(&mut t, x);
+            }
+        }
+        let (slot, route) = placed;
         let r = match route {
             Route::Recorded | Route::Refused => splice_nonblocking(),
-            Route::Copy(cause) => {
-                count_fallback(counters, cause);
+            Route::SharedMapping | Route::Full => {
+                count_fallback(
+                    counters,
+                    if route == Route::Full {
+                        &counters.copy_fallbacks_registry_full
+                    } else {
+                        &counters.copy_fallbacks_shared_mapping
+                    },
+                );
                 copy_into_pipe(x.fd_in, x.off_in, x.fd_out, x.len)
             }
         };
         let errno = sys::errno();
-        t.commit(slot, r.max(0) as u64);
+        if let Some(slot) = slot {
+            t.commit(slot, r.max(0) as u64);
+            if r > 0 {
+                t.add_holder(slot, sys::getpid(), x.fd_out);
+                lifetime::noticed(x.fd_out);
+            }
+        }
         if r > 0 {
-            t.add_holder(slot, sys::getpid(), x.fd_out);
             counters.splices.fetch_add(1, Ordering::Relaxed);
             let kind = match route {
-                Route::Copy(_) => &counters.bytes_copy_path,
+                Route::SharedMapping | Route::Full => &counters.bytes_copy_path,
                 Route::Recorded | Route::Refused => &counters.bytes_zero_copy,
             };
             kind.fetch_add(r as u64, Ordering::Relaxed);
@@ -142,9 +162,16 @@ pub fn file_to_pipe(x: FileToPipe) -> isize {
     })
 }
 
+/// Finds or makes the pipe's record and records the intent of `x` in it.
+fn place(t: &mut Tables<'static>, x: FileToPipe) -> (Option<PipeSlot>, Route) {
+    match t.pipe_or_insert(x.pipe) {
+        Ok(slot) => (Some(slot), record(t, slot, x)),
+        Err(_) => (None, Route::Full),
+    }
+}
+
 /// Records the intent of `x` in pipe `slot` (under the lock), or says why it cannot be.
 fn record(t: &mut Tables<'static>, slot: PipeSlot, x: FileToPipe) -> Route {
-    let counters = t.counters();
     // A pipe never holds more than its capacity: older stream bytes were consumed.
     // (Cheap: F_GETPIPE_SZ takes no lock; FIONREAD would wait for a running reader.)
     let cap = pipe::capacity(x.fd_out) as u64;
@@ -159,7 +186,7 @@ fn record(t: &mut Tables<'static>, slot: PipeSlot, x: FileToPipe) -> Route {
         return Route::Refused;
     };
     if t.has_shared_writable_map(x.file) {
-        return Route::Copy(&counters.copy_fallbacks_shared_mapping);
+        return Route::SharedMapping;
     }
     let intent = Intent {
         file: x.file,
@@ -177,7 +204,7 @@ fn record(t: &mut Tables<'static>, slot: PipeSlot, x: FileToPipe) -> Route {
     }
     match pushed {
         Ok(()) => Route::Recorded,
-        Err(_) => Route::Copy(&counters.copy_fallbacks_registry_full),
+        Err(_) => Route::Full,
     }
 }
 
@@ -188,42 +215,38 @@ fn count_fallback(c: &Counters, cause: &AtomicU64) {
     cause.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The copy path when a splice cannot be recorded: counted (in all and under its
-/// `cause`), never an error for the caller.
-fn fallback_copy(
-    reg: &Registry,
-    cause: &AtomicU64,
-    fd_in: i32,
-    off_in: *mut i64,
-    fd_out: i32,
-    len: usize,
-) -> isize {
-    let c = &reg.header().counters;
-    count_fallback(c, cause);
-    let r = copy_into_pipe(fd_in, off_in, fd_out, len);
-    if r > 0 {
-        c.bytes_copy_path.fetch_add(r as u64, Ordering::Relaxed);
-    }
-    r
-}
-
 /// The copy path: reads up to `len` bytes of the file into fresh private pages and
 /// gifts-free `vmsplice`s them into the pipe (non-blocking), advancing the file offset
 /// (or `*off_in`) by what the pipe took. The pipe never sees a page-cache page.
 pub fn copy_into_pipe(fd_in: i32, off_in: *mut i64, fd_out: i32, len: usize) -> isize {
+    if len == 0 {
+        return 0;
+    }
+    // The kernel's own checks, in its order: an end not open for reading (or writing),
+    // an `O_PATH` fd, is `EBADF` before anything moves.
+    let (fl_in, fl_out) = (status_flags(fd_in), status_flags(fd_out));
+    if fl_in & libc::O_PATH != 0
+        || fl_in & libc::O_ACCMODE == libc::O_WRONLY
+        || fl_out & libc::O_PATH != 0
+        || fl_out & libc::O_ACCMODE == libc::O_RDONLY
+    {
+        sys::set_errno(libc::EBADF);
+        return -1;
+    }
     let start = if off_in.is_null() {
         current_offset(fd_in)
     } else {
         user_offset(off_in)
     };
     let Some(start) = start else {
-        // Let the kernel produce the errno the real call would give.
+        // An unreadable offset pointer or an fd without an offset: the kernel refuses
+        // the call the same way (EFAULT, ESPIPE, ...) before it moves anything.
         return raw_splice(
             fd_in,
             off_in,
             fd_out,
             std::ptr::null_mut(),
-            0,
+            len,
             libc::SPLICE_F_NONBLOCK,
         );
     };
@@ -312,11 +335,18 @@ pub fn pipe_to_pipe(
             None => t.find_pipe(dst),
         };
         if let Some(s) = carrying {
+            lifetime::noticed(fd_in);
             let from = t.pipe(s).bytes_in.saturating_sub(src_pending);
             let carried = dst_slot.is_some_and(|d| t.carry(s, from, len as u64, d).is_ok());
             if !carried {
                 // No room to follow the bytes: make the source's bytes private instead.
-                settle::handle(&mut t, s, Scope::Whole, Action::Settle, &mut Conflicts::default());
+                settle::handle(
+                    &mut t,
+                    s,
+                    Scope::Whole,
+                    Action::Settle,
+                    &mut Conflicts::default(),
+                );
             }
         }
         let r = call(nb);
@@ -325,6 +355,7 @@ pub fn pipe_to_pipe(
             t.commit(d, r.max(0) as u64);
             if r > 0 {
                 t.add_holder(d, sys::getpid(), fd_out);
+                lifetime::noticed(fd_out);
             }
         }
         sys::set_errno(errno);
@@ -402,6 +433,7 @@ pub fn write_into_pipe(
                 let errno = sys::errno();
                 if let Some(slot) = t.find_pipe(key) {
                     t.commit(slot, r.max(0) as u64);
+                    lifetime::noticed(fd);
                 }
                 sys::set_errno(errno);
                 r

@@ -5,6 +5,7 @@ use std::cell::Cell;
 
 thread_local! {
     static INSIDE: Cell<bool> = const { Cell::new(false) };
+    static IN_VFORK_CHILD: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Proof that this thread entered the shim; leaving happens on drop.
@@ -32,11 +33,11 @@ impl Drop for Inside {
 
 /// The calling thread's shim state, packed in a word that a `vfork` trampoline keeps in
 /// a register (the child runs on the parent's stack and memory, so it cannot be kept
-/// there): today only the "inside the shim" flag.
+/// there): the "inside the shim" flag (bit 0) and the "vfork child" flag (bit 1).
 pub fn save_thread_state() -> u64 {
-    INSIDE
-        .try_with(|inside| u64::from(inside.get()))
-        .unwrap_or(0)
+    let inside = INSIDE.try_with(Cell::get).unwrap_or(false);
+    let child = IN_VFORK_CHILD.try_with(Cell::get).unwrap_or(false);
+    u64::from(inside) | u64::from(child) << 1
 }
 
 /// Puts back what [`save_thread_state`] saved, whatever a `vfork` child that ran on this
@@ -44,6 +45,19 @@ pub fn save_thread_state() -> u64 {
 /// the flag it set).
 pub fn restore_thread_state(saved: u64) {
     let _ = INSIDE.try_with(|inside| inside.set(saved & 1 != 0));
+    let _ = IN_VFORK_CHILD.try_with(|child| child.set(saved & 2 != 0));
+}
+
+/// Marks this thread's memory as borrowed by a `vfork` child, until its parent restores
+/// its state: the child has its own fd table and pid, so per-process hints of the parent
+/// must not follow what the child does.
+pub fn vfork_child_starts() {
+    let _ = IN_VFORK_CHILD.try_with(|child| child.set(true));
+}
+
+/// True in a `vfork` child (running on its parent's memory).
+pub fn in_vfork_child() -> bool {
+    IN_VFORK_CHILD.try_with(Cell::get).unwrap_or(false)
 }
 
 /// Runs `f` and restores `errno` afterwards, so the shim's own calls never leak an errno.

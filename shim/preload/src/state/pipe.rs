@@ -169,59 +169,147 @@ pub fn reopen(pid: i32, fd: i32, key: FileKey, flags: i32) -> Result<i32, i32> {
     }
 }
 
-/// Formats `/proc/<pid>/fd/<fd>\0` into `buf` without allocating (signal handlers reach this).
+/// Formats `/proc/<pid>/fd/<fd>\0` (or `/proc/<pid>/fd\0` for a negative `fd`) into
+/// `buf` without allocating (signal handlers reach this).
 fn proc_fd_path(buf: &mut [u8; 48], pid: i32, fd: i32) -> &[u8] {
-    fn put(buf: &mut [u8], at: &mut usize, s: &[u8]) {
-        if let Some(dst) = buf.get_mut(*at..*at + s.len()) {
-            dst.copy_from_slice(s);
-            *at += s.len();
-        }
-    }
-    fn put_num(buf: &mut [u8], at: &mut usize, mut n: u32) {
-        let mut digits = [0u8; 10];
-        let mut i = digits.len();
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (n % 10) as u8;
-            i -= 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        put(buf, at, digits.get(i..).unwrap_or_default());
-    }
     let mut at = 0;
-    put(buf, &mut at, b"/proc/");
-    put_num(buf, &mut at, pid as u32);
-    put(buf, &mut at, b"/fd/");
-    put_num(buf, &mut at, fd as u32);
-    put(buf, &mut at, b"\0");
+    let mut put = |s: &[u8]| {
+        if let Some(dst) = buf.get_mut(at..at + s.len()) {
+            dst.copy_from_slice(s);
+            at += s.len();
+        }
+    };
+    let mut digits = [0u8; 12];
+    put(b"/proc/");
+    put(decimal(&mut digits, pid as u32)
+        .split_last()
+        .map_or(&[], |(_, d)| d));
+    if fd < 0 {
+        put(b"/fd\0");
+    } else {
+        put(b"/fd/");
+        put(decimal(&mut digits, fd as u32));
+    }
     buf.get(..at).unwrap_or_default()
 }
 
 /// Scans `/proc/*/fd` for any process holding pipe (or FIFO) `key` and opens it.
 /// Slow (looks at every process's fd table); used only when no recorded holder is left.
 pub fn open_by_scan(key: FileKey) -> Option<i32> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let procs = std::fs::read_dir("/proc").ok()?;
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for f in fds.flatten() {
-            // stat follows the link to the object: same for anonymous pipes and FIFOs.
-            let is_it = std::fs::metadata(f.path())
-                .is_ok_and(|m| m.file_type().is_fifo() && m.dev() == key.dev && m.ino() == key.ino);
-            let fd = f.file_name().to_str().and_then(|s| s.parse::<i32>().ok());
-            if let (true, Some(fd)) = (is_it, fd) {
-                if let Some(opened) = open_via(pid, fd, key) {
-                    return Some(opened);
-                }
+    let mut opened = None;
+    scan_fds(|pid, fd, found| {
+        if found == key {
+            opened = open_via(pid, fd, key);
+        }
+        opened.is_none()
+    });
+    opened
+}
+
+/// For each of `keys`, a process and fd that hold that pipe, if any process does
+/// (`found[i]` for `keys[i]`): one pass over every process's fd table.
+pub fn find_holders(keys: &[FileKey], found: &mut [Option<(i32, i32)>]) {
+    let mut missing = keys.len().min(found.len());
+    scan_fds(|pid, fd, key| {
+        for (k, slot) in keys.iter().zip(found.iter_mut()) {
+            if *k == key && slot.is_none() {
+                *slot = Some((pid, fd));
+                missing -= 1;
             }
         }
+        missing > 0
+    });
+}
+
+/// Calls `each(pid, fd, key)` for every fd of every process that is a pipe or FIFO, until
+/// it returns false. Allocation-free (raw `getdents64` into stack buffers): the hooks
+/// that reach it may run in a signal handler.
+fn scan_fds(mut each: impl FnMut(i32, i32, FileKey) -> bool) {
+    let Ok(procs) = sys::open(
+        b"/proc\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    ) else {
+        return;
+    };
+    let mut go_on = true;
+    for_each_number(procs, |pid| {
+        let mut buf = [0u8; 48];
+        let path = proc_fd_path(&mut buf, pid, -1);
+        if let Ok(fds) = sys::open(
+            path,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            0,
+        ) {
+            for_each_number(fds, |fd| {
+                let mut name = [0u8; 12];
+                let name = decimal(&mut name, fd as u32);
+                // SAFETY: `name` is NUL-terminated; fstatat follows the fd's link to the
+                // object it refers to.
+                let st = unsafe { sys::fstatat(fds, name.as_ptr().cast(), 0) };
+                if let Ok(st) = st {
+                    if st.st_mode & libc::S_IFMT == libc::S_IFIFO {
+                        let key = FileKey {
+                            dev: st.st_dev,
+                            ino: st.st_ino,
+                        };
+                        go_on = each(pid, fd, key);
+                    }
+                }
+                go_on
+            });
+            sys::close(fds);
+        }
+        go_on
+    });
+    sys::close(procs);
+}
+
+/// Calls `each(n)` for every entry of directory `dir` whose name is a decimal number,
+/// until it returns false.
+fn for_each_number(dir: i32, mut each: impl FnMut(i32) -> bool) {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: the kernel writes at most `buf.len()` bytes of dirents into `buf`.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+        let mut at = 0usize;
+        // struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name[].
+        while let Some(&[lo, hi]) = buf.get(at + 16..at + 18).filter(|_| at < n as usize) {
+            let reclen = u16::from_ne_bytes([lo, hi]) as usize;
+            let name = buf.get(at + 19..at + reclen).unwrap_or_default();
+            let name = name.split(|&b| b == 0).next().unwrap_or_default();
+            let number = std::str::from_utf8(name).ok().and_then(|s| s.parse().ok());
+            if let Some(number) = number {
+                if !each(number) {
+                    return;
+                }
+            }
+            if reclen == 0 {
+                return;
+            }
+            at += reclen;
+        }
     }
-    None
+}
+
+/// Writes `n` in decimal, NUL-terminated, into `buf`; returns the digits and the NUL.
+fn decimal(buf: &mut [u8; 12], mut n: u32) -> &[u8] {
+    let mut i = buf.len() - 1;
+    if let Some(last) = buf.last_mut() {
+        *last = 0;
+    }
+    loop {
+        i -= 1;
+        if let Some(d) = buf.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    buf.get(i..).unwrap_or_default()
 }
