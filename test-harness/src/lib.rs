@@ -503,35 +503,46 @@ pub enum Mutation {
     FreopenW,
     /// `freopen64(path, "w", stream)` then `fclose`.
     Freopen64W,
-    /// Issue 3: `mmap(MAP_SHARED, PROT_WRITE)` after the splice, store 16 `B`s at 100.
+    /// `mmap(MAP_SHARED, PROT_WRITE)` after the splice, store 16 `B`s at 100.
     MmapSharedStore,
-    /// Issue 3: a `MAP_SHARED` writable mapping made *before* the splice, stored to after.
+    /// A `MAP_SHARED` writable mapping made *before* the splice, stored to after.
     MmapEarlyStore,
-    /// Issue 3: `copy_file_range` of 16 bytes from another file to offset 100.
+    /// `copy_file_range` of 16 bytes from another file to offset 100.
     CopyFileRange,
-    /// Issue 3: `sendfile` of 16 bytes from another file to offset 100 (via `lseek`).
+    /// `sendfile` of 16 bytes from another file to offset 100 (via `lseek`).
     SendfileInto,
-    /// Issue 3: `splice` of 16 bytes from a fresh pipe to `off_out` 100.
+    /// `splice` of 16 bytes from a fresh pipe to `off_out` 100.
     SpliceInto,
-    /// Issue 3: `ioctl(FICLONE)` from another file (unsupported on ext4).
+    /// `ioctl(FICLONE)` from another file (unsupported on ext4).
     Ficlone,
-    /// Issue 3: `fopen(path, "r+")`, `fseek(100)`, `fwrite` 16 `B`s, `fclose`.
+    /// `fopen(path, "r+")`, `fseek(100)`, `fwrite` 16 `B`s, `fclose`.
     StdioFwrite,
-    /// Issue 3: like `stdio-fwrite` with `fputs`.
+    /// Like `stdio-fwrite` with `fputs`.
     StdioFputs,
-    /// Issue 3: like `stdio-fwrite` with `fprintf`.
+    /// Like `stdio-fwrite` with `fprintf`.
     StdioFprintf,
 }
 
+/// Which way a mutation reaches the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// No change at all.
+    Nothing,
+    /// A call on the file itself: write, fallocate, truncate, a truncating open.
+    FileCall,
+    /// Another path: shared mappings, copies into the file, clone ioctls, stdio.
+    OtherPath,
+}
+
 impl Mutation {
-    /// The issue whose hooks must protect against this mutation (2 or 3; 0 for `none`).
-    pub fn issue(self) -> u32 {
+    /// The way this mutation reaches the file.
+    pub fn family(self) -> Family {
         use Mutation::*;
         match self {
-            None => 0,
+            None => Family::Nothing,
             MmapSharedStore | MmapEarlyStore | CopyFileRange | SendfileInto | SpliceInto
-            | Ficlone | StdioFwrite | StdioFputs | StdioFprintf => 3,
-            _ => 2,
+            | Ficlone | StdioFwrite | StdioFputs | StdioFprintf => Family::OtherPath,
+            _ => Family::FileCall,
         }
     }
 }

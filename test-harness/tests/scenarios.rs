@@ -25,8 +25,8 @@ use std::time::Duration;
 use splicecow_test_harness::{
     all_values, compare, domain_stats, find_program, inode, library_path, pipe, queued_in_pipes_of,
     run_piped, run_with_timeout, strip_shim_env, target_dir, value_name, wait_for_fionread,
-    wait_with_timeout, Api, Mutation, Mutator, Protection, ScenarioReport, TempDomain, TempFile,
-    DEFAULT_SPLICE_LEN,
+    wait_with_timeout, Api, Family, Mutation, Mutator, Protection, ScenarioReport, TempDomain,
+    TempFile, DEFAULT_SPLICE_LEN,
 };
 
 /// How long one scenario process may take.
@@ -197,25 +197,28 @@ fn report_table(name: &str, rows: &[Row]) {
     eprintln!("{name} ({}):\n{md}", path.display());
 }
 
-/// Mutation kinds whose hooks belong to the given issue.
-fn mutations_of(issue: u32) -> Vec<Mutation> {
+/// Mutation kinds of one family.
+fn mutations_of(family: Family) -> Vec<Mutation> {
     all_values::<Mutation>()
         .into_iter()
-        .filter(|m| m.issue() == issue)
+        .filter(|m| m.family() == family)
         .collect()
 }
 
-/// Issue 2: every splice API x every write/fallocate/truncate/truncating-open mutation x
-/// mutator in the same and in another process.
+/// Every splice API x every write/fallocate/truncate/truncating-open mutation x mutator
+/// in the same and in another process.
 #[test]
-fn issue2_matrix() {
-    run_matrix(&mutations_of(2), "scenario-table");
+fn file_call_matrix() {
+    run_matrix(&mutations_of(Family::FileCall), "scenario-table");
 }
 
-/// Issue 3: shared mappings, copies into the file, clone ioctls, stdio.
+/// Shared mappings, copies into the file, clone ioctls, stdio.
 #[test]
-fn issue3_paths() {
-    run_matrix(&mutations_of(3), "scenario-table-issue3");
+fn other_path_matrix() {
+    run_matrix(
+        &mutations_of(Family::OtherPath),
+        "scenario-table-other-paths",
+    );
 }
 
 /// No mutation: 1 MiB through every API and a protected `cat` is exact.

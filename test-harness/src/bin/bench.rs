@@ -1,4 +1,4 @@
-//! `bench`: splicecow's benchmarks, run side by side in one go (issue 6).
+//! `bench`: splicecow's benchmarks, run side by side in one go.
 //!
 //! ```text
 //! bench [--quick] [--json PATH]
@@ -766,7 +766,7 @@ fn parent_main(args: &[String]) -> R<()> {
                 println!(
                     "usage: bench [--quick] [--json PATH]\n\n\
                      Benchmarks splicecow side by side (throughput, hook cost, conflict cost,\n\
-                     scale, start cost) and prints tables with the goals of issue 6.\n\
+                     scale, start cost) and prints tables with their goals.\n\
                      --quick      small sizes and few repetitions (< 60 s)\n\
                      --json PATH  also write machine-readable results to PATH\n\
                      --no-pin     do not pin the throughput writer/reader to CPUs 0/1\n\

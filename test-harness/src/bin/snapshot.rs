@@ -1,4 +1,4 @@
-//! `snapshot`: issue 7, `MAP_PRIVATE` file mappings as true snapshots
+//! `snapshot`: `MAP_PRIVATE` file mappings as true snapshots
 //! (`SPLICECOW_PRIVATE_SNAPSHOTS=1`). `tests/snapshots.rs` runs every subcommand without
 //! the shim, with the shim but without the option, and with the option, and compares.
 //!
@@ -54,7 +54,7 @@ const FORK_TIMEOUT: Duration = Duration::from_secs(3);
 const CHILD_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Parser, Debug)]
-#[command(about = "MAP_PRIVATE mappings as snapshots: differential cases (issue 7)")]
+#[command(about = "MAP_PRIVATE mappings as snapshots: differential cases")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
