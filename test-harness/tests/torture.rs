@@ -150,6 +150,22 @@ fn stress_30s_with_faults() {
     assert_eq!(n("errors"), 0, "a call returned a wrong value: {context}");
     assert!(n("kills") > 0, "no fault was injected: {context}");
     assert!(n("bytes_verified") > 0, "nothing was verified: {context}");
+    // The workers aimed at particular holes ran: children started on the threads' own
+    // memory, relays that waited before their bytes came, kills inside paused registry
+    // updates, and the quiet victim's checks after them.
+    let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let children: u64 = report["children"]
+        .as_object()
+        .map_or(0, |kinds| kinds.values().map(count).sum());
+    assert!(children > 0, "no child was started: {context}");
+    for key in [
+        "relay_rounds_waited",
+        "relay_bytes_verified",
+        "kills_paused",
+        "quiet_checks",
+    ] {
+        assert!(count(&report[key]) > 0, "{key} is 0: {context}");
+    }
     let takeover = report["max_lock_takeover_ms"].as_f64().unwrap_or(f64::MAX);
     assert!(
         takeover < 1000.0,

@@ -4,58 +4,119 @@
 //! # Layout
 //!
 //! The parent (`stress [OPTIONS]`, never preloaded itself) creates a run directory under
-//! `/var/tmp` holding `--files` data files (`f<k>`, a known pattern), a *model* of each
-//! (`m<k>`: the content the file must have), one lock file per data file (`l<k>`), a
-//! side file (source of `copy_file_range`) and a *status page* (`status`, a small
-//! shared-memory table of atomic words: stop flag, kill counter, channel generations,
-//! counters and one progress slot per worker thread). It then re-executes itself as
-//! `stress worker ...` with the shim preloaded (one fresh domain for the whole run):
+//! `/var/tmp` holding `--files` shared data files (`f<k>`, a known pattern), after them
+//! the relay worker's file and the quiet victim's files (one per pause point), a *model*
+//! of each (`m<k>`: the content the file must have), one lock file per data file
+//! (`l<k>`), a side file (source of `copy_file_range`) and a *status page* (`status`, a
+//! small shared-memory table of atomic words: stop flag, kill counters, channel
+//! generations, counters and one progress slot per worker thread). It then re-executes
+//! itself as `stress worker ...` with the shim preloaded, in three fresh domains: the
+//! *main* domain, where everything below happens unless said otherwise, the *relay*
+//! domain and the *quiet* domain.
 //!
-//! - **producers** (the first with 2 threads): each thread owns two *channels* (FIFOs)
-//!   and a private staging pipe. Under the data file's `flock` it reads the bytes it is
-//!   about to move (`pread`: the file's content at that moment, which no one can change
-//!   while the lock is held), appends an INTENT record with those exact bytes to the
-//!   channel's log, moves them (`splice` with/without offset, `sendfile`, `splice` into
-//!   the staging pipe then `tee` + pipe→pipe `splice`, or a `write`/`writev` header), and
-//!   appends a DONE record with the count the call returned. It also mutates files.
-//! - **consumers** (threads, one channel each): read the FIFO (`read`, or `splice` into a
-//!   private sink file) and compare every byte with the records of the channel's log.
+//! - **producers** (the first with 2 threads): each thread owns two *channels* (FIFOs or
+//!   anonymous pipes) and a private staging pipe. Under the data file's `flock` it reads
+//!   the bytes it is about to move (`pread`: the file's content at that moment, which no
+//!   one can change while the lock is held), appends an INTENT record with those exact
+//!   bytes to the channel's log, moves them (`splice` with/without offset, `sendfile`,
+//!   `splice` into the staging pipe then `tee` + pipe→pipe `splice`, or a `write`/`writev`
+//!   header), and appends a DONE record with the count the call returned. It also
+//!   mutates files and, now and then, starts a child (below).
+//! - **consumers** (threads, one channel each): read the channel (`read`, or `splice` into
+//!   a private sink file) and compare every byte with the records of the channel's log.
 //! - **mutators** (the first with 2 threads): under the file lock, apply a random
 //!   mutation (pwrite, write, pwritev, punch hole, zero range, collapse/insert range,
 //!   ftruncate down and back up, truncate by path, open `O_TRUNC` + rewrite, a store
 //!   through a `MAP_SHARED` mapping, `copy_file_range`) to the data file and the same
 //!   change, by plain `pread`/`pwrite`/`ftruncate`, to its model; the model is compared
-//!   with the file regularly and at every splice.
+//!   with the file regularly and at every splice. They start children too.
+//! - **children** ([`spawn_child`], about 1 % of a producer's or mutator's operations,
+//!   interleaved with the thread's own splices and mutations), the way CPython's
+//!   `subprocess` and shells start them: `vfork` whose child `dup2`s, `close`s and
+//!   `execve`s `/bin/true`; `vfork` whose child `write`s into an error pipe and `_exit`s;
+//!   `vfork` whose `execve` fails and which reports the errno through the pipe;
+//!   `vfork` whose child `pwrite`s into a data file (a modelled mutation, made on the
+//!   parent's memory) before `execve`; `clone(CLONE_VM | CLONE_VFORK)` + `execve`;
+//!   `posix_spawn` with file actions. The child's exit status and error-pipe bytes are
+//!   checked. A child runs on its parent thread's memory, thread-local storage included:
+//!   if it leaves the thread's shim state wrong (an "inside the shim" flag set by an
+//!   `execve` hook that never returned), the thread's later hooks call straight through,
+//!   and its next splices and mutations make the consumers or the model see changed
+//!   bytes.
+//! - **relay** (one worker in the relay domain, [`relay_main`]): a feeder thread and two
+//!   relay threads, one forwarding with a blocking pipe→pipe `splice`, one with a
+//!   blocking `tee` plus a `read` that drains the source. Each round ([`relay_round`])
+//!   first rewrites the domain's only file (`O_TRUNC`), which leaves nothing live in the
+//!   domain, starts the relay's call on an empty source pipe and waits until the relay
+//!   thread sleeps in it, only then splices a range of the file into the source (logged
+//!   like any producer's transfer), and once the bytes are past the relay overwrites part
+//!   of that range. The relay forwards straight into a channel, or into a private pipe
+//!   whose bytes the feeder splices into the channel only after the overwrite (so the
+//!   consumer cannot read them first). The channel's consumer verifies the relayed bytes
+//!   like any others. The relay domain has a domain of its own because the main one is
+//!   never idle: a relay there never starts its call with nothing live.
+//! - **victim** (only with `--faults`; a producer of the main domain with a test pause,
+//!   [`ProducerStyle::victim`]): its incarnations take the points of
+//!   `SPLICECOW_TEST_PAUSE=POINT:US` in turn (`record`, `commit`, `retire`, `holder`:
+//!   inside a registry update; `settle`: between drain and refill), each pausing with the
+//!   registry lock held. Every transfer goes through the other of two descriptors of its
+//!   channel (a new holder each time), a quarter start at the end of the file (the intent
+//!   is dropped at commit), and 30 % of its operations are mutations (settles).
+//! - **quiet victim** (only with `--faults`; alone in the quiet domain,
+//!   [`quiet_victim_main`]): pauses at the same points in turn, in calls built to reach
+//!   them ([`torn_update_attempt`]), and each incarnation starts by checking, for each of
+//!   its files, that a later process of the domain is still protected
+//!   ([`protection_check`]: splice, retire what the killed incarnations left recorded,
+//!   overwrite, read back). In the main domain a count torn one too low cannot show:
+//!   other segments are always live there, so it never reaches zero.
 //!
 //! So the contract is checked exactly: each byte a consumer reads must be the byte the
 //! file held when the producer's splice returned, although mutations run right after it.
 //!
 //! # Faults
 //!
-//! With `--faults` the parent SIGKILLs random workers (`--kill-rate` per second) and
-//! restarts them. A worker's death ends the *generation* of each of its channels: the
-//! surviving side finishes it (a consumer verifies everything delivered up to EOF) and
-//! both sides move on to a fresh FIFO. One extra mutator (the *victim*) runs with
-//! `SPLICECOW_TEST_PAUSE=settle:2000`: a quarter of the kills are aimed at it
-//! while it sleeps inside a settle (found by stopping it and reading
-//! `/proc/<pid>/task/*/syscall`: the shim is the only code that uses `SYS_nanosleep`),
-//! which also kills it while it holds the registry lock; a probe process then measures
-//! how long the next registry operation takes (lock takeover).
+//! With `--faults` the parent SIGKILLs random workers of `--kill-roles` (`--kill-rate`
+//! per second) and restarts them. A worker's death ends the *generation* of each of its
+//! channels: the surviving side finishes it (a consumer verifies everything delivered up
+//! to EOF) and both sides move on to a fresh FIFO. The kills of both victims are aimed:
+//! the parent waits until the victim's slot shows it inside an operation, stops it and
+//! reads `/proc/<pid>/task/*/syscall`: the shim's pause is the only `SYS_nanosleep` in
+//! the process (Rust and glibc use `clock_nanosleep`), and the requested time, read from
+//! `/proc/<pid>/mem`, tells it from the shim's short waits for the lock. Such a kill
+//! leaves the registry lock held, in the middle of an update or a settle, and is counted
+//! per pause point; a probe process then measures how long the next registry operation
+//! of the main domain takes (lock takeover). Later operations must stay protected: the
+//! consumers, the model and the quiet victim's checks go on.
 //!
-//! A settle killed between drain and refill loses the drained bytes (the documented
-//! window). Consumers recognise it: the stream continues correctly after a gap (or ends
-//! early), and a process that mutates files was killed after those bytes were spliced.
-//! Such gaps are counted as *settle-window losses*, never as mismatches; anything else
-//! is a mismatch.
+//! The settle journal leaves a documented window: a settler killed after a `read` of the
+//! drain returned but before it stored the count loses those bytes, one killed after a
+//! write-back `write` returned but before it stored its progress has that chunk written
+//! twice by whoever finishes the settle (a SIGKILL that arrives during the system call
+//! takes effect right after it, so the window is as long as the call). Consumers
+//! recognise both: the stream continues correctly after a gap (or ends early), or after
+//! repeating up to 1 MiB it had delivered already, and a process that mutates files of
+//! the channel's domain was killed after those bytes were spliced (each domain with
+//! channels has its own kill counter). They are counted as *settle-window losses* and
+//! *repeats*, never as mismatches; anything else is a mismatch. Bytes a relay held when
+//! it was killed are never confirmed in the log (the feeder logs DONE once they are in
+//! the channel), so they are no loss either.
 //!
 //! # Watchdog
 //!
 //! Every thread publishes the operation it is in; a thread inside one operation, or a
 //! run without any progress, for `--hang-secs` is a hang: the parent prints each
 //! worker's last operation, `/proc/<pid>/task/*/{wchan,syscall,stack}` and the
-//! registry's counters, kills everything and fails.
+//! registries' counters, kills everything and fails.
+//!
+//! # Not exercised here
+//!
+//! Readers and relays outside the shim (every consumer and relay is a shimmed worker),
+//! stdio and `FICLONE` mutations, `MAP_PRIVATE` snapshots (`--private-snapshots`),
+//! detect and copy modes, and pipes grown beyond 1 MiB (settled without the journal):
+//! the scenario, fidelity, snapshot and CLI tests cover those. What splicecow does not
+//! protect at all (sockets, io_uring, raw system calls) is out of scope.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -65,6 +126,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -106,7 +168,7 @@ struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "producer,consumer,mutator,victim"
+        default_value = "producer,consumer,mutator,victim,relay,quiet-victim"
     )]
     kill_roles: Vec<String>,
     /// Shared data files.
@@ -118,9 +180,17 @@ struct RunArgs {
     /// Seconds without progress (or inside one operation) that count as a hang.
     #[arg(long, default_value_t = 20.0)]
     hang_secs: f64,
-    /// The settle pause of the victim mutator (SPLICECOW_TEST_PAUSE=settle:US).
-    #[arg(long, default_value_t = 2000)]
-    settle_pause_us: u64,
+    /// The victim's test pause (`SPLICECOW_TEST_PAUSE=POINT:US`), in microseconds.
+    #[arg(long, alias = "settle-pause-us", default_value_t = 2000)]
+    pause_us: u64,
+    /// The pause points each victim's incarnations take in turn.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = PAUSE_POINTS,
+        default_value = "record,commit,retire,holder,settle"
+    )]
+    pause_points: Vec<String>,
     /// libsplicecow.so (default: $SPLICECOW_LIB, else target/release, else target/debug).
     #[arg(long)]
     lib: Option<PathBuf>,
@@ -133,6 +203,12 @@ struct RunArgs {
     /// Skip `write`/`writev` headers into pipes (to isolate other failures).
     #[arg(long)]
     no_headers: bool,
+    /// No child processes from producers and mutators (vfork, clone, posix_spawn).
+    #[arg(long)]
+    no_spawns: bool,
+    /// No relay worker (blocking pipe->pipe splice and tee in a domain of their own).
+    #[arg(long)]
+    no_relays: bool,
     /// Channel pipes: named FIFOs, anonymous pipes (reopened by the producer through
     /// `/proc/<consumer>/fd/<n>`), or a random choice per generation.
     #[arg(long, value_parser = ["mixed", "fifo", "anon"], default_value = "mixed")]
@@ -160,8 +236,18 @@ struct WorkerArgs {
     max_size: usize,
     #[arg(long)]
     no_headers: bool,
+    #[arg(long)]
+    no_spawns: bool,
     #[arg(long, default_value = "mixed")]
     pipes: String,
+    /// The data files this worker splices from and mutates: `first..first + count`.
+    #[arg(long)]
+    own_first: usize,
+    #[arg(long)]
+    own_count: usize,
+    /// A victim's test pause point (see `SPLICECOW_TEST_PAUSE`).
+    #[arg(long)]
+    pause_point: Option<String>,
 }
 
 /// Options of `stress probe` (internal): time one registry operation after a kill.
@@ -320,8 +406,11 @@ fn pipe_capacity(fd: RawFd) -> usize {
 
 /// Word: non-zero once the parent asks everyone to finish.
 const W_STOP: usize = 0;
-/// Word: SIGKILLs the parent sent (or is about to send) to processes that mutate files.
+/// Word: SIGKILLs the parent sent (or is about to send) to processes that mutate files
+/// of the main domain.
 const W_KILLS: usize = 1;
+/// Word: the same for the relay domain (only its own processes settle its pipes).
+const W_KILLS_RELAY: usize = 2;
 /// Words: current generation of each channel.
 const W_GEN: usize = 8;
 /// Most channels.
@@ -340,7 +429,9 @@ const MAX_SLOTS: usize = 96;
 /// kind (1 FIFO, 2 anonymous pipe), pid, fd of the write end]`.
 const W_OFFER: usize = W_SLOTS + MAX_SLOTS * SLOT_WORDS;
 const OFFER_WORDS: usize = 4;
-const PAGE_WORDS: usize = W_OFFER + MAX_CHANS * OFFER_WORDS;
+/// Words: per channel, non-zero when its bytes pass through a relay (set by the parent).
+const W_RELAYED: usize = W_OFFER + MAX_CHANS * OFFER_WORDS;
+const PAGE_WORDS: usize = W_RELAYED + MAX_CHANS;
 
 // Counters.
 const C_SPLICE_OPS: usize = 0;
@@ -361,6 +452,29 @@ const C_HEADERS: usize = 14;
 const C_GENS: usize = 15;
 const C_SENDFILES: usize = 16;
 const C_SPLICE_READS: usize = 17;
+/// Children started, by [`SpawnKind`] (`C_SPAWNS + kind`).
+const C_SPAWNS: usize = 18;
+/// Mismatches on channels whose bytes pass through a relay (also in `C_MISMATCHES`).
+const C_RELAY_MISMATCHES: usize = 24;
+/// Relay rounds by [`RelayKind`] (`C_RELAY_ROUNDS + kind`).
+const C_RELAY_ROUNDS: usize = 25;
+/// Relay rounds whose relay forwarded into a private pipe first (see [`relay_round`]).
+const C_RELAY_BUFFERED: usize = 27;
+/// Relay rounds whose relay was seen asleep in its call before the producer's splice.
+const C_RELAY_WAITED: usize = 28;
+const C_RELAY_BYTES: usize = 29;
+const C_RELAY_VERIFIED: usize = 30;
+/// Protection checks by quiet-victim incarnations (see [`protection_check`]).
+const C_QUIET_CHECKS: usize = 31;
+/// Of those: checks whose pipe showed a later change (also in `C_MISMATCHES`).
+const C_QUIET_CHECK_FAILURES: usize = 32;
+/// Settle-window repeats (see [`Expect::find_repeat`]) and their bytes.
+const C_REPEATS: usize = 33;
+const C_REPEAT_BYTES: usize = 34;
+const _: () = assert!(
+    W_CNT + C_REPEAT_BYTES < W_SLOTS,
+    "counters overlap the slots"
+);
 
 // Slot words.
 const S_PID: usize = 0;
@@ -399,9 +513,13 @@ enum Op {
     OpenFifo,
     ConsumeRead,
     ConsumeSplice,
+    Spawn,
+    RelaySplice,
+    RelayTee,
+    RelayForward,
 }
 
-const OP_NAMES: [&str; 25] = [
+const OP_NAMES: [&str; 29] = [
     "idle",
     "flock",
     "splice(off)",
@@ -427,6 +545,10 @@ const OP_NAMES: [&str; 25] = [
     "open-fifo",
     "read(pipe)",
     "splice(pipe->file)",
+    "spawn-child",
+    "relay splice(pipe->pipe)",
+    "relay tee+drain",
+    "splice(relay buffer->channel)",
 ];
 
 fn op_name(code: u64) -> &'static str {
@@ -506,7 +628,15 @@ struct Slot<'a> {
     idx: usize,
 }
 
-impl Slot<'_> {
+impl<'a> Slot<'a> {
+    /// Takes slot `idx` for the calling thread.
+    fn claim(st: &'a Status, idx: usize) -> Slot<'a> {
+        st.slot(idx, S_PID)
+            .store(std::process::id() as u64, Ordering::Relaxed);
+        st.slot(idx, S_TID).store(gettid(), Ordering::Relaxed);
+        st.slot(idx, S_OP_START).store(0, Ordering::Relaxed);
+        Slot { st, idx }
+    }
     fn begin(&self, op: Op) {
         self.st
             .slot(self.idx, S_OP)
@@ -550,6 +680,15 @@ fn log_path(dir: &Path, c: usize, g: u64) -> PathBuf {
     dir.join(format!("c{c}.g{g}.log"))
 }
 const SIDE_LEN: usize = 65536;
+/// Data files after the `--files` shared ones: the relay worker's, then the quiet
+/// victim's, one per pause point (each of the two is alone in a domain of its own).
+const EXTRA_FILES: usize = 1 + PAUSE_POINTS.len();
+fn relay_file(files: usize) -> usize {
+    files
+}
+fn first_quiet_file(files: usize) -> usize {
+    files + 1
+}
 
 /// Initial content of data file `k`: the harness pattern, shifted per file.
 fn initial_byte(k: usize, i: usize) -> u8 {
@@ -672,6 +811,13 @@ struct Ctx<'a> {
     prints: usize,
     /// Consumers: `fifo`, `anon` or `mixed` (see `--pipes`).
     pipes: String,
+    /// The data files this thread splices from and mutates.
+    own: std::ops::Range<usize>,
+    /// Percent of transfers that start at the end of the file (they move nothing).
+    end_of_file_percent: usize,
+    /// The kill counter of the domain whose pipes this thread writes or reads
+    /// (`W_KILLS` or `W_KILLS_RELAY`).
+    kills_word: usize,
 }
 
 /// Holds a data file's `flock` (released on drop, or by the kernel when we die).
@@ -711,13 +857,9 @@ impl<'a> Ctx<'a> {
         }
         let side_fd = open_raw(&dir.join("side"), libc::O_RDONLY)?;
         let side = pread_full(side_fd.as_raw_fd(), 0, SIDE_LEN);
-        st.slot(slot, S_PID)
-            .store(std::process::id() as u64, Ordering::Relaxed);
-        st.slot(slot, S_TID).store(gettid(), Ordering::Relaxed);
-        st.slot(slot, S_OP_START).store(0, Ordering::Relaxed);
         Ok(Ctx {
             st,
-            slot: Slot { st, idx: slot },
+            slot: Slot::claim(st, slot),
             dir: dir.to_path_buf(),
             rng: Rng(seed ^ (slot as u64).wrapping_mul(0x1234_5678_9abc_def1)),
             data,
@@ -729,7 +871,15 @@ impl<'a> Ctx<'a> {
             name,
             prints: 0,
             pipes: String::new(),
+            own: 0..files,
+            end_of_file_percent: 3,
+            kills_word: W_KILLS,
         })
+    }
+
+    /// Kills so far of processes that mutate files of this thread's domain.
+    fn kills(&self) -> u64 {
+        self.st.get(self.kills_word)
     }
 
     /// Reports a failure on stderr (the first few per thread) and counts it.
@@ -829,31 +979,88 @@ impl<'a> Ctx<'a> {
         let _ = self.model[k].set_len(len as u64);
     }
 
-    /// One random mutation of a random file, mirrored into the model.
-    fn mutate(&mut self) {
-        let k = self.rng.below(self.data.len());
+    /// A file this thread splices from and mutates (one of `own`).
+    fn pick_file(&mut self) -> usize {
+        self.own.start + self.rng.below(self.own.len())
+    }
+
+    /// Runs `change` (given the file's fd and size) on file `k` under the file's lock,
+    /// with the file marked dirty until the model has followed; counts one mutation.
+    fn mutation(&mut self, k: usize, change: impl FnOnce(&mut Self, RawFd, usize)) {
         let _lock = self.lock(k);
         let fd = self.data[k].as_raw_fd();
         let size = file_size(fd);
-        let max = self.max_size;
-        let dirty = self.st.w(W_DIRTY + k);
+        let st = self.st;
+        let dirty = st.w(W_DIRTY + k);
         dirty.store(self.slot.idx as u64 + 1, Ordering::SeqCst);
+        change(self, fd, size);
+        dirty.store(0, Ordering::SeqCst);
+        self.slot.end();
+        st.add(C_MUT_OPS, 1);
+        if self.rng.chance(3) {
+            self.check_whole(k);
+        }
+    }
+
+    /// One random mutation of a random file, mirrored into the model.
+    fn mutate(&mut self) {
+        let k = self.pick_file();
+        self.mutation(k, |c, fd, size| c.random_change(k, fd, size));
+    }
+
+    /// `pwrite` of `len` random bytes at `off` into file `k` (lock held), and the same
+    /// into the model.
+    fn pwrite_random(&mut self, k: usize, fd: RawFd, size: usize, off: usize, len: usize) {
+        let mut buf = vec![0u8; len];
+        self.rng.fill(&mut buf);
+        self.slot.begin(Op::Pwrite);
+        // SAFETY: buf holds len bytes.
+        let r = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, off as libc::off_t) };
+        self.expect_ret("pwrite", k, r, len as isize);
+        self.model_write(k, off, &buf);
+        if off > size {
+            self.model_zero(k, size, off - size);
+        }
+    }
+
+    /// `open(O_TRUNC)` of file `k` (lock held), then `len` bytes of fresh content written
+    /// in chunks; the model follows.
+    fn rewrite_truncated(&mut self, k: usize, len: usize) {
+        let salt = self.rng.next() as usize;
+        let content: Vec<u8> = (0..len).map(|i| pattern_byte(i + salt % 100_000)).collect();
+        self.slot.begin(Op::OpenTrunc);
+        match open_raw(&data_path(&self.dir, k), libc::O_WRONLY | libc::O_TRUNC) {
+            Ok(w) => {
+                self.model_set_len(k, 0);
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(self.rng.range(4096, 262144));
+                    // SAFETY: content[done..done+n] is readable.
+                    let r =
+                        unsafe { libc::write(w.as_raw_fd(), content.as_ptr().add(done).cast(), n) };
+                    self.expect_ret("write(after O_TRUNC)", k, r, n as isize);
+                    if r <= 0 {
+                        break;
+                    }
+                    done += r as usize;
+                }
+                self.model_write(k, 0, &content[..done]);
+            }
+            Err(e) => self.fail(C_ERRORS, || format!("open(O_TRUNC) f{k}: {e}")),
+        }
+    }
+
+    /// One random change of file `k` (lock held, `size` bytes long), mirrored into the
+    /// model.
+    fn random_change(&mut self, k: usize, fd: RawFd, size: usize) {
+        let max = self.max_size;
         let pick = self.rng.below(100);
         let off = self.rng.below(size + 1);
         let small = self.rng.range(1, 16384);
         match pick {
             0..=14 => {
                 let len = small.min(max.saturating_sub(off)).max(1);
-                let mut buf = vec![0u8; len];
-                self.rng.fill(&mut buf);
-                self.slot.begin(Op::Pwrite);
-                // SAFETY: buf holds len bytes.
-                let r = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, off as libc::off_t) };
-                self.expect_ret("pwrite", k, r, len as isize);
-                self.model_write(k, off, &buf);
-                if off > size {
-                    self.model_zero(k, size, off - size);
-                }
+                self.pwrite_random(k, fd, size, off, len);
             }
             15..=24 => {
                 let len = small.min(max.saturating_sub(off)).max(1);
@@ -878,9 +1085,8 @@ impl<'a> Ctx<'a> {
                         iov_base: buf.as_mut_ptr().cast(),
                         iov_len: cut,
                     },
-                    // SAFETY: cut < len, the second iovec stays inside buf.
                     libc::iovec {
-                        iov_base: unsafe { buf.as_mut_ptr().add(cut) }.cast(),
+                        iov_base: buf[cut..].as_mut_ptr().cast(),
                         iov_len: len - cut,
                     },
                 ];
@@ -982,29 +1188,7 @@ impl<'a> Ctx<'a> {
             }
             71..=74 => {
                 let len = self.rng.range(65536, max / 2);
-                let salt = self.rng.next() as usize;
-                let content: Vec<u8> = (0..len).map(|i| pattern_byte(i + salt % 100_000)).collect();
-                self.slot.begin(Op::OpenTrunc);
-                match open_raw(&data_path(&self.dir, k), libc::O_WRONLY | libc::O_TRUNC) {
-                    Ok(w) => {
-                        self.model_set_len(k, 0);
-                        let mut done = 0;
-                        while done < len {
-                            let n = (len - done).min(self.rng.range(4096, 262144));
-                            // SAFETY: content[done..done+n] is readable.
-                            let r = unsafe {
-                                libc::write(w.as_raw_fd(), content.as_ptr().add(done).cast(), n)
-                            };
-                            self.expect_ret("write(after O_TRUNC)", k, r, n as isize);
-                            if r <= 0 {
-                                break;
-                            }
-                            done += r as usize;
-                        }
-                        self.model_write(k, 0, &content[..done]);
-                    }
-                    Err(e) => self.fail(C_ERRORS, || format!("open(O_TRUNC) f{k}: {e}")),
-                }
+                self.rewrite_truncated(k, len);
             }
             75..=84 if size > 0 => {
                 let off = off.min(size - 1);
@@ -1061,12 +1245,6 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
-        dirty.store(0, Ordering::SeqCst);
-        self.slot.end();
-        self.st.add(C_MUT_OPS, 1);
-        if self.rng.chance(3) {
-            self.check_whole(k);
-        }
     }
 }
 
@@ -1079,6 +1257,8 @@ struct Chan {
     id: usize,
     gen: Option<u64>,
     fd: Option<OwnedFd>,
+    /// The pause victim's second descriptor of the same pipe (see [`Chan::alternate`]).
+    alias: Option<OwnedFd>,
     log: Option<File>,
     seq: u64,
     /// Meta word of the next INTENT.
@@ -1086,9 +1266,35 @@ struct Chan {
 }
 
 impl Chan {
+    fn new(id: usize) -> Chan {
+        Chan {
+            id,
+            gen: None,
+            fd: None,
+            alias: None,
+            log: None,
+            seq: 0,
+            meta: 0,
+        }
+    }
     fn close(&mut self) {
         self.fd = None;
+        self.alias = None;
         self.log = None;
+    }
+    /// Swaps the descriptor transfers use with its duplicate (made on first use): the
+    /// pipe's holder then changes at every transfer, so each one rewrites the registry's
+    /// holder list.
+    fn alternate(&mut self) {
+        let Some(fd) = self.fd.as_mut() else {
+            return;
+        };
+        if self.alias.is_none() {
+            self.alias = fd.try_clone().ok();
+        }
+        if let Some(alias) = self.alias.as_mut() {
+            std::mem::swap(fd, alias);
+        }
     }
     fn raw(&self) -> RawFd {
         self.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1)
@@ -1096,6 +1302,12 @@ impl Chan {
     fn free(&self) -> usize {
         let fd = self.raw();
         pipe_capacity(fd).saturating_sub(fionread(fd))
+    }
+    /// Logs the DONE record of the open INTENT: `n` of its bytes are in the pipe.
+    fn confirm(&mut self, ctx: &Ctx, n: usize) {
+        self.log(REC_DONE, n as u64, &[]);
+        self.seq += 1;
+        ctx.st.add(C_BYTES_SENT, n as u64);
     }
     fn log(&mut self, kind: u32, aux: u64, payload: &[u8]) {
         let meta = std::mem::take(&mut self.meta);
@@ -1167,8 +1379,15 @@ fn meta(op: Op, k: usize, off: usize) -> u32 {
 fn finish(ctx: &mut Ctx, ch: &mut Chan, what: &str, r: isize, max: usize) -> usize {
     let e = errno();
     let n = r.max(0) as usize;
-    ch.log(REC_DONE, n as u64, &[]);
-    ch.seq += 1;
+    ch.confirm(ctx, n);
+    check_transfer(ctx, ch, what, r, e, max)
+}
+
+/// Checks the result `r` (with `errno` `e`) of a call that put bytes toward channel `ch`:
+/// an error is counted (`EPIPE`, its consumer died, closes the channel), and so is a
+/// count above `max`. Returns the count.
+fn check_transfer(ctx: &mut Ctx, ch: &mut Chan, what: &str, r: isize, e: i32, max: usize) -> usize {
+    let n = r.max(0) as usize;
     if r < 0 {
         if e == libc::EPIPE {
             ch.close();
@@ -1186,21 +1405,35 @@ fn finish(ctx: &mut Ctx, ch: &mut Chan, what: &str, r: isize, max: usize) -> usi
             )
         });
     }
-    ctx.st.add(C_BYTES_SENT, n as u64);
     n
 }
 
-fn producer_thread(ctx: &mut Ctx, chans: [usize; 2], headers: bool) {
-    let mut chans = chans.map(|id| Chan {
-        id,
-        gen: None,
-        fd: None,
-        log: None,
-        seq: 0,
-        meta: 0,
-    });
+/// How a producer thread behaves.
+#[derive(Debug, Clone, Copy)]
+struct ProducerStyle {
+    /// `write`/`writev` headers between the transfers.
+    headers: bool,
+    /// Children started now and then (see [`spawn_child`]).
+    spawns: bool,
+    /// The pause victim: every transfer goes through the other of two descriptors of its
+    /// channel (so it rewrites the pipe's holder list), a quarter of them start at the end
+    /// of the file (so the intent is dropped at commit), more of its operations are
+    /// mutations (settles), and it rests between operations (each pause holds the
+    /// registry lock for everyone).
+    victim: bool,
+}
+
+fn producer_thread(ctx: &mut Ctx, chans: [usize; 2], style: ProducerStyle) {
+    let mut chans = chans.map(Chan::new);
     let (s_r, s_w) = splicecow_test_harness::pipe().expect("staging pipe");
     let (s_r, s_w) = (s_r.as_raw_fd(), s_w.as_raw_fd());
+    let mut spawner = style.spawns.then(Spawner::new).flatten();
+    let mutate_percent = if style.victim {
+        ctx.end_of_file_percent = 25;
+        30
+    } else {
+        12
+    };
     while !ctx.st.stopping() {
         for ch in chans.iter_mut() {
             if ch.fd.is_none() {
@@ -1209,10 +1442,20 @@ fn producer_thread(ctx: &mut Ctx, chans: [usize; 2], headers: bool) {
                 ctx.slot.end();
             }
         }
+        if style.victim {
+            // A rest outside the shim (thread::sleep is clock_nanosleep, not the
+            // SYS_nanosleep of the shim's pauses).
+            std::thread::sleep(Duration::from_micros(ctx.rng.range(2000, 6000) as u64));
+            chans.iter_mut().for_each(Chan::alternate);
+        }
         let open: Vec<usize> = (0..2).filter(|&i| chans[i].fd.is_some()).collect();
         let pick = ctx.rng.below(100);
-        if pick < 12 {
+        if pick < mutate_percent {
             ctx.mutate();
+            continue;
+        }
+        if let Some(sp) = spawner.as_mut().filter(|_| pick == mutate_percent) {
+            spawn_child(ctx, sp);
             continue;
         }
         if open.is_empty() {
@@ -1221,7 +1464,7 @@ fn producer_thread(ctx: &mut Ctx, chans: [usize; 2], headers: bool) {
             continue;
         }
         let ci = open[ctx.rng.below(open.len())];
-        if pick < 20 && headers {
+        if pick < 20 && style.headers {
             header(ctx, &mut chans[ci]);
         } else if pick < 70 {
             direct(ctx, &mut chans[ci]);
@@ -1244,7 +1487,7 @@ fn header(ctx: &mut Ctx, ch: &mut Chan) {
         ctx.rng.next()
     );
     let bytes = text.as_bytes();
-    ch.log(REC_INTENT, ctx.st.get(W_KILLS), bytes);
+    ch.log(REC_INTENT, ctx.kills(), bytes);
     ctx.slot.begin(Op::Header);
     let r = if ctx.rng.chance(50) {
         // SAFETY: bytes is a valid buffer.
@@ -1256,9 +1499,8 @@ fn header(ctx: &mut Ctx, ch: &mut Chan) {
                 iov_base: bytes.as_ptr() as *mut _,
                 iov_len: cut,
             },
-            // SAFETY: cut < len.
             libc::iovec {
-                iov_base: unsafe { bytes.as_ptr().add(cut) } as *mut _,
+                iov_base: bytes[cut..].as_ptr() as *mut _,
                 iov_len: bytes.len() - cut,
             },
         ];
@@ -1274,11 +1516,11 @@ fn header(ctx: &mut Ctx, ch: &mut Chan) {
 /// Picks a file and a range for a transfer of at most `room` bytes; returns the lock,
 /// the file, the offset and the bytes the file holds there (what must arrive).
 fn pick_range(ctx: &mut Ctx, room: usize) -> (FileLock, usize, usize, Vec<u8>) {
-    let k = ctx.rng.below(ctx.data.len());
+    let k = ctx.pick_file();
     let lock = ctx.lock(k);
     let fd = ctx.data[k].as_raw_fd();
     let size = file_size(fd);
-    let off = if ctx.rng.chance(3) {
+    let off = if ctx.rng.chance(ctx.end_of_file_percent) {
         size
     } else {
         ctx.rng.below(size.max(1))
@@ -1308,7 +1550,7 @@ fn direct(ctx: &mut Ctx, ch: &mut Chan) {
         Op::SendfileCursor,
     ][how];
     ch.meta = meta(op, k, off);
-    ch.log(REC_INTENT, ctx.st.get(W_KILLS), &expected);
+    ch.log(REC_INTENT, ctx.kills(), &expected);
     let mut o = off as libc::loff_t;
     ctx.slot.begin(op);
     let null = std::ptr::null_mut();
@@ -1330,10 +1572,10 @@ fn direct(ctx: &mut Ctx, ch: &mut Chan) {
     ctx.slot.end();
     let n = finish(ctx, ch, OP_NAMES[op as usize], r, expected.len());
     if r >= 0 {
-        // SAFETY: lseek on our fd.
         let pos = if how.is_multiple_of(2) {
             o as i64
         } else {
+            // SAFETY: lseek on our fd.
             unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) }
         };
         if pos != (off + n) as i64 {
@@ -1393,7 +1635,7 @@ fn staged(ctx: &mut Ctx, a: &mut Chan, b: Option<&mut Chan>, s_r: RawFd, s_w: Ra
     let staged = &expected[..n.min(expected.len())];
     if let Some(b) = b {
         b.meta = meta(Op::Tee, k, off);
-        b.log(REC_INTENT, ctx.st.get(W_KILLS), staged);
+        b.log(REC_INTENT, ctx.kills(), staged);
         ctx.slot.begin(Op::Tee);
         // SAFETY: plain tee between two pipes.
         let r = unsafe { libc::tee(s_r, b.raw(), n, 0) };
@@ -1405,7 +1647,7 @@ fn staged(ctx: &mut Ctx, a: &mut Chan, b: Option<&mut Chan>, s_r: RawFd, s_w: Ra
     let mut moved = 0;
     while moved < n && a.fd.is_some() {
         a.meta = meta(Op::PipeToPipe, k, off + moved);
-        a.log(REC_INTENT, ctx.st.get(W_KILLS), &staged[moved..]);
+        a.log(REC_INTENT, ctx.kills(), &staged[moved..]);
         ctx.slot.begin(Op::PipeToPipe);
         // SAFETY: plain splice between two pipes.
         let r = unsafe {
@@ -1564,9 +1806,42 @@ impl Expect {
         }
     }
 
-    /// Drops what was already verified.
+    /// Explains the bytes `rest` received at stream position `at` (where they differ from
+    /// the expected stream) as a settle-window repeat: a settler killed between writing a
+    /// chunk back and storing its progress leaves the chunk to be written again by whoever
+    /// finishes the settle, so the stream repeats `d` bytes, then goes on. `rest` must be
+    /// the expected stream at `at - d` (`d <= MAX_GAP`; the repeat may have begun before
+    /// `at`, where the repeated bytes happened to equal the expected ones), and a process
+    /// that mutates files must have been killed after the repeated bytes were spliced.
+    fn find_repeat(&self, at: u64, rest: &[u8], kills_now: u64) -> Loss {
+        let i = self.idx(at);
+        let lo = i
+            .saturating_sub(MAX_GAP)
+            .max(self.idx(self.floor.max(self.base)));
+        let end = (i + rest.len()).saturating_sub(1).min(self.exp.len());
+        if rest.is_empty() || lo + rest.len() > end {
+            return Loss::No;
+        }
+        // The latest start first: the shortest repeat.
+        let mut found = occurrences(rest, &self.exp[lo..end])
+            .into_iter()
+            .rev()
+            .map(|q| self.base + (lo + q) as u64)
+            .filter(|&from| kills_now > self.kills_at(from));
+        match (found.next(), found.next()) {
+            (None, _) => Loss::No,
+            (Some(from), None) => Loss::Gap(at - from, from),
+            (Some(from), Some(_)) => Loss::Ambiguous(at - from, from),
+        }
+    }
+
+    /// Drops what was verified, but for the last `2 * MAX_GAP` bytes (where a loss or a
+    /// repeat found later may have begun).
     fn compact(&mut self) {
-        let done = self.idx(self.cursor).min(self.firm);
+        let done = self
+            .idx(self.cursor)
+            .min(self.firm)
+            .saturating_sub(2 * MAX_GAP);
         if done > (4 << 20) && self.open.is_none() {
             self.exp.drain(..done);
             self.firm -= done;
@@ -1578,14 +1853,14 @@ impl Expect {
     }
 }
 
-/// What [`Expect::find_loss`] makes of a difference.
+/// What [`Expect::find_loss`] or [`Expect::find_repeat`] makes of a difference.
 enum Loss {
-    /// No settle-window loss explains it.
+    /// No settle-window loss (or repeat) explains it.
     No,
-    /// A loss of `.0` bytes starting at stream position `.1`.
+    /// A loss (or repeat) of `.0` bytes from stream position `.1` on.
     Gap(u64, u64),
-    /// Losses of different lengths explain it (periodic or zero bytes): more bytes tell;
-    /// the shortest is the one given.
+    /// Losses (or repeats) of different lengths explain it (periodic or zero bytes): more
+    /// bytes tell; the shortest is the one given.
     Ambiguous(u64, u64),
 }
 
@@ -1657,9 +1932,34 @@ struct Consumer<'c, 'a> {
     gen: u64,
     log: LogReader,
     e: Expect,
+    /// The channel's bytes pass through a relay.
+    relayed: bool,
 }
 
 impl Consumer<'_, '_> {
+    fn verified(&self, n: usize) {
+        self.ctx.st.add(C_BYTES_VERIFIED, n as u64);
+        if self.relayed {
+            self.ctx.st.add(C_RELAY_VERIFIED, n as u64);
+        }
+    }
+
+    /// Counts and reports a mismatch (`msg` says where).
+    fn mismatch_found(&mut self, msg: impl FnOnce() -> String) {
+        let relayed = self.relayed;
+        if relayed {
+            self.ctx.st.add(C_RELAY_MISMATCHES, 1);
+        }
+        self.ctx.fail(C_MISMATCHES, || {
+            let msg = msg();
+            if relayed {
+                format!("{msg} (relay channel)")
+            } else {
+                msg
+            }
+        });
+    }
+
     fn refresh(&mut self) -> Result<(), String> {
         for r in self.log.poll().map_err(|e| e.to_string())? {
             self.e.apply(r)?;
@@ -1674,9 +1974,7 @@ impl Consumer<'_, '_> {
         loop {
             if let Err(e) = self.refresh() {
                 let (c, g) = (self.chan, self.gen);
-                self.ctx.fail(C_MISMATCHES, || {
-                    format!("channel {c} gen {g}: bad log: {e}")
-                });
+                self.mismatch_found(|| format!("channel {c} gen {g}: bad log: {e}"));
                 return false;
             }
             if self.e.idx(abs) < self.e.exp.len() {
@@ -1703,9 +2001,16 @@ impl Consumer<'_, '_> {
                 let _ = self.refresh();
             }
             if !self.reach(self.e.cursor) {
+                // More bytes than were sent: the end of the stream may repeat.
+                let repeat = self
+                    .e
+                    .find_repeat(self.e.cursor, &got[j..], self.ctx.kills());
+                if self.take_repeat(repeat) {
+                    continue;
+                }
                 let (c, g, at, n) = (self.chan, self.gen, self.e.cursor, got.len() - j);
                 self.ctx.st.add(C_MISMATCH_BYTES, n as u64);
-                self.ctx.fail(C_MISMATCHES, || {
+                self.mismatch_found(|| {
                     format!("MISMATCH channel {c} gen {g}: {n} bytes at stream position {at} that no producer sent")
                 });
                 self.e.cursor += n as u64;
@@ -1721,12 +2026,12 @@ impl Consumer<'_, '_> {
                 None => {
                     self.e.cursor += n as u64;
                     j += n;
-                    self.ctx.st.add(C_BYTES_VERIFIED, n as u64);
+                    self.verified(n);
                 }
                 Some(d) => {
                     self.e.cursor += d as u64;
                     j += d;
-                    self.ctx.st.add(C_BYTES_VERIFIED, d as u64);
+                    self.verified(d);
                     match self.mismatch(got, j, eof) {
                         Some(next) => j = next,
                         None => return j,
@@ -1749,11 +2054,21 @@ impl Consumer<'_, '_> {
         let _ = self.refresh();
         let rest = &got[j..];
         let i = self.e.idx(self.e.cursor);
-        let kills_now = self.ctx.st.get(W_KILLS);
+        let kills_now = self.ctx.kills();
         let at = self.e.cursor;
         let loss = self.e.find_loss(at, rest, kills_now);
-        if matches!(loss, Loss::Ambiguous(..)) && !eof && rest.len() < 2 * MAX_GAP {
+        let judge_now = eof || rest.len() >= 2 * MAX_GAP;
+        if matches!(loss, Loss::Ambiguous(..)) && !judge_now {
             return None; // judge with more bytes
+        }
+        if matches!(loss, Loss::No) {
+            let repeat = self.e.find_repeat(at, rest, kills_now);
+            if matches!(repeat, Loss::Ambiguous(..)) && !judge_now {
+                return None; // judge with more bytes
+            }
+            if self.take_repeat(repeat) {
+                return Some(j);
+            }
         }
         if let Loss::Gap(gap, from) | Loss::Ambiguous(gap, from) = loss {
             self.ctx.st.add(C_LOSSES, 1);
@@ -1806,7 +2121,7 @@ impl Consumer<'_, '_> {
         let detail = format!(
             "{detail}; the received bytes appear in the expected stream at shift {shift:?}"
         );
-        self.ctx.fail(C_MISMATCHES, || {
+        self.mismatch_found(|| {
             format!(
                 "MISMATCH channel {c} gen {g} at stream position {at}: {bad} of {} bytes differ; expected {want:02x?}, got {have:02x?}; kills so far {kills_now}; {detail}",
                 rest.len()
@@ -1816,6 +2131,25 @@ impl Consumer<'_, '_> {
         Some(got.len())
     }
 
+    /// When [`Expect::find_repeat`] found a settle-window repeat at the cursor (`repeat`),
+    /// counts it and moves the cursor back to where the repeated bytes began: they are
+    /// verified again.
+    fn take_repeat(&mut self, repeat: Loss) -> bool {
+        let at = self.e.cursor;
+        let (Loss::Gap(len, from) | Loss::Ambiguous(len, from)) = repeat else {
+            return false;
+        };
+        self.ctx.st.add(C_REPEATS, 1);
+        self.ctx.st.add(C_REPEAT_BYTES, len);
+        let (c, g) = (self.chan, self.gen);
+        eprintln!(
+            "stress: settle-window repeat on channel {c} gen {g}: {len} bytes from stream position {from} again at {at}"
+        );
+        self.e.cursor = from;
+        self.e.floor = from;
+        true
+    }
+
     /// End of stream: everything confirmed must have arrived.
     fn at_eof(&mut self) {
         let _ = self.refresh();
@@ -1823,13 +2157,13 @@ impl Consumer<'_, '_> {
         if self.e.cursor < firm {
             let missing = firm - self.e.cursor;
             let (c, g, at) = (self.chan, self.gen, self.e.cursor);
-            if self.ctx.st.get(W_KILLS) > self.e.kills_at(at) && missing as usize <= MAX_GAP {
+            if self.ctx.kills() > self.e.kills_at(at) && missing as usize <= MAX_GAP {
                 self.ctx.st.add(C_LOSSES, 1);
                 self.ctx.st.add(C_LOSS_BYTES, missing);
                 eprintln!("stress: settle-window loss on channel {c} gen {g}: last {missing} bytes missing at EOF");
             } else {
                 self.ctx.st.add(C_MISMATCH_BYTES, missing);
-                self.ctx.fail(C_MISMATCHES, || {
+                self.mismatch_found(|| {
                     format!("MISMATCH channel {c} gen {g}: EOF at {at}, {missing} sent bytes never arrived")
                 });
             }
@@ -1907,6 +2241,8 @@ fn consumer_thread(ctx: &mut Ctx, chan: usize) {
         };
         offered_w = None;
         drop(offered_w);
+        let relayed = ctx.st.get(W_RELAYED + chan) != 0;
+        ctx.kills_word = if relayed { W_KILLS_RELAY } else { W_KILLS };
         let mut c = Consumer {
             ctx: &mut *ctx,
             chan,
@@ -1926,6 +2262,7 @@ fn consumer_thread(ctx: &mut Ctx, chan: usize) {
                 cursor: 0,
                 floor: 0,
             },
+            relayed,
         };
         let raw = fd.as_raw_fd();
         // Bytes read but not judged yet (a difference is judged on 4 KiB or at EOF).
@@ -2009,16 +2346,798 @@ fn consumer_thread(ctx: &mut Ctx, chan: usize) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Worker: children, started the way CPython's subprocess, shells and others start them
+// ---------------------------------------------------------------------------------------
+
+/// How [`spawn_child`] starts a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpawnKind {
+    /// `vfork`; the child `dup2`s, `close`s and `execve`s a short program (CPython's
+    /// `_posixsubprocess`).
+    VforkExec,
+    /// `vfork`; the child `dup2`s, `close`s, `write`s a note into the error pipe and
+    /// `_exit`s without exec.
+    VforkExit,
+    /// `vfork`; the child's `execve` of a missing program fails, so it writes the errno
+    /// into the error pipe and `_exit`s (how CPython reports a failed exec).
+    VforkExecFails,
+    /// `vfork`; the child `pwrite`s into a data file (the parent holds the file's lock and
+    /// models the change), then `execve`s.
+    VforkPwriteExec,
+    /// `clone(CLONE_VM | CLONE_VFORK)` with a stack of its own, then as `VforkExec`.
+    CloneVforkExec,
+    /// `posix_spawn` with `dup2`/`close` file actions.
+    PosixSpawn,
+}
+
+/// Every kind with its weight (percent) and its name in the report.
+const SPAWN_KINDS: [(SpawnKind, usize, &str); 6] = [
+    (SpawnKind::VforkExec, 30, "vfork_exec"),
+    (SpawnKind::VforkExit, 15, "vfork_exit"),
+    (SpawnKind::VforkExecFails, 15, "vfork_exec_fails"),
+    (SpawnKind::VforkPwriteExec, 15, "vfork_pwrite_exec"),
+    (SpawnKind::CloneVforkExec, 10, "clone_vm_vfork_exec"),
+    (SpawnKind::PosixSpawn, 15, "posix_spawn"),
+];
+
+/// What a `VforkExit` child writes into the error pipe.
+const CHILD_NOTE: &[u8] = b"vfork child done";
+
+extern "C" {
+    static environ: *const *mut libc::c_char;
+    fn vfork() -> libc::pid_t;
+}
+
+/// What a `vfork`-like child does, prepared by the parent: the child runs on the parent's
+/// memory and must not allocate, so everything it needs is ready before it starts.
+struct ChildPlan {
+    /// Becomes the child's stdout.
+    stdout: RawFd,
+    /// Closed in the child (the parent's end of the error pipe).
+    close: RawFd,
+    /// The error pipe's write end (close-on-exec).
+    err: RawFd,
+    /// `execve(path, argv, envp)`; a null `path`: `_exit` without exec.
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    /// First a `pwrite` of `change_len` bytes at `change` to `change_at` of `change_fd`
+    /// (-1: none).
+    change_fd: RawFd,
+    change: *const u8,
+    change_len: usize,
+    change_at: libc::off_t,
+}
+
+/// The body of a `vfork` or `clone(CLONE_VM)` child; never returns.
+///
+/// # Safety
+/// `plan` points to a plan whose pointers are valid until the child exec'd or exited
+/// (the parent is suspended until then).
+unsafe extern "C" fn child_main(plan: *const ChildPlan) -> ! {
+    // SAFETY: see the function's contract.
+    let p = unsafe { &*plan };
+    // SAFETY: plain system calls on the plan's descriptors and buffers; nothing here
+    // allocates or touches a lock the parent might hold.
+    unsafe {
+        libc::dup2(p.stdout, 1);
+        libc::close(p.close);
+        if p.change_fd >= 0
+            && libc::pwrite(p.change_fd, p.change.cast(), p.change_len, p.change_at)
+                != p.change_len as isize
+        {
+            libc::_exit(3);
+        }
+        if p.path.is_null() {
+            libc::write(p.err, CHILD_NOTE.as_ptr().cast(), CHILD_NOTE.len());
+            libc::_exit(0);
+        }
+        libc::execve(p.path, p.argv, p.envp);
+        let e = (*libc::__errno_location()).to_le_bytes();
+        let report = [b'E', e[0], e[1], e[2], e[3]];
+        libc::write(p.err, report.as_ptr().cast(), report.len());
+        libc::_exit(127)
+    }
+}
+
+/// `vfork()`, then [`child_main`]`(plan)` in the child; in the parent, once the child
+/// exec'd or exited, the child's pid (or -1).
+///
+/// Assembly, because `vfork` returns twice on one stack: the child must write nothing at
+/// or above the caller's stack pointer, which compiled code might (it cannot know that
+/// the call returns twice). Here the plan waits in `rbx`, which the system call keeps,
+/// and the child only calls `child_main`, whose frame lies below.
+///
+/// # Safety
+/// As for [`child_main`].
+#[unsafe(naked)]
+unsafe extern "C" fn vfork_then_child(plan: *const ChildPlan) -> libc::pid_t {
+    core::arch::naked_asm!(
+        // Entry: rsp = 8 (mod 16); the push aligns it for the calls below.
+        "push rbx",
+        "mov rbx, rdi",
+        "call {vfork}",
+        "test eax, eax",
+        "jnz 2f",
+        "mov rdi, rbx",
+        "call {child}",
+        "ud2",
+        "2:",
+        "pop rbx",
+        "ret",
+        vfork = sym vfork,
+        child = sym child_main,
+    )
+}
+
+/// `clone`'s entry for a `CloneVforkExec` child.
+extern "C" fn clone_child(plan: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `spawn_child` passes a plan that outlives the child's use of it.
+    unsafe { child_main(plan.cast()) }
+}
+
+/// A thread's means to start children (made once per thread).
+struct Spawner {
+    devnull: OwnedFd,
+    /// The short program the children exec.
+    program: CString,
+    /// A program that does not exist.
+    missing: CString,
+    /// The stack of `clone(CLONE_VM)` children (zero pages until used).
+    clone_stack: Vec<u8>,
+}
+
+impl Spawner {
+    /// `None` when there is no `true` program to exec.
+    fn new() -> Option<Spawner> {
+        let program = ["/bin/true", "/usr/bin/true"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        Some(Spawner {
+            devnull: open_raw(Path::new("/dev/null"), libc::O_WRONLY).ok()?,
+            program: CString::new(program).ok()?,
+            missing: CString::new("/nonexistent/splicecow-stress-child").ok()?,
+            clone_stack: vec![0u8; 1 << 20],
+        })
+    }
+
+    /// Starts a child of `kind` as `plan` says; its pid, or -1 (errno set).
+    fn start(&mut self, kind: SpawnKind, plan: &ChildPlan) -> libc::pid_t {
+        match kind {
+            SpawnKind::CloneVforkExec => {
+                let top = self.clone_stack.as_mut_ptr_range().end as usize & !15;
+                // SAFETY: the child runs on its own stack (ours, 1 MiB, 16-aligned top)
+                // and this thread waits until it exec'd; the plan outlives that.
+                unsafe {
+                    libc::clone(
+                        clone_child,
+                        top as *mut libc::c_void,
+                        libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                        plan as *const ChildPlan as *mut libc::c_void,
+                    )
+                }
+            }
+            SpawnKind::PosixSpawn => {
+                let mut pid = 0;
+                // SAFETY: file actions built and destroyed here; argv and envp are the
+                // plan's NUL-terminated arrays.
+                let r = unsafe {
+                    let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+                    libc::posix_spawn_file_actions_init(&mut fa);
+                    libc::posix_spawn_file_actions_adddup2(&mut fa, plan.stdout, 1);
+                    libc::posix_spawn_file_actions_addclose(&mut fa, plan.close);
+                    let r = libc::posix_spawn(
+                        &mut pid,
+                        plan.path,
+                        &fa,
+                        std::ptr::null(),
+                        plan.argv as *const *mut libc::c_char,
+                        plan.envp as *const *mut libc::c_char,
+                    );
+                    libc::posix_spawn_file_actions_destroy(&mut fa);
+                    r
+                };
+                if r != 0 {
+                    // SAFETY: errno of this thread.
+                    unsafe { *libc::__errno_location() = r };
+                    return -1;
+                }
+                pid
+            }
+            // SAFETY: the plan stays valid until the child exec'd or exited, which is
+            // when vfork returns here.
+            _ => unsafe { vfork_then_child(plan) },
+        }
+    }
+}
+
+/// Waits for child `pid`; its exit code, or 128 + the signal that killed it.
+fn reap_child(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: waiting for our own child; EINTR retried.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        if errno() != libc::EINTR {
+            return -1;
+        }
+    }
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    }
+}
+
+/// Starts one child of a random kind (the thread's own splices and mutations go on
+/// around it) and checks how it ended: exit status and what it wrote into its error
+/// pipe. A thread whose shim state the child left wrong stops being protected, which the
+/// model notices at its next transfers and mutations.
+fn spawn_child(ctx: &mut Ctx, sp: &mut Spawner) {
+    let mut pick = ctx.rng.below(100);
+    let (idx, &(kind, _, name)) = SPAWN_KINDS
+        .iter()
+        .enumerate()
+        .find(|(_, &(_, weight, _))| {
+            let hit = pick < weight;
+            pick = pick.saturating_sub(weight);
+            hit
+        })
+        .unwrap_or((0, &SPAWN_KINDS[0]));
+    let Ok((err_r, err_w)) = splicecow_test_harness::pipe() else {
+        ctx.fail(C_ERRORS, || "pipe for a child's errors".to_string());
+        return;
+    };
+    let path = match kind {
+        SpawnKind::VforkExit => std::ptr::null(),
+        SpawnKind::VforkExecFails => sp.missing.as_ptr(),
+        _ => sp.program.as_ptr(),
+    };
+    let argv = [sp.program.as_ptr(), std::ptr::null()];
+    let mut plan = ChildPlan {
+        stdout: sp.devnull.as_raw_fd(),
+        close: err_r.as_raw_fd(),
+        err: err_w.as_raw_fd(),
+        path,
+        argv: argv.as_ptr(),
+        // SAFETY: reading the process's environment pointer.
+        envp: unsafe { environ } as *const *const libc::c_char,
+        change_fd: -1,
+        change: std::ptr::null(),
+        change_len: 0,
+        change_at: 0,
+    };
+    // Starts the child and waits for it: its exit code (-1: it could not be started).
+    let mut start = |c: &mut Ctx, plan: &ChildPlan| {
+        c.slot.begin(Op::Spawn);
+        let pid = sp.start(kind, plan);
+        let exit = if pid < 0 {
+            let e = io::Error::last_os_error();
+            c.fail(C_ERRORS, || format!("{name}: {e}"));
+            -1
+        } else {
+            reap_child(pid)
+        };
+        c.slot.end();
+        exit
+    };
+    let mut exit = -1;
+    if kind == SpawnKind::VforkPwriteExec {
+        let k = ctx.pick_file();
+        ctx.mutation(k, |c, fd, size| {
+            let off = c.rng.below(size + 1);
+            let len = c
+                .rng
+                .range(1, 16384)
+                .min(c.max_size.saturating_sub(off))
+                .max(1);
+            let mut buf = vec![0u8; len];
+            c.rng.fill(&mut buf);
+            (plan.change_fd, plan.change, plan.change_len) = (fd, buf.as_ptr(), len);
+            plan.change_at = off as libc::off_t;
+            exit = start(c, &plan);
+            if exit == 0 {
+                c.model_write(k, off, &buf);
+                if off > size {
+                    c.model_zero(k, size, off - size);
+                }
+            }
+        });
+    } else {
+        exit = start(ctx, &plan);
+    }
+    drop(err_w);
+    // The child is gone: what it wrote is in the pipe (any other thread's child that
+    // inherited our write end exits or execs soon; EOF is not needed).
+    // SAFETY: fcntl on our own fd.
+    unsafe { libc::fcntl(err_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let note = read_exact_fd(err_r.as_raw_fd(), 64);
+    let mut failed = [b'E', 0, 0, 0, 0];
+    failed[1..].copy_from_slice(&libc::ENOENT.to_le_bytes());
+    let (want_exit, want_note): (i32, &[u8]) = match kind {
+        SpawnKind::VforkExit => (0, CHILD_NOTE),
+        SpawnKind::VforkExecFails => (127, &failed),
+        _ => (0, &[]),
+    };
+    if exit != want_exit || note != want_note {
+        let note = String::from_utf8_lossy(&note).into_owned();
+        ctx.fail(C_ERRORS, || {
+            format!("{name} child ended with {exit} (expected {want_exit}), wrote {note:?}")
+        });
+    }
+    ctx.st.add(C_SPAWNS + idx, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Worker: relay (a domain of its own)
+// ---------------------------------------------------------------------------------------
+
+/// How a relay thread forwards bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RelayKind {
+    /// A blocking pipe→pipe `splice`.
+    Splice,
+    /// A blocking `tee`, then a `read` that drains what was teed from the source.
+    Tee,
+}
+
+impl RelayKind {
+    fn op(self) -> Op {
+        match self {
+            RelayKind::Splice => Op::RelaySplice,
+            RelayKind::Tee => Op::RelayTee,
+        }
+    }
+}
+
+/// One blocking call of a relay thread: up to `len` bytes from pipe `src` into `dst`.
+struct RelayJob {
+    src: RawFd,
+    dst: RawFd,
+    len: usize,
+}
+
+/// The feeder's handle on a relay thread.
+struct Relay {
+    kind: RelayKind,
+    /// The relay thread's status slot.
+    slot: usize,
+    jobs: mpsc::Sender<RelayJob>,
+    results: mpsc::Receiver<io::Result<usize>>,
+}
+
+impl Relay {
+    fn start(&self, job: RelayJob) {
+        let _ = self.jobs.send(job);
+    }
+    /// The result of the job started last.
+    fn result(&self) -> io::Result<usize> {
+        self.results
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("relay thread gone")))
+    }
+    /// Waits (at most 20 ms) until the relay thread sleeps inside its call; false when it
+    /// was not seen asleep.
+    fn wait_asleep(&self, st: &Status) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(20);
+        while Instant::now() < deadline {
+            if st.slot(self.slot, S_OP_START).load(Ordering::Relaxed) != 0 {
+                let tid = st.slot(self.slot, S_TID).load(Ordering::Relaxed);
+                if proc_state(&format!("/proc/self/task/{tid}/stat")) == Some('S') {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        false
+    }
+}
+
+/// A relay thread: one blocking call per job, as a relay process that waits for its
+/// input would make it.
+fn relay_thread(
+    slot: Slot,
+    kind: RelayKind,
+    jobs: mpsc::Receiver<RelayJob>,
+    results: mpsc::Sender<io::Result<usize>>,
+) {
+    for job in jobs {
+        slot.begin(kind.op());
+        let null = std::ptr::null_mut();
+        let r = loop {
+            // SAFETY: plain splice/tee between two pipes the feeder keeps open.
+            let r = unsafe {
+                match kind {
+                    RelayKind::Splice => libc::splice(job.src, null, job.dst, null, job.len, 0),
+                    RelayKind::Tee => libc::tee(job.src, job.dst, job.len, 0),
+                }
+            };
+            if r < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            break r;
+        };
+        let result = if r < 0 {
+            Err(io::Error::last_os_error())
+        } else if kind == RelayKind::Tee && read_exact_fd(job.src, r as usize).len() != r as usize {
+            Err(io::Error::other("drained fewer bytes than were teed"))
+        } else {
+            Ok(r as usize)
+        };
+        slot.end();
+        if results.send(result).is_err() {
+            break;
+        }
+    }
+}
+
+/// The `relay` worker: a feeder thread and one relay thread per [`RelayKind`], alone in
+/// a domain of their own (so that the domain has nothing live whenever the feeder says
+/// so; the main domain never rests).
+fn relay_main(st: &Status, args: &WorkerArgs) {
+    std::thread::scope(|s| {
+        let relays = [RelayKind::Splice, RelayKind::Tee]
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| {
+                let (jobs, job_rx) = mpsc::channel();
+                let (result_tx, results) = mpsc::channel();
+                let slot = args.slot_base + 1 + i;
+                s.spawn(move || relay_thread(Slot::claim(st, slot), kind, job_rx, result_tx));
+                Relay {
+                    kind,
+                    slot,
+                    jobs,
+                    results,
+                }
+            })
+            .collect::<Vec<Relay>>();
+        if let Some(mut ctx) = worker_ctx(st, args, 0) {
+            ctx.kills_word = W_KILLS_RELAY;
+            relay_feeder(&mut ctx, [args.chans[0], args.chans[1]], &relays);
+        }
+        // Dropping the job senders ends the relay threads.
+        drop(relays);
+    });
+}
+
+/// The relay worker's producer: relay rounds (see [`relay_round`]) on channel `i` through
+/// `relays[i]`, and now and then a plain mutation of its file.
+fn relay_feeder(ctx: &mut Ctx, chans: [usize; 2], relays: &[Relay]) {
+    let mut chans = chans.map(Chan::new);
+    let (src_r, src_w) = splicecow_test_harness::pipe().expect("relay source pipe");
+    let (buf_r, buf_w) = splicecow_test_harness::pipe().expect("relay buffer pipe");
+    let src = (src_r.as_raw_fd(), src_w.as_raw_fd());
+    let buf = (buf_r.as_raw_fd(), buf_w.as_raw_fd());
+    while !ctx.st.stopping() {
+        for ch in chans.iter_mut() {
+            if ch.fd.is_none() {
+                ctx.slot.begin(Op::OpenFifo);
+                producer_open(ctx, ch);
+                ctx.slot.end();
+            }
+        }
+        let open: Vec<usize> = (0..2).filter(|&i| chans[i].fd.is_some()).collect();
+        if open.is_empty() {
+            ctx.slot.heartbeat();
+            sleep_ms(2);
+            continue;
+        }
+        if ctx.rng.chance(10) {
+            ctx.mutate();
+            continue;
+        }
+        let i = open[ctx.rng.below(open.len())];
+        let buffered = ctx.rng.chance(50).then_some(buf);
+        relay_round(ctx, &mut chans[i], &relays[i], src, buffered);
+        std::thread::sleep(Duration::from_micros(ctx.rng.range(200, 1500) as u64));
+    }
+}
+
+/// One relay round:
+///
+/// 1. rewrite the domain's only file from scratch (`open(O_TRUNC)`), which settles or
+///    retires every segment of the domain: nothing is live any more;
+/// 2. start the relay's blocking call from the empty source pipe `src` into the channel,
+///    or into the private pipe `buffer` when given, and wait until it sleeps in it;
+/// 3. splice a range of the file into `src` (logged like every producer's transfer): the
+///    relay, already waiting, moves the page-cache bytes on;
+/// 4. once they are all past the relay, overwrite part of that range of the file;
+/// 5. with `buffer`, splice its bytes into the channel only now.
+///
+/// The consumer must read the bytes as they were at step 3 (the relay's destination has
+/// to be settled at step 4). With `buffer` nobody can read them before step 4; without
+/// it the consumer races with the overwrite.
+fn relay_round(
+    ctx: &mut Ctx,
+    ch: &mut Chan,
+    relay: &Relay,
+    (src_r, src_w): (RawFd, RawFd),
+    buffer: Option<(RawFd, RawFd)>,
+) {
+    let k = ctx.own.start;
+    let len = ctx.rng.range(65536, 262144);
+    ctx.mutation(k, |c, _, _| c.rewrite_truncated(k, len));
+    let dst = buffer.map_or(ch.raw(), |(_, w)| w);
+    relay.start(RelayJob {
+        src: src_r,
+        dst,
+        len: 65536,
+    });
+    if relay.wait_asleep(ctx.st) {
+        ctx.st.add(C_RELAY_WAITED, 1);
+    }
+    let (lock, k, off, expected) = pick_range(ctx, 65536);
+    ch.meta = meta(Op::Splice, k, off);
+    ch.log(REC_INTENT, ctx.kills(), &expected);
+    let mut o = off as libc::loff_t;
+    ctx.slot.begin(Op::Splice);
+    // SAFETY: o is our local; src_w is the relay's private source pipe (empty).
+    let r = unsafe {
+        libc::splice(
+            ctx.data[k].as_raw_fd(),
+            &mut o,
+            src_w,
+            std::ptr::null_mut(),
+            expected.len().max(1),
+            0,
+        )
+    };
+    ctx.slot.end();
+    // The record is confirmed once its bytes are in the channel: what the relay held
+    // when it died never arrives, and is no loss.
+    let mut n = check_transfer(ctx, ch, "splice(file->relay)", r, errno(), expected.len());
+    ctx.st.add(C_SPLICE_OPS, 1);
+    drop(lock);
+    if n == 0 {
+        // Nothing moved (end of file): one logged byte wakes the relay.
+        ch.confirm(ctx, 0);
+        let wake = b"w";
+        ch.log(REC_INTENT, ctx.kills(), wake);
+        // SAFETY: one byte into our private pipe.
+        let r = unsafe { libc::write(src_w, wake.as_ptr().cast(), 1) };
+        n = check_transfer(ctx, ch, "write(relay wake-up)", r, errno(), 1);
+    }
+    let mut moved = 0;
+    let mut result = relay.result();
+    loop {
+        match result {
+            Ok(r) if r > 0 => moved += r,
+            Ok(_) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+                ch.close();
+                break;
+            }
+            Err(e) => {
+                let kind = relay.kind;
+                ctx.fail(C_ERRORS, || format!("relay {kind:?} into channel: {e}"));
+                break;
+            }
+        }
+        if moved >= n {
+            break;
+        }
+        relay.start(RelayJob {
+            src: src_r,
+            dst,
+            len: n - moved,
+        });
+        result = relay.result();
+    }
+    let mut delivered = if buffer.is_some() { 0 } else { moved };
+    if moved == n {
+        // The change the relayed bytes must not show.
+        let at = off + ctx.rng.below(n);
+        let len = ctx.rng.range(1, n.min(16384));
+        ctx.mutation(k, |c, fd, size| c.pwrite_random(k, fd, size, at, len));
+        if let Some((buf_r, _)) = buffer {
+            delivered = forward(ctx, ch, buf_r, n);
+        }
+    }
+    ch.confirm(ctx, delivered);
+    // Whatever could not be moved on (the consumer went away) is dropped.
+    for fd in [Some(src_r), buffer.map(|(r, _)| r)].into_iter().flatten() {
+        let _ = read_exact_fd(fd, fionread(fd));
+    }
+    ctx.st.add(C_RELAY_ROUNDS + relay.kind as usize, 1);
+    ctx.st.add(C_RELAY_BUFFERED, u64::from(buffer.is_some()));
+    ctx.st.add(C_RELAY_BYTES, moved as u64);
+}
+
+/// Splices the `n` bytes of the relay's private pipe `from` into channel `ch`; returns
+/// how many went in.
+fn forward(ctx: &mut Ctx, ch: &mut Chan, from: RawFd, n: usize) -> usize {
+    let mut done = 0;
+    while done < n && ch.fd.is_some() {
+        ctx.slot.begin(Op::RelayForward);
+        // SAFETY: plain splice between two pipes.
+        let r = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                ch.raw(),
+                std::ptr::null_mut(),
+                n - done,
+                0,
+            )
+        };
+        ctx.slot.end();
+        if r < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if r <= 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EPIPE) {
+                ch.close();
+            } else {
+                ctx.fail(C_ERRORS, || format!("splice(relay buffer->channel): {e}"));
+            }
+            return done;
+        }
+        done += r as usize;
+    }
+    done
+}
+
+// ---------------------------------------------------------------------------------------
+// Worker: quiet victim (a domain of its own)
+// ---------------------------------------------------------------------------------------
+
+/// Length of each of the quiet victim's files: the victim splices from and mutates the
+/// first half; [`protection_check`] splices a range of the second half.
+const QUIET_FILE_LEN: usize = 1 << 20;
+
+/// The quiet victim: alone in its domain, it first checks that the domain still protects
+/// a splice of each of its files ([`protection_check`]: the previous incarnation may have
+/// been killed inside a registry update), then makes the registry update its pause point
+/// `point` sits in again and again ([`torn_update_attempt`]), on the file of that point
+/// (a count torn one too high by one point must not hide one torn one too low by
+/// another). The main domain cannot show a torn count: it always has other segments
+/// live, so a count one short never reaches zero there.
+fn quiet_victim_main(ctx: &mut Ctx, point: &str) {
+    for k in ctx.own.clone() {
+        protection_check(ctx, k);
+    }
+    let at = PAUSE_POINTS.iter().position(|&p| p == point).unwrap_or(0);
+    let k = ctx.own.start + at;
+    while !ctx.st.stopping() {
+        ctx.slot.heartbeat();
+        torn_update_attempt(ctx, k, point);
+        std::thread::sleep(Duration::from_micros(ctx.rng.range(500, 2000) as u64));
+    }
+}
+
+/// One splice of file `k` into a fresh pipe nobody reads, then the call that pauses at
+/// `point`, made with the slot busy (the parent's aimed kill waits for that, so the kill
+/// lands in this call's pause, not in the first splice's):
+///
+/// - `record`: a second, non-contiguous splice into the pipe (a new segment);
+/// - `commit`: a splice at the end of the file (it moves nothing: the intent is dropped);
+/// - `retire`: the pipe is read empty, then a hole is punched into the spliced range (the
+///   exact prune retires the consumed segment);
+/// - `holder`: a second splice through a duplicate of the pipe's descriptor (the holder
+///   list is rewritten);
+/// - `settle`: a `pwrite` into the spliced range (the pipe is settled).
+///
+/// Unless killed, the victim then reads the pipe empty and punches a hole over the range
+/// (the exact prune retires its segments while the pipe is still reachable: a dead pipe
+/// costs a scan of `/proc/*/fd` once found, and a full registry would take the copy
+/// path, where nothing tears).
+fn torn_update_attempt(ctx: &mut Ctx, k: usize, point: &str) {
+    let Ok((r, w)) = splicecow_test_harness::pipe() else {
+        return;
+    };
+    let fd = ctx.data[k].as_raw_fd();
+    let off = ctx.rng.below(QUIET_FILE_LEN / 4);
+    let len = ctx.rng.range(4096, 16384);
+    if splice_range(fd, off, w.as_raw_fd(), len) == 0 {
+        ctx.fail(C_ERRORS, || {
+            format!("quiet victim: splice of f{k} at {off} moved nothing")
+        });
+        return;
+    }
+    let second = off + len + ctx.rng.range(1, 4096);
+    let alias = w.try_clone();
+    let mut junk = vec![0u8; len];
+    ctx.rng.fill(&mut junk);
+    if point == "retire" {
+        let _ = read_exact_fd(r.as_raw_fd(), len);
+    }
+    let op = match point {
+        "retire" => Op::PunchHole,
+        "settle" => Op::Pwrite,
+        _ => Op::Splice,
+    };
+    ctx.slot.begin(op);
+    let done = match point {
+        "record" => splice_range(fd, second, w.as_raw_fd(), len) > 0,
+        "commit" => splice_range(fd, QUIET_FILE_LEN, w.as_raw_fd(), len) == 0,
+        "holder" => alias.is_ok_and(|a| splice_range(fd, second, a.as_raw_fd(), len) > 0),
+        "retire" => punch_hole(fd, off, len),
+        _ => pwrite_all(fd, &junk, off) == len as isize,
+    };
+    ctx.slot.end();
+    if !done {
+        let e = io::Error::last_os_error();
+        ctx.fail(C_ERRORS, || {
+            format!("quiet victim: the call paused at {point} failed: {e}")
+        });
+    }
+    retire_by_hole(fd, r.as_raw_fd(), off, second + len - off);
+}
+
+/// Reads pipe `r` empty, then punches a hole over `[off, off + len)` of `fd`, which
+/// retires the pipe's segments of that range.
+fn retire_by_hole(fd: RawFd, r: RawFd, off: usize, len: usize) {
+    let _ = read_exact_fd(r, fionread(r));
+    punch_hole(fd, off, len);
+}
+
+/// `fallocate(PUNCH_HOLE | KEEP_SIZE)` of `[off, off + len)`; whether it succeeded.
+fn punch_hole(fd: RawFd, off: usize, len: usize) -> bool {
+    // SAFETY: fallocate on our fd; plain integer arguments.
+    let r = unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    r == 0
+}
+
+/// The check each quiet-victim incarnation starts with, as a later process of a domain
+/// whose previous victim may have been killed inside a registry update: splice a range
+/// of the file's second half into a pipe, punch a hole over the whole first half (which
+/// retires everything the killed incarnations left recorded there: the domain's derived
+/// counts must still cover the new splice), overwrite part of the spliced range, and read
+/// the pipe: it must hold the bytes as they were spliced.
+fn protection_check(ctx: &mut Ctx, k: usize) {
+    let Ok((r, w)) = splicecow_test_harness::pipe() else {
+        return;
+    };
+    let fd = ctx.data[k].as_raw_fd();
+    let half = QUIET_FILE_LEN / 2;
+    let off = half + ctx.rng.below(half - 65536);
+    let len = ctx.rng.range(4096, 65536);
+    let expected = pread_full(fd, off, len);
+    // Not marked busy in the slot: the parent aims its kills at the attempts only.
+    ctx.slot.heartbeat();
+    let moved = splice_range(fd, off, w.as_raw_fd(), len);
+    let punched = punch_hole(fd, 0, half);
+    let at = off + ctx.rng.below(moved.max(1));
+    let mut junk = vec![0u8; ctx.rng.range(1, (off + moved - at).max(1))];
+    ctx.rng.fill(&mut junk);
+    let written = pwrite_all(fd, &junk, at) == junk.len() as isize;
+    if !punched || !written || moved == 0 {
+        ctx.fail(C_ERRORS, || {
+            format!("quiet victim check: punch {punched}, pwrite {written}, moved {moved}")
+        });
+    }
+    let got = read_exact_fd(r.as_raw_fd(), moved);
+    retire_by_hole(fd, r.as_raw_fd(), off, moved);
+    ctx.st.add(C_QUIET_CHECKS, 1);
+    if got[..] != expected[..moved.min(expected.len())] {
+        let bad = got.iter().zip(&expected).filter(|(a, b)| a != b).count();
+        ctx.st.add(C_QUIET_CHECK_FAILURES, 1);
+        ctx.st.add(C_MISMATCH_BYTES, bad as u64);
+        ctx.fail(C_MISMATCHES, || {
+            format!(
+                "MISMATCH in the quiet domain (a later process after a kill of its victim): {bad} of {moved} bytes spliced from f{k} at {off} differ after a pwrite at {at}"
+            )
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Worker: mutator
 // ---------------------------------------------------------------------------------------
 
-fn mutator_thread(ctx: &mut Ctx, victim: bool) {
+fn mutator_thread(ctx: &mut Ctx, spawns: bool) {
+    let mut spawner = spawns.then(Spawner::new).flatten();
     while !ctx.st.stopping() {
-        ctx.mutate();
-        if victim {
-            // The victim's settles pause with the registry lock held: keep it from
-            // stalling everyone (thread::sleep uses clock_nanosleep, not SYS_nanosleep).
-            std::thread::sleep(Duration::from_micros(ctx.rng.range(500, 3000) as u64));
+        match spawner.as_mut() {
+            Some(sp) if ctx.rng.chance(1) => spawn_child(ctx, sp),
+            _ => ctx.mutate(),
         }
     }
 }
@@ -2033,48 +3152,73 @@ fn worker_main(args: WorkerArgs) -> ExitCode {
     };
     let st = &st;
     let args = &args;
+    if args.role == "relay" {
+        relay_main(st, args);
+        return ExitCode::SUCCESS;
+    }
     std::thread::scope(|s| {
         for t in 0..args.threads {
             s.spawn(move || {
                 let slot = args.slot_base + t;
-                let name = format!("{}#{t}", args.role);
-                let mut ctx = match Ctx::new(
-                    st,
-                    slot,
-                    &args.dir,
-                    args.seed.wrapping_add(t as u64),
-                    args.files,
-                    args.max_size,
-                    name,
-                ) {
-                    Ok(mut c) => {
-                        c.pipes = args.pipes.clone();
-                        c
-                    }
-                    Err(e) => {
-                        eprintln!("stress worker {}: setup: {e}", args.role);
-                        st.add(C_ERRORS, 1);
-                        return;
-                    }
+                let Some(mut ctx) = worker_ctx(st, args, t) else {
+                    return;
+                };
+                let style = ProducerStyle {
+                    headers: !args.no_headers,
+                    spawns: !args.no_spawns,
+                    victim: false,
                 };
                 match args.role.as_str() {
-                    "producer" => producer_thread(
+                    "producer" => {
+                        producer_thread(&mut ctx, [args.chans[2 * t], args.chans[2 * t + 1]], style)
+                    }
+                    "victim" => producer_thread(
                         &mut ctx,
-                        [args.chans[2 * t], args.chans[2 * t + 1]],
-                        !args.no_headers,
+                        [args.chans[0], args.chans[1]],
+                        ProducerStyle {
+                            spawns: false,
+                            victim: true,
+                            ..style
+                        },
                     ),
                     "consumer" => consumer_thread(&mut ctx, args.chans[t]),
-                    "victim" => mutator_thread(&mut ctx, true),
-                    _ => mutator_thread(&mut ctx, false),
+                    "quiet-victim" => {
+                        quiet_victim_main(&mut ctx, args.pause_point.as_deref().unwrap_or("record"))
+                    }
+                    _ => mutator_thread(&mut ctx, style.spawns),
                 }
-                ctx.slot
-                    .st
-                    .slot(slot, S_OP)
+                st.slot(slot, S_OP)
                     .store(Op::Idle as u64, Ordering::Relaxed);
             });
         }
     });
     ExitCode::SUCCESS
+}
+
+/// The context of thread `t` of a worker (`None`, counted as an error, when its files
+/// cannot be opened).
+fn worker_ctx<'a>(st: &'a Status, args: &WorkerArgs, t: usize) -> Option<Ctx<'a>> {
+    let name = format!("{}#{t}", args.role);
+    match Ctx::new(
+        st,
+        args.slot_base + t,
+        &args.dir,
+        args.seed.wrapping_add(t as u64),
+        args.files,
+        args.max_size,
+        name,
+    ) {
+        Ok(mut c) => {
+            c.pipes = args.pipes.clone();
+            c.own = args.own_first..args.own_first + args.own_count;
+            Some(c)
+        }
+        Err(e) => {
+            eprintln!("stress worker {}: setup: {e}", args.role);
+            st.add(C_ERRORS, 1);
+            None
+        }
+    }
 }
 
 /// `stress probe`: one registry operation (a file→pipe splice), timed from the kill.
@@ -2112,7 +3256,19 @@ enum Role {
     Consumer,
     Mutator,
     Victim,
+    Relay,
+    QuietVictim,
 }
+
+/// Every role, in the order of `Parent::kills`.
+const ROLES: [Role; 6] = [
+    Role::Producer,
+    Role::Consumer,
+    Role::Mutator,
+    Role::Victim,
+    Role::Relay,
+    Role::QuietVictim,
+];
 
 impl Role {
     fn name(self) -> &'static str {
@@ -2121,13 +3277,19 @@ impl Role {
             Role::Consumer => "consumer",
             Role::Mutator => "mutator",
             Role::Victim => "victim",
+            Role::Relay => "relay",
+            Role::QuietVictim => "quiet-victim",
         }
     }
-    /// Whether the role changes files (its death can interrupt a settle).
-    fn mutates(self) -> bool {
-        self != Role::Consumer
+    /// Whether the role runs with a test pause and takes aimed kills.
+    fn is_victim(self) -> bool {
+        matches!(self, Role::Victim | Role::QuietVictim)
     }
 }
+
+/// The victim's test pause points (`SPLICECOW_TEST_PAUSE`), each inside one kind of
+/// registry update (or the settle) and holding the registry lock.
+const PAUSE_POINTS: [&str; 5] = ["record", "commit", "retire", "holder", "settle"];
 
 struct Worker {
     role: Role,
@@ -2138,10 +3300,12 @@ struct Worker {
     pid: u32,
     restarts: u64,
     killed: bool,
+    /// The victim's current pause point (an index into [`PAUSE_POINTS`]).
+    pause_point: Option<usize>,
 }
 
-/// The roles of a run with `n` workers.
-fn plan(n: usize, faults: bool) -> Vec<Worker> {
+/// The roles of a run with `n` workers (the relay worker comes on top).
+fn plan(n: usize, faults: bool, relays: bool) -> Vec<Worker> {
     let n = n.max(8);
     let producers = (n * 3 / 8).max(3);
     let consumers = (n / 4).max(2);
@@ -2159,6 +3323,7 @@ fn plan(n: usize, faults: bool) -> Vec<Worker> {
             pid: 0,
             restarts: 0,
             killed: false,
+            pause_point: None,
         };
         *slot += threads;
         w
@@ -2169,6 +3334,13 @@ fn plan(n: usize, faults: bool) -> Vec<Worker> {
         chan += 2 * threads;
         out.push(mk(Role::Producer, threads, chans, &mut slot));
     }
+    // The victim (a producer) and the relay worker own two channels each.
+    let mut two_chans = || {
+        chan += 2;
+        vec![chan - 2, chan - 1]
+    };
+    let victim_chans = faults.then(&mut two_chans);
+    let relay_chans = relays.then(&mut two_chans);
     let total = chan;
     let per = total.div_ceil(consumers);
     let mut next = 0;
@@ -2179,14 +3351,17 @@ fn plan(n: usize, faults: bool) -> Vec<Worker> {
             out.push(mk(Role::Consumer, chans.len(), chans, &mut slot));
         }
     }
-    for m in 0..mutators {
-        let role = if faults && m == mutators - 1 {
-            Role::Victim
-        } else {
-            Role::Mutator
-        };
+    for m in 0..mutators - usize::from(faults) {
         let threads = if m == 0 { 2 } else { 1 };
-        out.push(mk(role, threads, Vec::new(), &mut slot));
+        out.push(mk(Role::Mutator, threads, Vec::new(), &mut slot));
+    }
+    if let Some(chans) = victim_chans {
+        out.push(mk(Role::Victim, 1, chans, &mut slot));
+        out.push(mk(Role::QuietVictim, 1, Vec::new(), &mut slot));
+    }
+    if let Some(chans) = relay_chans {
+        // The feeder and one relay thread per RelayKind.
+        out.push(mk(Role::Relay, 3, chans, &mut slot));
     }
     assert!(chan <= MAX_CHANS && slot <= MAX_SLOTS, "too many workers");
     out
@@ -2198,13 +3373,20 @@ struct Parent {
     lib: PathBuf,
     cli: PathBuf,
     domain: TempDomain,
+    /// The relay worker's domain (see [`relay_main`]).
+    relay_domain: TempDomain,
     st: Status,
     seed: u64,
     rng: Rng,
     workers: Vec<Worker>,
     crashes: u64,
-    kills: [u64; 4],
-    aimed_hits: u64,
+    /// The quiet victim's domain (see [`quiet_victim_main`]).
+    quiet_domain: TempDomain,
+    /// Kills by role (in the order of [`ROLES`]).
+    kills: [u64; 6],
+    /// Kills of each victim while it slept in its pause, by point ([`PAUSE_POINTS`]).
+    paused_kills: [u64; 5],
+    quiet_paused_kills: [u64; 5],
     takeover_probes: u64,
     max_takeover_ns: u64,
     hangs: u64,
@@ -2232,23 +3414,46 @@ impl Parent {
                     .to_string(),
             )
             .arg("--files")
-            .arg(self.args.files.to_string())
+            .arg((self.args.files + EXTRA_FILES).to_string())
             .arg("--max-size")
             .arg((self.args.file_size * 2).to_string());
+        let (own_first, own_count) = match w.role {
+            Role::Relay => (relay_file(self.args.files), 1),
+            Role::QuietVictim => (first_quiet_file(self.args.files), PAUSE_POINTS.len()),
+            _ => (0, self.args.files),
+        };
+        cmd.arg("--own-first")
+            .arg(own_first.to_string())
+            .arg("--own-count")
+            .arg(own_count.to_string());
         if self.args.no_headers {
             cmd.arg("--no-headers");
+        }
+        if self.args.no_spawns {
+            cmd.arg("--no-spawns");
         }
         cmd.arg("--pipes").arg(&self.args.pipes);
         if !w.chans.is_empty() {
             let list: Vec<String> = w.chans.iter().map(|c| c.to_string()).collect();
             cmd.arg("--chans").arg(list.join(","));
         }
-        self.domain.protection(&self.lib).apply(&mut cmd);
-        if w.role == Role::Victim {
+        let domain = match w.role {
+            Role::Relay => &self.relay_domain,
+            Role::QuietVictim => &self.quiet_domain,
+            _ => &self.domain,
+        };
+        domain.protection(&self.lib).apply(&mut cmd);
+        // Each victim's incarnations take the pause points in turn.
+        let pause_point = w.role.is_victim().then(|| {
+            let name = &self.args.pause_points[w.restarts as usize % self.args.pause_points.len()];
+            PAUSE_POINTS.iter().position(|p| p == name).unwrap_or(0)
+        });
+        if let Some(point) = pause_point {
             cmd.env(
                 "SPLICECOW_TEST_PAUSE",
-                format!("settle:{}", self.args.settle_pause_us),
+                format!("{}:{}", PAUSE_POINTS[point], self.args.pause_us),
             );
+            cmd.arg("--pause-point").arg(PAUSE_POINTS[point]);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -2258,6 +3463,7 @@ impl Parent {
         w.pid = child.id();
         w.child = Some(child);
         w.killed = false;
+        w.pause_point = pause_point;
         Ok(())
     }
 
@@ -2319,37 +3525,45 @@ impl Parent {
         if w.child.is_none() || w.killed {
             return;
         }
-        if w.role.mutates() {
-            self.st.w(W_KILLS).fetch_add(1, Ordering::SeqCst);
+        // The quiet victim has no channels: its kills explain no loss.
+        let kills_word = match w.role {
+            Role::Consumer | Role::QuietVictim => None,
+            Role::Relay => Some(W_KILLS_RELAY),
+            _ => Some(W_KILLS),
+        };
+        if let Some(word) = kills_word {
+            self.st.w(word).fetch_add(1, Ordering::SeqCst);
         }
         w.killed = true;
         // SAFETY: signalling our own child (not yet reaped, so the pid is still ours).
         unsafe { libc::kill(w.pid as i32, libc::SIGKILL) };
-        let idx = match w.role {
-            Role::Producer => 0,
-            Role::Consumer => 1,
-            Role::Mutator => 2,
-            Role::Victim => 3,
-        };
+        let idx = ROLES.iter().position(|&r| r == w.role).unwrap_or(0);
         self.kills[idx] += 1;
     }
 
-    /// Tries to kill the victim while it sleeps in a settle (registry lock held).
+    /// Tries to kill the victim while it sleeps in its pause (registry lock held, in the
+    /// middle of a registry update or a settle).
     fn aimed_kill(&mut self, i: usize) {
         let pid = self.workers[i].pid as i32;
         let slot = self.workers[i].slot_base;
+        let pause_ns = self.args.pause_us * 1000;
         let deadline = Instant::now() + Duration::from_millis(300);
         while Instant::now() < deadline && self.workers[i].child.is_some() {
-            let op = self.st.slot(slot, S_OP).load(Ordering::Relaxed);
             let busy = self.st.slot(slot, S_OP_START).load(Ordering::Relaxed) != 0;
-            if busy && (Op::Pwrite as u64..=Op::CopyFileRange as u64).contains(&op) {
+            if busy {
                 // SAFETY: signalling our own child.
                 unsafe { libc::kill(pid, libc::SIGSTOP) };
-                let in_pause = wait_stopped(pid) && in_shim_sleep(pid);
+                let in_pause = wait_stopped(pid) && in_shim_pause(pid, pause_ns);
                 if in_pause {
                     self.kill(i);
                     let t = monotonic_ns();
-                    self.aimed_hits += 1;
+                    if let Some(point) = self.workers[i].pause_point {
+                        if self.workers[i].role == Role::QuietVictim {
+                            self.quiet_paused_kills[point] += 1;
+                        } else {
+                            self.paused_kills[point] += 1;
+                        }
+                    }
                     self.probe_takeover(t);
                     return;
                 }
@@ -2395,9 +3609,10 @@ impl Parent {
         }
     }
 
-    fn stats(&self) -> Option<serde_json::Value> {
+    /// The registry counters of `domain` (`splicecow stats --json`).
+    fn stats(&self, domain: &TempDomain) -> Option<serde_json::Value> {
         let out = Command::new(&self.cli)
-            .args(["stats", "--json", "--domain", self.domain.name()])
+            .args(["stats", "--json", "--domain", domain.name()])
             .output()
             .ok()?;
         serde_json::from_slice(&out.stdout).ok()
@@ -2453,9 +3668,15 @@ impl Parent {
                 }
             }
         }
-        match self.stats() {
-            Some(v) => eprintln!("  registry: {v}"),
-            None => eprintln!("  registry: (unreadable)"),
+        for (what, domain) in [
+            ("registry", &self.domain),
+            ("relay registry", &self.relay_domain),
+            ("quiet registry", &self.quiet_domain),
+        ] {
+            match self.stats(domain) {
+                Some(v) => eprintln!("  {what}: {v}"),
+                None => eprintln!("  {what}: (unreadable)"),
+            }
         }
     }
 
@@ -2470,43 +3691,60 @@ impl Parent {
     }
 }
 
+/// The state letter of a process or task from its `stat` file (`None`: gone).
+fn proc_state(stat_path: &str) -> Option<char> {
+    let s = std::fs::read_to_string(stat_path).ok()?;
+    s.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
 /// Waits (briefly) until `pid` is in the stopped state.
 fn wait_stopped(pid: i32) -> bool {
+    let path = format!("/proc/{pid}/stat");
     for _ in 0..200 {
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            if let Some(state) = s
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next())
-            {
-                if state == "T" || state == "t" {
-                    return true;
-                }
-            }
-        } else {
-            return false;
+        match proc_state(&path) {
+            Some('T' | 't') => return true,
+            None => return false,
+            _ => std::thread::sleep(Duration::from_micros(50)),
         }
-        std::thread::sleep(Duration::from_micros(50));
     }
     false
 }
 
-/// Whether a thread of `pid` is inside `SYS_nanosleep`: only the shim uses it (the
-/// settle pause, and short waits for the registry lock); Rust and glibc sleep with
-/// `clock_nanosleep`.
-fn in_shim_sleep(pid: i32) -> bool {
+/// Whether a thread of the stopped process `pid` sleeps in the shim's test pause:
+/// `SYS_nanosleep`, which only the shim uses (Rust and glibc sleep with
+/// `clock_nanosleep`), for `pause_ns` (the shim's waits for the registry lock are
+/// shorter). The requested time is read from the process's memory; where that cannot be
+/// read, any `SYS_nanosleep` counts.
+fn in_shim_pause(pid: i32, pause_ns: u64) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
+    let mem = File::open(format!("/proc/{pid}/mem")).ok();
     tasks.flatten().any(|t| {
-        std::fs::read_to_string(t.path().join("syscall"))
-            .ok()
-            .and_then(|s| {
-                s.split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse::<i64>().ok())
-            })
-            == Some(libc::SYS_nanosleep)
+        let Ok(call) = std::fs::read_to_string(t.path().join("syscall")) else {
+            return false;
+        };
+        let mut fields = call.split_whitespace();
+        if fields.next().and_then(|n| n.parse::<i64>().ok()) != Some(libc::SYS_nanosleep) {
+            return false;
+        }
+        let request = fields
+            .next()
+            .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+        let mut ts = [0u8; 16];
+        match (&mem, request) {
+            (Some(mem), Some(at)) if mem.read_exact_at(&mut ts, at).is_ok() => {
+                let secs = u64::from_le_bytes(ts[..8].try_into().unwrap_or_default());
+                let nanos = u64::from_le_bytes(ts[8..].try_into().unwrap_or_default());
+                secs.saturating_mul(1_000_000_000).saturating_add(nanos) == pause_ns
+            }
+            _ => true,
+        }
     })
 }
 
@@ -2534,21 +3772,46 @@ struct Report {
     bytes_copied: u64,
     copied_per_spliced: f64,
     copy_fallbacks: u64,
+    copy_fallbacks_registry_full: u64,
+    copy_fallbacks_shared_mapping: u64,
     unreachable_pipes: u64,
+    /// Children started by producers and mutators, by kind ([`SPAWN_KINDS`]).
+    children: BTreeMap<&'static str, u64>,
+    relay_rounds_splice: u64,
+    relay_rounds_tee: u64,
+    /// Relay rounds whose relay forwarded into a private pipe first.
+    relay_rounds_buffered: u64,
+    /// Relay rounds whose relay was seen asleep in its call before the bytes came.
+    relay_rounds_waited: u64,
+    relay_bytes: u64,
+    relay_bytes_verified: u64,
+    relay_mismatches: u64,
     faults: bool,
     kills: u64,
     kills_producer: u64,
     kills_consumer: u64,
     kills_mutator: u64,
     kills_victim: u64,
-    kills_in_settle: u64,
+    kills_relay: u64,
+    kills_quiet_victim: u64,
+    /// Kills of the (main domain's) victim while it slept in its pause, by pause point.
+    kills_paused_at: BTreeMap<&'static str, u64>,
+    kills_paused: u64,
+    /// Kills of the quiet victim while it slept in its pause, by pause point.
+    quiet_kills_paused_at: BTreeMap<&'static str, u64>,
+    /// Protection checks of quiet-victim incarnations, and how many failed.
+    quiet_checks: u64,
+    quiet_check_failures: u64,
     lock_takeovers: u64,
+    table_repairs: u64,
     takeover_probes: u64,
     max_lock_takeover_ms: f64,
     mismatches: u64,
     mismatch_bytes: u64,
     settle_window_losses: u64,
     settle_window_loss_bytes: u64,
+    settle_window_repeats: u64,
+    settle_window_repeat_bytes: u64,
     file_mismatches: u64,
     model_resyncs: u64,
     errors: u64,
@@ -2560,8 +3823,13 @@ struct Report {
 fn setup_dir(args: &RunArgs, seed: u64) -> io::Result<PathBuf> {
     let dir = temp_path("stress");
     std::fs::create_dir_all(&dir)?;
-    for k in 0..args.files {
-        let content: Vec<u8> = (0..args.file_size).map(|i| initial_byte(k, i)).collect();
+    for k in 0..args.files + EXTRA_FILES {
+        let len = if k >= first_quiet_file(args.files) {
+            QUIET_FILE_LEN
+        } else {
+            args.file_size
+        };
+        let content: Vec<u8> = (0..len).map(|i| initial_byte(k, i)).collect();
         std::fs::write(data_path(&dir, k), &content)?;
         std::fs::write(model_path(&dir, k), &content)?;
         File::create(lock_path(&dir, k))?;
@@ -2582,8 +3850,8 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let cli = lib.with_file_name("splicecow");
-    if args.files == 0 || args.files > MAX_FILES {
-        eprintln!("stress: --files must be 1..={MAX_FILES}");
+    if args.files == 0 || args.files + EXTRA_FILES > MAX_FILES {
+        eprintln!("stress: --files must be 1..={}", MAX_FILES - EXTRA_FILES);
         return ExitCode::from(2);
     }
     let faults = args.faults || args.kill_rate.is_some();
@@ -2602,7 +3870,12 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let st = Status::map(&dir.join("status"), true).expect("status page");
-    let workers = plan(args.workers, faults);
+    let workers = plan(args.workers, faults, !args.no_relays);
+    for w in workers.iter().filter(|w| w.role == Role::Relay) {
+        for &c in &w.chans {
+            st.w(W_RELAYED + c).store(1, Ordering::SeqCst);
+        }
+    }
     let threads: usize = workers.iter().map(|w| w.threads).sum();
     eprintln!(
         "stress: seed {seed}; {} workers ({} threads), {} files of {} bytes, faults {}; dir {}",
@@ -2623,13 +3896,16 @@ fn run(args: RunArgs) -> ExitCode {
         lib,
         cli,
         domain: TempDomain::new(),
+        relay_domain: TempDomain::new(),
+        quiet_domain: TempDomain::new(),
         st,
         seed,
         rng: Rng(seed),
         workers,
         crashes: 0,
-        kills: [0; 4],
-        aimed_hits: 0,
+        kills: [0; 6],
+        paused_kills: [0; 5],
+        quiet_paused_kills: [0; 5],
         takeover_probes: 0,
         max_takeover_ns: 0,
         hangs: 0,
@@ -2659,12 +3935,10 @@ fn run(args: RunArgs) -> ExitCode {
             let gap = -(1.0 - p.rng.next() as f64 / u64::MAX as f64).ln() / kill_rate;
             next_kill = Instant::now() + Duration::from_secs_f64(gap.min(2.0));
             let kind = p.rng.below(args.kill_roles.len());
-            let want = match args.kill_roles[kind].as_str() {
-                "producer" => Role::Producer,
-                "consumer" => Role::Consumer,
-                "mutator" => Role::Mutator,
-                _ => Role::Victim,
-            };
+            let want = ROLES
+                .into_iter()
+                .find(|r| r.name() == args.kill_roles[kind])
+                .unwrap_or(Role::Victim);
             let cands: Vec<usize> = all_workers
                 .iter()
                 .copied()
@@ -2672,7 +3946,7 @@ fn run(args: RunArgs) -> ExitCode {
                 .collect();
             if !cands.is_empty() {
                 let i = cands[p.rng.below(cands.len())];
-                if want == Role::Victim {
+                if want.is_victim() {
                     p.aimed_kill(i);
                 } else {
                     p.kill(i);
@@ -2739,8 +4013,15 @@ fn run(args: RunArgs) -> ExitCode {
     }
     p.kill_all();
     p.reap(false);
-    let stats = p.stats().unwrap_or(serde_json::Value::Null);
-    let sv = |k: &str| stats.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    // The run's registry counters: both domains' together.
+    let stats =
+        [&p.domain, &p.relay_domain, &p.quiet_domain].map(|d| p.stats(d).unwrap_or_default());
+    let sv = |k: &str| -> u64 {
+        stats
+            .iter()
+            .filter_map(|s| s.get(k).and_then(|v| v.as_u64()))
+            .sum()
+    };
     let st = &p.st;
     let ops = p.ops();
     let spliced = sv("bytes_zero_copy") + sv("bytes_copy_path");
@@ -2766,21 +4047,44 @@ fn run(args: RunArgs) -> ExitCode {
         bytes_copied: sv("bytes_copied"),
         copied_per_spliced: sv("bytes_copied") as f64 / spliced.max(1) as f64,
         copy_fallbacks: sv("copy_fallbacks"),
+        copy_fallbacks_registry_full: sv("copy_fallbacks_registry_full"),
+        copy_fallbacks_shared_mapping: sv("copy_fallbacks_shared_mapping"),
         unreachable_pipes: sv("unreachable_pipes"),
+        children: SPAWN_KINDS
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, _, name))| (name, st.count(C_SPAWNS + i)))
+            .collect(),
+        relay_rounds_splice: st.count(C_RELAY_ROUNDS + RelayKind::Splice as usize),
+        relay_rounds_tee: st.count(C_RELAY_ROUNDS + RelayKind::Tee as usize),
+        relay_rounds_buffered: st.count(C_RELAY_BUFFERED),
+        relay_rounds_waited: st.count(C_RELAY_WAITED),
+        relay_bytes: st.count(C_RELAY_BYTES),
+        relay_bytes_verified: st.count(C_RELAY_VERIFIED),
+        relay_mismatches: st.count(C_RELAY_MISMATCHES),
         faults,
         kills: p.kills.iter().sum(),
         kills_producer: p.kills[0],
         kills_consumer: p.kills[1],
         kills_mutator: p.kills[2],
         kills_victim: p.kills[3],
-        kills_in_settle: p.aimed_hits,
+        kills_relay: p.kills[4],
+        kills_quiet_victim: p.kills[5],
+        kills_paused_at: PAUSE_POINTS.into_iter().zip(p.paused_kills).collect(),
+        kills_paused: p.paused_kills.iter().sum(),
+        quiet_kills_paused_at: PAUSE_POINTS.into_iter().zip(p.quiet_paused_kills).collect(),
+        quiet_checks: st.count(C_QUIET_CHECKS),
+        quiet_check_failures: st.count(C_QUIET_CHECK_FAILURES),
         lock_takeovers: sv("lock_takeovers"),
+        table_repairs: sv("table_repairs"),
         takeover_probes: p.takeover_probes,
         max_lock_takeover_ms: p.max_takeover_ns as f64 / 1e6,
         mismatches: st.count(C_MISMATCHES),
         mismatch_bytes: st.count(C_MISMATCH_BYTES),
         settle_window_losses: st.count(C_LOSSES),
         settle_window_loss_bytes: st.count(C_LOSS_BYTES),
+        settle_window_repeats: st.count(C_REPEATS),
+        settle_window_repeat_bytes: st.count(C_REPEAT_BYTES),
         file_mismatches: st.count(C_FILE_MISMATCHES),
         model_resyncs: st.count(C_RESYNCS),
         errors: st.count(C_ERRORS),
@@ -2833,14 +4137,49 @@ fn print_report(r: &Report) {
         r.bytes_copied, r.bytes_spliced, r.copied_per_spliced
     );
     eprintln!(
-        "  copy fallbacks    {}, unreachable pipes {}",
-        r.copy_fallbacks, r.unreachable_pipes
+        "  copy fallbacks    {} (registry full {}, shared writable mapping {}), unreachable pipes {}",
+        r.copy_fallbacks,
+        r.copy_fallbacks_registry_full,
+        r.copy_fallbacks_shared_mapping,
+        r.unreachable_pipes
+    );
+    let list = |m: &BTreeMap<&str, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    eprintln!(
+        "  children          {} ({})",
+        r.children.values().sum::<u64>(),
+        list(&r.children)
+    );
+    eprintln!(
+        "  relays            {} splice + {} tee rounds ({} through a private pipe first, {} with the relay seen waiting); {} bytes relayed, {} verified, {} mismatches there",
+        r.relay_rounds_splice,
+        r.relay_rounds_tee,
+        r.relay_rounds_buffered,
+        r.relay_rounds_waited,
+        r.relay_bytes,
+        r.relay_bytes_verified,
+        r.relay_mismatches
     );
     if r.faults {
-        eprintln!("  kills             {} (producer {}, consumer {}, mutator {}, settle victim {} of which {} inside a settle)", r.kills, r.kills_producer, r.kills_consumer, r.kills_mutator, r.kills_victim, r.kills_in_settle);
+        eprintln!("  kills             {} (producer {}, consumer {}, mutator {}, relay {}, victim {}, quiet victim {})", r.kills, r.kills_producer, r.kills_consumer, r.kills_mutator, r.kills_relay, r.kills_victim, r.kills_quiet_victim);
         eprintln!(
-            "  lock takeovers    {}; max wait after a kill {:.1} ms over {} probes",
-            r.lock_takeovers, r.max_lock_takeover_ms, r.takeover_probes
+            "  paused kills      victim {} ({}); quiet victim {} ({})",
+            r.kills_paused,
+            list(&r.kills_paused_at),
+            r.quiet_kills_paused_at.values().sum::<u64>(),
+            list(&r.quiet_kills_paused_at)
+        );
+        eprintln!(
+            "  quiet checks      {} after restarts, {} failed",
+            r.quiet_checks, r.quiet_check_failures
+        );
+        eprintln!(
+            "  lock takeovers    {}, table repairs {}; max wait after a kill {:.1} ms over {} probes",
+            r.lock_takeovers, r.table_repairs, r.max_lock_takeover_ms, r.takeover_probes
         );
     }
     eprintln!(
@@ -2848,8 +4187,11 @@ fn print_report(r: &Report) {
         r.mismatches, r.mismatch_bytes
     );
     eprintln!(
-        "  settle-window losses {} ({} bytes)",
-        r.settle_window_losses, r.settle_window_loss_bytes
+        "  settle-window losses {} ({} bytes), repeats {} ({} bytes)",
+        r.settle_window_losses,
+        r.settle_window_loss_bytes,
+        r.settle_window_repeats,
+        r.settle_window_repeat_bytes
     );
     eprintln!(
         "  file mismatches   {}, model resyncs {}, errors {}, crashes {}, hangs {}",
@@ -3238,9 +4580,6 @@ fn torture_spawn(file: &Path, domain: &str) -> i32 {
     .collect();
     let mut argv: Vec<*mut libc::c_char> = args.iter().map(|a| a.as_ptr() as *mut _).collect();
     argv.push(std::ptr::null_mut());
-    extern "C" {
-        static environ: *const *mut libc::c_char;
-    }
     let pid = {
         let mut pid: libc::pid_t = 0;
         // SAFETY: argv and environ are NUL-terminated arrays of C strings.
@@ -3287,6 +4626,13 @@ mod tests {
     }
 
     #[test]
+    fn spawn_weights_are_percentages_and_names_are_unique() {
+        assert_eq!(SPAWN_KINDS.iter().map(|k| k.1).sum::<usize>(), 100);
+        let names: std::collections::BTreeSet<&str> = SPAWN_KINDS.iter().map(|k| k.2).collect();
+        assert_eq!(names.len(), SPAWN_KINDS.len());
+    }
+
+    #[test]
     fn search_helpers() {
         assert_eq!(occurrences(b"aa", b"aaab"), vec![0, 1]);
         assert_eq!(z_function(&[1, 1, 2, 1, 1]), vec![0, 1, 0, 2, 1]);
@@ -3313,6 +4659,28 @@ mod tests {
         }
         // No kill after the lost bytes were spliced: a mismatch.
         assert!(matches!(e.find_loss(at, rest, 0), Loss::No));
+    }
+
+    /// A chunk written back twice (a settler killed before it stored its progress): the
+    /// stream repeats it, then goes on.
+    #[test]
+    fn repeat_of_a_chunk_written_back_twice() {
+        let mut exp = vec![0u8; 20000];
+        Rng(5).fill(&mut exp);
+        let e = expect(exp.clone(), &[(0, 0), (8000, 0), (15000, 1)]);
+        // Received: the first 12000 bytes, then from 9000 on again.
+        assert_ne!(exp[9000], exp[12000]);
+        let rest = &exp[9000..];
+        match e.find_repeat(12000, rest, 1) {
+            Loss::Gap(d, from) => assert_eq!((d, from), (3000, 9000)),
+            _ => panic!("not recognised as a repeat"),
+        }
+        // No kill after the repeated bytes were spliced: a mismatch.
+        assert!(matches!(e.find_repeat(12000, rest, 0), Loss::No));
+        // Bytes that are nowhere earlier in the stream are no repeat.
+        let mut other = vec![0u8; 4096];
+        Rng(6).fill(&mut other);
+        assert!(matches!(e.find_repeat(12000, &other, 1), Loss::No));
     }
 
     /// A run of equal bytes longer than the gap: the stream resumes at a record that
