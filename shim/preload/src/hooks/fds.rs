@@ -1,35 +1,46 @@
 //! The fd-closing and fd-duplicating calls: `close`, `close_range`, `closefrom`, `dup`,
 //! `dup2`, `dup3`, `fcntl(F_DUPFD*)`, `pclose`. A close of an fd that may hold a tracked
 //! pipe lets `ops::lifetime` retire what has left that pipe; every other fd costs one bit
-//! test.
+//! test, before even the re-entrancy flag.
 
 use crate::hooks::hooks;
 use crate::ops::lifetime;
+use crate::state::guard::Inside;
 use libc::{c_int, c_uint, c_ulong, FILE};
 
 hooks! {
     /// `close(2)`.
-    fn close(fd: c_int) -> c_int => with close_impl;
+    fn close(fd: c_int) -> c_int => unguarded close_impl;
     /// `close_range(2)`: `CLOSE_RANGE_CLOEXEC` only marks, the others close.
     fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int => with close_range_impl;
     /// `closefrom(3)`.
     fn closefrom(lowfd: c_int) -> () => with closefrom_impl;
     /// `dup(2)`.
-    fn dup(old: c_int) -> c_int => with dup_impl;
+    fn dup(old: c_int) -> c_int => unguarded dup_impl;
     /// `dup2(2)`: closes `new` first when it is open and not `old`.
-    fn dup2(old: c_int, new: c_int) -> c_int => with dup2_impl;
+    fn dup2(old: c_int, new: c_int) -> c_int => unguarded dup2_impl;
     /// `dup3(2)`.
-    fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int => with dup3_impl;
+    fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int => unguarded dup3_impl;
     /// `fcntl(2)`; the optional third argument is passed on as the register it came in.
-    fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int => with fcntl_impl;
+    fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int => unguarded fcntl_impl;
     /// `fcntl64`, glibc's other name for the same call.
-    fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int => with fcntl_impl;
+    fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int => unguarded fcntl_impl;
     /// `pclose(3)`: closes the stream's pipe.
     fn pclose(stream: *mut FILE) -> c_int => with pclose_impl;
 }
 
+/// Runs `f` inside the shim, unless this thread already is (then the call is the shim's
+/// own, or a signal handler's inside a hook, and goes straight through).
+fn inside(f: impl FnOnce()) {
+    if let Some(_inside) = Inside::enter() {
+        f();
+    }
+}
+
 unsafe fn close_impl(real: unsafe extern "C" fn(c_int) -> c_int, fd: c_int) -> c_int {
-    lifetime::before_close(fd);
+    if lifetime::hinted(fd) {
+        inside(|| lifetime::before_close(fd));
+    }
     // SAFETY: the caller's argument.
     unsafe { real(fd) }
 }
@@ -58,8 +69,8 @@ unsafe fn closefrom_impl(real: unsafe extern "C" fn(c_int), lowfd: c_int) {
 unsafe fn dup_impl(real: unsafe extern "C" fn(c_int) -> c_int, old: c_int) -> c_int {
     // SAFETY: the caller's argument.
     let r = unsafe { real(old) };
-    if r >= 0 {
-        lifetime::after_dup(old, r);
+    if r >= 0 && lifetime::hinted(old) {
+        inside(|| lifetime::after_dup(old, r));
     }
     r
 }
@@ -69,13 +80,14 @@ unsafe fn dup2_impl(
     old: c_int,
     new: c_int,
 ) -> c_int {
-    if old != new {
-        lifetime::before_close(new);
+    let hinted = lifetime::hinted(old) || lifetime::hinted(new);
+    if hinted && old != new {
+        inside(|| lifetime::before_close(new));
     }
     // SAFETY: the caller's arguments.
     let r = unsafe { real(old, new) };
-    if r >= 0 {
-        lifetime::after_dup(old, r);
+    if r >= 0 && hinted {
+        inside(|| lifetime::after_dup(old, r));
     }
     r
 }
@@ -86,13 +98,14 @@ unsafe fn dup3_impl(
     new: c_int,
     flags: c_int,
 ) -> c_int {
-    if old != new {
-        lifetime::before_close(new);
+    let hinted = lifetime::hinted(old) || lifetime::hinted(new);
+    if hinted && old != new {
+        inside(|| lifetime::before_close(new));
     }
     // SAFETY: the caller's arguments.
     let r = unsafe { real(old, new, flags) };
-    if r >= 0 {
-        lifetime::after_dup(old, r);
+    if r >= 0 && hinted {
+        inside(|| lifetime::after_dup(old, r));
     }
     r
 }
@@ -105,8 +118,9 @@ unsafe fn fcntl_impl(
 ) -> c_int {
     // SAFETY: the caller's arguments, the third as the register it came in.
     let r = unsafe { real(fd, cmd, arg) };
-    if r >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
-        lifetime::after_dup(fd, r);
+    let dup = cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC;
+    if r >= 0 && dup && (lifetime::hinted(fd) || lifetime::hinted(r)) {
+        inside(|| lifetime::after_dup(fd, r));
     }
     r
 }

@@ -22,7 +22,9 @@ mod write;
 ///
 /// - `=> before EXPR;`: evaluate `EXPR` (a [`crate::ops::intent::Mutation`]) with `errno`
 ///   preserved, let the registry settle what it overlaps, then call the real function;
-/// - `=> with PATH;`: call `PATH(real, args...)`, which does the whole job.
+/// - `=> with PATH;`: call `PATH(real, args...)`, which does the whole job;
+/// - `=> unguarded PATH;`: the same without entering the shim first: for hooks whose
+///   fast path is cheaper than the re-entrancy flag (`PATH` enters it when it must).
 macro_rules! hooks {
     ($( $(#[$m:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty => $how:ident $body:expr; )*) => {$(
         $(#[$m])*
@@ -51,6 +53,10 @@ macro_rules! hooks {
         }
         // SAFETY: same arguments the caller gave us, to the real function.
         unsafe { $real($($arg),*) }
+    }};
+    (@body unguarded $imp:expr, $real:ident, $($arg:ident),*) => {{
+        // SAFETY: the implementation receives exactly the caller's arguments.
+        unsafe { $imp($real, $($arg),*) }
     }};
     (@body with $imp:expr, $real:ident, $($arg:ident),*) => {{
         let Some(_inside) = $crate::state::guard::Inside::enter() else {

@@ -21,6 +21,12 @@ pub fn noticed(fd: i32) {
     fdhints::set(fd);
 }
 
+/// True when `fd` may refer to a pipe this process put tracked bytes into: only then
+/// does closing or duplicating it have anything to tell the registry.
+pub fn hinted(fd: i32) -> bool {
+    fdhints::is_set(fd)
+}
+
 /// Before `fd` is closed (or replaced by `dup2`/`dup3`): retires what has left the pipe
 /// and forgets this process as a holder through `fd`.
 pub fn before_close(fd: i32) {

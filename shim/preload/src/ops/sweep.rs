@@ -5,10 +5,11 @@
 //! of a domain is done, the first mutating call pays for one sweep and later ones take
 //! the idle fast path again), and when a table has no room for a splice.
 //!
-//! Under the lock, each busy pipe (at most [`PIPES_PER_SWEEP`]) is reached through a
-//! recorded holder and pruned exactly (`FIONREAD`). Pipes no recorded holder reaches are
-//! looked for in one pass over `/proc/*/fd`, without the lock; then, under the lock
-//! again, each is pruned through the holder found, or retired when none holds it. A
+//! A sweep runs in rounds of [`PIPES_PER_SWEEP`] busy pipes until it has looked at every
+//! one. Under the lock, each is reached through a recorded holder and pruned exactly
+//! (`FIONREAD`). Pipes no recorded holder reaches are looked for in one pass over
+//! `/proc/*/fd`, without the lock; then, under the lock again, each is pruned through the
+//! holder found, or retired when none holds it. A
 //! record that took new bytes in between (a new pipe with a reused inode number) is
 //! left alone.
 
@@ -17,16 +18,16 @@ use crate::ops::settle;
 use crate::state::pipe;
 use splicecow_registry::bounded::{at, at_mut};
 use splicecow_registry::{sys, FileKey, PipeSlot, Registry};
-use std::sync::atomic::Ordering;
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Least time between two sweeps started from the mutation side.
 pub const SWEEP_INTERVAL_NS: u64 = 20_000_000;
 /// Least time between two sweeps started because a table was full.
 const FULL_SWEEP_INTERVAL_NS: u64 = 1_000_000;
-/// Most busy pipes one sweep looks at (the next sweep goes on from there).
+/// Busy pipes one round of a sweep looks at (with one `/proc` pass for those no
+/// recorded holder reaches).
 pub const PIPES_PER_SWEEP: usize = 256;
-/// Most pipes one sweep looks for in `/proc`.
-const MAX_SCANNED: usize = 64;
 
 /// Sweeps if the last sweep is [`SWEEP_INTERVAL_NS`] old.
 pub fn maybe(reg: &Registry) {
@@ -61,26 +62,76 @@ struct Unreached {
     bytes_in: u64,
 }
 
-/// One sweep.
+/// Most rounds of [`PIPES_PER_SWEEP`] pipes one sweep runs (a full pipe table).
+const MAX_ROUNDS: usize = 8;
+
+/// One round's working memory, kept out of the stack of the thread that happens to
+/// sweep (hooks run on stacks of any size).
+struct Scratch {
+    unreached: [Unreached; PIPES_PER_SWEEP],
+    keys: [FileKey; PIPES_PER_SWEEP],
+    found: [Option<(i32, i32)>; PIPES_PER_SWEEP],
+}
+
+/// [`Scratch`] with its owner flag: only the thread that set `busy` touches `scratch`.
+struct ScratchCell {
+    busy: AtomicBool,
+    scratch: UnsafeCell<Scratch>,
+}
+
+// SAFETY: `scratch` is only accessed by the thread that won `busy` (see `run`).
+unsafe impl Sync for ScratchCell {}
+
+static SCRATCH: ScratchCell = ScratchCell {
+    busy: AtomicBool::new(false),
+    scratch: UnsafeCell::new(Scratch {
+        unreached: [Unreached {
+            slot: None,
+            key: FileKey { dev: 0, ino: 0 },
+            bytes_in: 0,
+        }; PIPES_PER_SWEEP],
+        keys: [FileKey { dev: 0, ino: 0 }; PIPES_PER_SWEEP],
+        found: [None; PIPES_PER_SWEEP],
+    }),
+};
+
+/// One sweep: rounds until every busy pipe was looked at once.
 fn run(reg: &Registry) {
+    if SCRATCH.busy.swap(true, Ordering::Acquire) {
+        return;
+    }
+    // SAFETY: this thread won `busy`: nobody else uses the scratch until it is released
+    // below (a signal handler on this thread that sweeps finds `busy` set and returns).
+    let scratch = unsafe { &mut *SCRATCH.scratch.get() };
     reg.header().counters.sweeps.fetch_add(1, Ordering::Relaxed);
-    let mut unreached = [Unreached::default(); MAX_SCANNED];
+    let busy = reg.header().busy_pipes.load(Ordering::Relaxed) as usize;
+    let mut looked = 0;
+    for _ in 0..MAX_ROUNDS {
+        looked += round(reg, scratch);
+        if looked >= busy {
+            break;
+        }
+    }
+    SCRATCH.busy.store(false, Ordering::Release);
+}
+
+/// One round over at most [`PIPES_PER_SWEEP`] busy pipes; returns how many it looked at.
+fn round(reg: &Registry, scratch: &mut Scratch) -> usize {
     let mut n_unreached = 0;
+    let looked;
     {
         let mut t = settle::lock(reg);
         let h = reg.header();
         let busy = h.busy_pipes.load(Ordering::Relaxed) as usize;
-        let start = h.sweep_cursor.load(Ordering::Relaxed) as usize;
         let mut slots = [None; PIPES_PER_SWEEP];
-        let first = start % busy.max(1);
+        let first = h.sweep_cursor.load(Ordering::Relaxed) as usize % busy.max(1);
         let rotated = t.busy_pipes().skip(first).chain(t.busy_pipes().take(first));
         for (cell, slot) in slots.iter_mut().zip(rotated) {
             *cell = Some(slot);
         }
-        h.sweep_cursor.store(
-            (first + PIPES_PER_SWEEP.min(busy)) as u32,
-            Ordering::Relaxed,
-        );
+        looked = PIPES_PER_SWEEP.min(busy);
+        h.sweep_cursor
+            .store((first + looked) as u32, Ordering::Relaxed);
         for slot in slots.iter().flatten().copied() {
             let rec = t.pipe(slot);
             let (key, holders, bytes_in) = (rec.key, rec.holders, rec.bytes_in);
@@ -94,36 +145,35 @@ fn run(reg: &Registry) {
                     }
                     sys::close(fd);
                 }
-                None if n_unreached < MAX_SCANNED => {
-                    *at_mut(&mut unreached, n_unreached) = Unreached {
+                None => {
+                    *at_mut(&mut scratch.unreached, n_unreached) = Unreached {
                         slot: Some(slot),
                         key,
                         bytes_in,
                     };
+                    *at_mut(&mut scratch.keys, n_unreached) = key;
+                    *at_mut(&mut scratch.found, n_unreached) = None;
                     n_unreached += 1;
                 }
-                None => {}
             }
         }
     }
     if n_unreached == 0 {
-        return;
+        return looked;
     }
-    let mut keys = [FileKey::default(); MAX_SCANNED];
-    for (k, u) in keys.iter_mut().zip(unreached.iter()) {
-        *k = u.key;
-    }
-    let mut found = [None; MAX_SCANNED];
-    pipe::find_holders(keys.get(..n_unreached).unwrap_or_default(), &mut found);
+    pipe::find_holders(
+        scratch.keys.get(..n_unreached).unwrap_or_default(),
+        &mut scratch.found,
+    );
     let mut t = settle::lock(reg);
     for i in 0..n_unreached {
-        let u = *at(&unreached, i);
+        let u = *at(&scratch.unreached, i);
         let Some(slot) = u.slot else { continue };
         let rec = t.pipe(slot);
         if rec.key != u.key || rec.bytes_in != u.bytes_in || rec.count == 0 {
             continue;
         }
-        match *at(&found, i) {
+        match *at(&scratch.found, i) {
             Some((pid, fd)) => {
                 t.add_holder(slot, pid, fd);
                 if let Some(opened) = pipe::open_via(pid, fd, u.key) {
@@ -142,4 +192,5 @@ fn run(reg: &Registry) {
             }
         }
     }
+    looked
 }
