@@ -276,8 +276,16 @@ fn worker_main(args: &[String]) -> R<Option<Value>> {
         }
         "hook" => {
             let dir: String = arg(args, 3, "dir")?;
-            worker_hook(arg(args, 1, "ops")?, arg(args, 2, "busy")?, Path::new(&dir)).map(Some)
+            let aged = arg(args, 4, "aged").unwrap_or(0);
+            worker_hook(
+                arg(args, 1, "ops")?,
+                arg(args, 2, "busy")?,
+                aged,
+                Path::new(&dir),
+            )
+            .map(Some)
         }
+        "close" => worker_close(arg(args, 1, "ops")?, arg(args, 2, "busy")?).map(Some),
         "conflict" => {
             let dir: String = arg(args, 3, "dir")?;
             worker_conflict(
@@ -416,9 +424,37 @@ fn make_busy(dir: &Path, pipes: usize, segs: usize) -> R<Busy> {
     Ok((held, files))
 }
 
+/// Ages the domain by `n` finished pipelines the way a day-old domain saw them: 100
+/// short-lived children, each splicing 4 KiB into `n / 100` pipes of its own and exiting
+/// without reading them (the pipes die with it, their records stay until a sweep).
+fn age_domain(dir: &Path, n: usize) -> R<()> {
+    let file = create_data_file(&dir.join(format!("aged-{}", std::process::id())), 64 * KIB)?;
+    let per_child = n.div_ceil(100);
+    for _ in 0..n.div_ceil(per_child.max(1)) {
+        // SAFETY: the child only makes pipes, splices and exits; no locks are shared.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            for _ in 0..per_child {
+                let mut fds = [0; 2];
+                // SAFETY: fds has room for the two ends.
+                unsafe { libc::pipe(fds.as_mut_ptr()) };
+                let mut off = 0i64;
+                splice_at(file.as_raw_fd(), &mut off, fds[1], 4 * KIB, 0);
+            }
+            // SAFETY: leaving the forked child at once.
+            unsafe { libc::_exit(0) };
+        }
+        let mut st = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+    }
+    Ok(())
+}
+
 /// 64-byte `pwrite`s at offset 0 of a small file: `busy` live segments (in pipes of
-/// 10 segments each) on other files first, then `ops` timed calls after a warm-up.
-fn worker_hook(ops: usize, busy: usize, dir: &Path) -> R<Value> {
+/// 10 segments each) on other files first (or a domain aged by `aged` finished
+/// pipelines), then `ops` timed calls after a warm-up.
+fn worker_hook(ops: usize, busy: usize, aged: usize, dir: &Path) -> R<Value> {
     raise_nofile(4096);
     let target = create_data_file(&dir.join(format!("hook-{}", std::process::id())), 4 * KIB)?;
     let _busy = if busy > 0 {
@@ -426,6 +462,10 @@ fn worker_hook(ops: usize, busy: usize, dir: &Path) -> R<Value> {
     } else {
         None
     };
+    if aged > 0 {
+        age_domain(dir, aged)?;
+    }
+    let live_before = live_segments_now();
     let live = live_segments_now();
     let fd = target.as_raw_fd();
     let buf = [b'h'; 64];
@@ -436,6 +476,30 @@ fn worker_hook(ops: usize, busy: usize, dir: &Path) -> R<Value> {
     for _ in 0..ops {
         if pwrite(fd, &buf, 0) != 64 {
             return Err(os_err("pwrite"));
+        }
+    }
+    let ns = t.elapsed().as_nanos() as f64 / ops as f64;
+    Ok(json!({ "ns_per_op": ns, "live_segments": live, "live_before": live_before }))
+}
+
+/// `close` of fds that are not tracked pipes (`dup` of stdin, then `close`): `ops`
+/// timed pairs, with `busy` live segments in the domain (pipes this process holds).
+fn worker_close(ops: usize, busy: usize) -> R<Value> {
+    raise_nofile(4096);
+    let dir = std::env::temp_dir();
+    let _busy = if busy > 0 {
+        Some(make_busy(&dir, busy.div_ceil(10), 10)?)
+    } else {
+        None
+    };
+    let live = live_segments_now();
+    let t = Instant::now();
+    for _ in 0..ops {
+        // SAFETY: dup of an open fd and close of the fd it returned.
+        let fd = unsafe { libc::dup(0) };
+        // SAFETY: as above.
+        if fd < 0 || unsafe { libc::close(fd) } != 0 {
+            return Err(os_err("dup/close"));
         }
     }
     let ns = t.elapsed().as_nanos() as f64 / ops as f64;
@@ -850,9 +914,10 @@ fn run_all(ctx: &Ctx, plan: &Plan, args: &[String]) -> R<Value> {
     println!("  (medians of alternating repetitions; ratios are medians of per-repetition ratios)");
     let t0 = Instant::now();
     type Section = fn(&Ctx, &Plan) -> R<Value>;
-    let mut sections: [(&str, Section, Value); 5] = [
+    let mut sections: [(&str, Section, Value); 6] = [
         ("throughput", section_throughput, Value::Null),
         ("hook", section_hook, Value::Null),
+        ("close", section_close, Value::Null),
         ("conflict", section_conflict, Value::Null),
         ("scale", section_scale, Value::Null),
         ("start", section_start, Value::Null),
@@ -862,12 +927,12 @@ fn run_all(ctx: &Ctx, plan: &Plan, args: &[String]) -> R<Value> {
             *out = run(ctx, plan)?;
         }
     }
-    let [throughput, hook, conflict, scale, start] = sections.map(|(_, _, v)| v);
+    let [throughput, hook, close, conflict, scale, start] = sections.map(|(_, _, v)| v);
     println!("\ntotal time {:.1} s", t0.elapsed().as_secs_f64());
     Ok(json!({
         "date": date, "kernel": kernel, "nproc": nproc, "cpu": cpu, "command": command,
         "quick": plan.file_len < 512 * MIB,
-        "throughput": throughput, "hook": hook, "conflict": conflict,
+        "throughput": throughput, "hook": hook, "close": close, "conflict": conflict,
         "scale": scale, "start": start,
     }))
 }
@@ -1037,17 +1102,18 @@ fn section_hook(ctx: &Ctx, plan: &Plan) -> R<Value> {
         "\n2. Hook cost: 64-byte pwrite at offset 0 of an unrelated file, {} ops x {} reps",
         plan.hook_ops, plan.hook_reps
     );
-    let variants: [(&str, Shim, usize); 3] = [
-        ("no shim", Shim::Off, 0),
-        ("shim, idle registry", Shim::Protect, 0),
-        ("shim, 1000 live segs", Shim::Protect, 1000),
+    let variants: [(&str, Shim, usize, usize); 4] = [
+        ("no shim", Shim::Off, 0, 0),
+        ("shim, idle registry", Shim::Protect, 0, 0),
+        ("shim, 1000 live segs", Shim::Protect, 1000, 0),
+        ("shim, after 10k pipelines", Shim::Protect, 0, 10_000),
     ];
     let mut ns = vec![Vec::new(); variants.len()];
     let mut live = vec![-1i64; variants.len()];
     for rep in 0..plan.hook_reps {
         for k in 0..variants.len() {
             let vi = (k + rep) % variants.len();
-            let (_, shim, busy) = variants[vi];
+            let (_, shim, busy, aged) = variants[vi];
             let v = ctx.run(
                 shim,
                 &[
@@ -1055,6 +1121,7 @@ fn section_hook(ctx: &Ctx, plan: &Plan) -> R<Value> {
                     plan.hook_ops.to_string(),
                     busy.to_string(),
                     ctx.dir.display().to_string(),
+                    aged.to_string(),
                 ],
             )?;
             ns[vi].push(v["ns_per_op"].as_f64().unwrap_or(0.0));
@@ -1066,10 +1133,10 @@ fn section_hook(ctx: &Ctx, plan: &Plan) -> R<Value> {
         "variant", "ns/op", "x none", "live"
     );
     let mut rows = Vec::new();
-    for (vi, (name, _, _)) in variants.iter().enumerate() {
+    for (vi, (name, _, _, _)) in variants.iter().enumerate() {
         let ratios: Vec<f64> = ns[vi].iter().zip(&ns[0]).map(|(v, b)| v / b).collect();
         let ratio = median(&ratios);
-        let limit = [None, Some(1.05), Some(1.25)][vi];
+        let limit = [None, Some(1.05), Some(1.25), Some(1.05)][vi];
         let goal = limit
             .map(|l| format!("<= {l:.2}x  {}", verdict(ratio <= l)))
             .unwrap_or_default();
@@ -1090,6 +1157,50 @@ fn section_hook(ctx: &Ctx, plan: &Plan) -> R<Value> {
             "variant": name, "ns_per_op": median(&ns[vi]), "ratio_to_none": ratio,
             "samples_ns": ns[vi], "live_segments": live[vi],
             "goal_met": limit.map(|l| ratio <= l),
+        }));
+    }
+    Ok(Value::Array(rows))
+}
+
+fn section_close(ctx: &Ctx, plan: &Plan) -> R<Value> {
+    println!(
+        "\n2b. Close cost: dup + close of an fd that is no tracked pipe, {} pairs x {} reps",
+        plan.hook_ops, plan.hook_reps
+    );
+    let variants: [(&str, Shim, usize); 3] = [
+        ("no shim", Shim::Off, 0),
+        ("shim, idle registry", Shim::Protect, 0),
+        ("shim, 1000 live segs", Shim::Protect, 1000),
+    ];
+    let mut ns = vec![Vec::new(); variants.len()];
+    for rep in 0..plan.hook_reps {
+        for k in 0..variants.len() {
+            let vi = (k + rep) % variants.len();
+            let (_, shim, busy) = variants[vi];
+            let args = ["close".into(), plan.hook_ops.to_string(), busy.to_string()];
+            let v = ctx.run(shim, &args)?;
+            ns[vi].push(v["ns_per_op"].as_f64().unwrap_or(0.0));
+        }
+    }
+    println!("   {:<22} {:>8} {:>9}   goal", "variant", "ns/op", "x none");
+    let mut rows = Vec::new();
+    for (vi, (name, _, _)) in variants.iter().enumerate() {
+        let ratios: Vec<f64> = ns[vi].iter().zip(&ns[0]).map(|(v, b)| v / b).collect();
+        let ratio = median(&ratios);
+        let limit = (vi > 0).then_some(1.02);
+        let goal = limit
+            .map(|l| format!("<= {l:.2}x  {}", verdict(ratio <= l)))
+            .unwrap_or_default();
+        println!(
+            "   {:<22} {:>8.1} {:>8.3}x   {}",
+            name,
+            median(&ns[vi]),
+            ratio,
+            goal
+        );
+        rows.push(json!({
+            "variant": name, "ns_per_op": median(&ns[vi]), "ratio_to_none": ratio,
+            "samples_ns": ns[vi], "goal_met": limit.map(|l| ratio <= l),
         }));
     }
     Ok(Value::Array(rows))
