@@ -9,6 +9,7 @@
 #![deny(clippy::indexing_slicing)]
 
 pub mod bounded;
+pub mod env;
 pub mod journal;
 pub mod layout;
 pub mod lock;

@@ -1,7 +1,7 @@
 /* Bodies of the variadic exec functions, which stable Rust cannot define: the exported
  * execl/execle/execlp (exec.rs) jump here with every register intact. Each collects its
- * argument list and calls execv/execve/execvp, whose hooks give the new program the
- * domain's environment back (glibc's own versions call an internal execve no hook sees). */
+ * argument list and calls execv/execve/execvp, whose hooks see the new program's
+ * environment (glibc's own versions call an internal execve no hook sees). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>

@@ -2,21 +2,9 @@
 //! once (in the library constructor, or on the first hook call if another library's
 //! constructor calls a hook before ours ran). Initialising never takes the table lock.
 
-use splicecow_registry::{Registry, DEFAULT_DOMAIN};
+pub use splicecow_registry::env::Mode;
+use splicecow_registry::{env as names, Registry, DEFAULT_DOMAIN};
 use std::sync::OnceLock;
-
-/// What the shim does with splices and mutations (`SPLICECOW_MODE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Zero-copy splices, settled on conflict (default).
-    Protect,
-    /// Zero-copy splices; conflicts are reported, not settled.
-    Detect,
-    /// Every file→pipe splice copies: the pipe never holds page-cache pages.
-    Copy,
-    /// Hooks call straight through.
-    Off,
-}
 
 /// The process's view of its domain.
 pub struct Runtime {
@@ -28,8 +16,8 @@ pub struct Runtime {
     pub domain: String,
     /// `SPLICECOW_REPORT`, NUL-terminated, for detect mode.
     pub report_path: Option<Vec<u8>>,
-    /// `NAME=value` of `LD_PRELOAD` and every `SPLICECOW_*` variable at start: what an
-    /// `exec` with a cleared environment gets back.
+    /// `NAME=value` of `LD_PRELOAD` and every `SPLICECOW_*` variable at start: an `exec`
+    /// whose environment lacks one of them leaves the domain (and is counted).
     pub exec_env: Vec<Vec<u8>>,
     /// This library's path, as the dynamic loader opened it.
     pub library_path: Vec<u8>,
@@ -79,33 +67,32 @@ fn library_path() -> Vec<u8> {
 }
 
 fn init() -> Runtime {
-    let mut mode = match env("SPLICECOW_MODE").as_deref().map(str::trim) {
-        None | Some("") | Some("protect") => Mode::Protect,
-        Some("detect") => Mode::Detect,
-        Some("copy") => Mode::Copy,
-        Some("off") => Mode::Off,
-        Some(other) => {
+    let mut mode = match env(names::MODE).as_deref().map(str::trim) {
+        None | Some("") => Mode::Protect,
+        Some(name) => Mode::parse(name).unwrap_or_else(|| {
             warn(&format!(
-                "SPLICECOW_MODE={other:?} is not one of protect, detect, copy, off; using protect"
+                "{}={name:?} is not one of protect, detect, copy, off; using protect",
+                names::MODE
             ));
             Mode::Protect
-        }
+        }),
     };
-    let domain = match env("SPLICECOW_DOMAIN") {
+    let domain = match env(names::DOMAIN) {
         None => DEFAULT_DOMAIN.to_string(),
         Some(d) if d.is_empty() => DEFAULT_DOMAIN.to_string(),
         Some(d) => d,
     };
-    let report_path = env("SPLICECOW_REPORT").filter(|p| !p.is_empty()).map(|p| {
+    let report_path = env(names::REPORT).filter(|p| !p.is_empty()).map(|p| {
         let mut v = p.into_bytes();
         v.push(0);
         v
     });
-    if let Some(spec) = env("SPLICECOW_TEST_PAUSE") {
+    if let Some(spec) = env(names::TEST_PAUSE) {
         if let Err(item) = splicecow_registry::pause::configure(&spec) {
             warn(&format!(
-                "SPLICECOW_TEST_PAUSE: {item:?} is not POINT:MICROSECONDS (points: record, \
-                 commit, retire, holder, settle); ignored"
+                "{}: {item:?} is not POINT:MICROSECONDS (points: record, commit, retire, \
+                 holder, settle); ignored",
+                names::TEST_PAUSE
             ));
         }
     }
@@ -136,21 +123,22 @@ fn init() -> Runtime {
             let ours = !library_path.is_empty()
                 && v.windows(library_path.len())
                     .any(|w| w == library_path.as_slice());
-            let keep = k.starts_with(b"SPLICECOW_") || (k == b"LD_PRELOAD" && ours);
+            let keep = k.starts_with(names::PREFIX.as_bytes()) || (k == b"LD_PRELOAD" && ours);
             keep.then(|| [k, b"=".to_vec(), v].concat())
         })
         .collect();
-    let private_snapshots = match env("SPLICECOW_PRIVATE_SNAPSHOTS").as_deref().map(str::trim) {
+    let private_snapshots = match env(names::PRIVATE_SNAPSHOTS).as_deref().map(str::trim) {
         None | Some("") | Some("0") => false,
         Some("1") => true,
         Some(other) => {
             warn(&format!(
-                "SPLICECOW_PRIVATE_SNAPSHOTS={other:?} is not 0 or 1; using 0"
+                "{}={other:?} is not 0 or 1; using 0",
+                names::PRIVATE_SNAPSHOTS
             ));
             false
         }
     };
-    let snapshot_timeout_ms = env("SPLICECOW_SNAPSHOT_TIMEOUT_MS")
+    let snapshot_timeout_ms = env(names::SNAPSHOT_TIMEOUT_MS)
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(1000);
     Runtime {
