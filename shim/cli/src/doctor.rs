@@ -1,7 +1,8 @@
 //! `splicecow doctor`: can this machine, and a given program, be protected?
 
 use crate::demo::{self, Case};
-use crate::{library_path, DoctorArgs};
+use crate::location;
+use crate::DoctorArgs;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -116,15 +117,25 @@ fn proc_fd_reopen() -> Check {
     }
 }
 
-/// (d) The library `run` would preload.
+/// (d) The library `run` would preload, and the layout it was found in.
 fn library() -> Check {
-    let lib = library_path();
-    if lib.is_file() {
-        pass(format!("library found at {}", lib.display()))
+    let lib = location::find();
+    if lib.found {
+        pass(format!(
+            "library found at {} ({})",
+            lib.path.display(),
+            lib.describe_origin()
+        ))
     } else {
+        let searched: Vec<String> = lib
+            .searched
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         fail(format!(
-            "library not found at {} (build it with `cargo build --release`, or set SPLICECOW_LIB)",
-            lib.display()
+            "library not found at {} (build it with `cargo build --release`, install it with \
+             scripts/install or the Debian package, or set SPLICECOW_LIB)",
+            searched.join(", ")
         ))
     }
 }

@@ -1,11 +1,13 @@
 //! `splicecow`: run programs with `libsplicecow.so` preloaded, inspect a domain's
 //! registry, check a machine and a program, and demonstrate the splice hazard.
 //!
-//! Subcommands live in their own modules: [`run`], [`stats`], [`doctor`], [`demo`].
-//! This file holds the command-line definition and what they share.
+//! Subcommands live in their own modules: [`run`], [`stats`], [`doctor`], [`demo`];
+//! [`location`] finds the library. This file holds the command-line definition and what
+//! they share.
 
 mod demo;
 mod doctor;
+mod location;
 mod run;
 mod stats;
 
@@ -59,8 +61,8 @@ Examples:
   splicecow run --mode detect --fail-on-conflict -- python3 -m pytest
   splicecow run --stats --domain backup -- tar -cf - /srv | zstd > srv.tar.zst
 
-CMD runs with LD_PRELOAD extended by libsplicecow.so (found next to this binary, or
-at $SPLICECOW_LIB) and SPLICECOW_DOMAIN, SPLICECOW_MODE (and SPLICECOW_REPORT) set.
+CMD runs with LD_PRELOAD extended by libsplicecow.so (found beside this binary, under
+the prefix it is installed in, or at $SPLICECOW_LIB) and SPLICECOW_DOMAIN, SPLICECOW_MODE (and SPLICECOW_REPORT) set.
 The domain's registry is created before CMD starts and removed once the last
 process started from CMD is gone (splicecow waits for orphaned descendants too),
 unless --domain named a registry that already existed. SIGINT, SIGTERM and SIGHUP
@@ -100,8 +102,10 @@ Examples:
   splicecow doctor
   splicecow doctor pv
 
-Each check prints one line starting with ✓ or ✗ and the reason. With PROGRAM (a
-path, or a name looked up in PATH) it also checks whether splicecow can see that
+Each check prints one line starting with ✓ or ✗ and the reason. The library line
+says which library `run` would preload and how it was found: named by $SPLICECOW_LIB,
+beside this binary in the build tree, or under the prefix it is installed in.
+With PROGRAM (a path, or a name looked up in PATH) it also checks whether splicecow can see that
 program's calls: dynamically linked, not setuid/setgid, not Go, no io_uring.
 
 Exit status:
@@ -207,17 +211,11 @@ fn parse_domain(s: &str) -> Result<String, String> {
     }
 }
 
-/// Where `libsplicecow.so` is: `$SPLICECOW_LIB` if set (made absolute), else the file of
-/// that name in the directory of this executable.
+/// Where `libsplicecow.so` is: `$SPLICECOW_LIB` if set (made absolute), else found by
+/// this executable's location ([`location::find`]: beside it in the build tree, or under
+/// the prefix it is installed in).
 pub fn library_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("SPLICECOW_LIB").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        return std::path::absolute(&p).unwrap_or(p);
-    }
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("splicecow"));
-    exe.parent()
-        .map(|d| d.join("libsplicecow.so"))
-        .unwrap_or_else(|| PathBuf::from("libsplicecow.so"))
+    location::find().path
 }
 
 fn main() {
