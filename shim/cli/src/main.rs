@@ -1,12 +1,14 @@
 //! `splicecow`: run programs with `libsplicecow.so` preloaded, inspect a domain's
 //! registry, check a machine and a program, and demonstrate the splice hazard.
 //!
-//! Subcommands live in their own modules: [`run`], [`stats`], [`doctor`], [`demo`];
+//! Subcommands live in their own modules: [`run`], [`stats`] (and [`domains`] for
+//! `stats --all`), [`doctor`], [`demo`];
 //! [`location`] finds the library. This file holds the command-line definition and what
 //! they share.
 
 mod demo;
 mod doctor;
+mod domains;
 mod location;
 mod run;
 mod stats;
@@ -38,7 +40,7 @@ enum Command {
     /// Run a command (and everything it starts) with splicecow in a fresh domain.
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),
-    /// Print the counters of a domain's registry.
+    /// Print the counters of a domain's registry, or of every domain.
     #[command(after_help = STATS_HELP)]
     Stats(StatsArgs),
     /// Check that this machine, and optionally a program, can be protected.
@@ -89,12 +91,20 @@ Examples:
   splicecow stats                       # the default domain (or $SPLICECOW_DOMAIN)
   splicecow stats --domain backup --json
   splicecow stats --watch 2
+  splicecow stats --all --remove-stale  # every domain; remove the registries of dead runs
 
 The domain is --domain, else $SPLICECOW_DOMAIN, else \"default\".
 
+With --all: every registry of this user in /dev/shm with its main counters, how many
+processes map it now (/proc/*/maps) and its state: in use; idle (a named domain nobody
+uses now, kept); stale (nobody uses it and nobody will: a splicecow run or demo that is
+over, a corrupt registry or one of another layout version; unchanged for a minute);
+refused (not a regular 0600 file of this user). --remove-stale removes the stale ones.
+
 Exit status:
-  0  the counters were printed
-  1  no registry exists for the domain (nothing has run in it) or it cannot be read
+  0  the counters were printed (--all: also when there is no registry)
+  1  no registry exists for the domain (nothing has run in it) or it cannot be read;
+     --all: /dev/shm cannot be read or a stale registry could not be removed
   2  usage error";
 
 const DOCTOR_HELP: &str = "\
@@ -188,12 +198,18 @@ pub struct StatsArgs {
     /// The domain to inspect (default: $SPLICECOW_DOMAIN, else "default").
     #[arg(long, value_name = "NAME", value_parser = parse_domain)]
     pub domain: Option<String>,
-    /// Print one JSON object instead of `name: value` lines.
+    /// Print one JSON object instead of `name: value` lines (--all: one per domain).
     #[arg(long)]
     pub json: bool,
     /// Print again every SECS seconds (default 1) until interrupted.
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
     pub watch: Option<f64>,
+    /// List every domain of this user: main counters, processes using it, state.
+    #[arg(long, conflicts_with_all = ["domain", "watch"])]
+    pub all: bool,
+    /// With --all: remove the registries of stale domains (see below).
+    #[arg(long, requires = "all")]
+    pub remove_stale: bool,
 }
 
 /// Arguments of `splicecow doctor`.
@@ -222,6 +238,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run::main(args),
+        Command::Stats(args) if args.all => domains::main(args),
         Command::Stats(args) => stats::main(args),
         Command::Doctor(args) => doctor::main(args),
         Command::Demo => demo::main(),
