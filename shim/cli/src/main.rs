@@ -2,14 +2,16 @@
 //! registry, check a machine and a program, and demonstrate the splice hazard.
 //!
 //! Subcommands live in their own modules: [`run`], [`stats`] (and [`domains`] for
-//! `stats --all`), [`doctor`], [`demo`];
-//! [`location`] finds the library. This file holds the command-line definition and what
-//! they share.
+//! `stats --all`), [`doctor`], [`demo`]; [`generate`] writes the man pages and shell
+//! completions from the definitions here and the texts in [`manual`]; [`location`] finds
+//! the library. This file holds the command-line definition and what they share.
 
 mod demo;
 mod doctor;
 mod domains;
+mod generate;
 mod location;
+mod manual;
 mod run;
 mod stats;
 
@@ -21,14 +23,23 @@ use std::path::PathBuf;
 /// (sysexits' EX_DATAERR).
 pub const EXIT_CONFLICTS: i32 = 66;
 
+/// The one-line summaries of the commands (the man pages' NAME lines).
+const ABOUT: &str =
+    "Make splice(2) from files safe: bytes in a pipe stay as they were when spliced";
+const RUN_ABOUT: &str = "Run a command (and everything it starts) with splicecow in a fresh domain";
+const STATS_ABOUT: &str = "Print the counters of a domain's registry, or of every domain";
+const DOCTOR_ABOUT: &str = "Check that this machine, and optionally a program, can be protected";
+const DEMO_ABOUT: &str = "Show the splice hazard side by side, without and with splicecow";
+const COMPLETIONS_ABOUT: &str = "Print a shell completion script (bash, zsh, fish, ...)";
+
 /// Command-line interface of `splicecow`.
 #[derive(Parser)]
 #[command(
     name = "splicecow",
     version,
-    about = "Make splice(2) from files safe: bytes in a pipe stay as they were when spliced",
-    after_help = "Example:\n  splicecow run -- pv /var/log/big.log | gzip > big.gz\n  splicecow demo\n\n\
-Exit status: that of the subcommand (see `splicecow help SUBCOMMAND`); 2 for a usage error."
+    about = ABOUT,
+    long_about = manual::TOP.long_about(ABOUT),
+    after_help = manual::TOP.after_help()
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -37,104 +48,51 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a command (and everything it starts) with splicecow in a fresh domain.
-    #[command(after_help = RUN_HELP)]
+    #[command(
+        about = RUN_ABOUT,
+        long_about = manual::RUN.long_about(RUN_ABOUT),
+        after_help = manual::RUN.after_help()
+    )]
     Run(RunArgs),
-    /// Print the counters of a domain's registry, or of every domain.
-    #[command(after_help = STATS_HELP)]
+    #[command(
+        about = STATS_ABOUT,
+        long_about = manual::STATS.long_about(STATS_ABOUT),
+        after_help = manual::STATS.after_help()
+    )]
     Stats(StatsArgs),
-    /// Check that this machine, and optionally a program, can be protected.
-    #[command(after_help = DOCTOR_HELP)]
+    #[command(
+        about = DOCTOR_ABOUT,
+        long_about = manual::DOCTOR.long_about(DOCTOR_ABOUT),
+        after_help = manual::DOCTOR.after_help()
+    )]
     Doctor(DoctorArgs),
-    /// Show the splice hazard side by side, without and with splicecow.
-    #[command(after_help = DEMO_HELP)]
+    #[command(
+        about = DEMO_ABOUT,
+        long_about = manual::DEMO.long_about(DEMO_ABOUT),
+        after_help = manual::DEMO.after_help()
+    )]
     Demo,
+    #[command(
+        about = COMPLETIONS_ABOUT,
+        long_about = manual::COMPLETIONS.long_about(COMPLETIONS_ABOUT),
+        after_help = manual::COMPLETIONS.after_help()
+    )]
+    Completions {
+        /// The shell to print the script for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run one reproducer case in this process and print one JSON line (used by `demo`).
     #[command(hide = true)]
     DemoCase {
         /// The case to run.
         case: demo::Case,
     },
+    /// Write the man pages and shell completions (used by scripts/install and the
+    /// Debian package build).
+    #[command(hide = true)]
+    GenerateDocs(generate::GenerateArgs),
 }
-
-const RUN_HELP: &str = "\
-Examples:
-  splicecow run -- pv access.log | nc collector 9000
-  splicecow run --mode detect --fail-on-conflict -- python3 -m pytest
-  splicecow run --stats --domain backup -- tar -cf - /srv | zstd > srv.tar.zst
-
-CMD runs with LD_PRELOAD extended by libsplicecow.so (found beside this binary, under
-the prefix it is installed in, or at $SPLICECOW_LIB) and SPLICECOW_DOMAIN, SPLICECOW_MODE (and SPLICECOW_REPORT) set.
-The domain's registry is created before CMD starts and removed once the last
-process started from CMD is gone (splicecow waits for orphaned descendants too),
-unless --domain named a registry that already existed. SIGINT, SIGTERM and SIGHUP
-are forwarded to CMD (a terminal's signals reach CMD directly and are not sent twice).
-A signal that arrives after CMD has exited makes splicecow wait 1 s more for the
-remaining descendants, then exit and leave the registry to them.
-In detect mode without --report, conflict reports are collected in a temporary file
-and copied to stderr at exit. --fail-on-conflict fails the run when the report file
-has a line or the registry's `conflicts` counter is non-zero (it counts every
-mutating call that hit an in-flight segment, and protect mode increments it too, for
-conflicts it settled); the summary counts report lines (one per conflict) when there
-are any, else that counter.
-
-Exit status:
-  CMD's exit status, or 128+N when CMD was killed by signal N
-  66   with --fail-on-conflict: CMD exited 0 but splice/mutation conflicts were seen
-       (a failing CMD's own status wins)
-  126  CMD could not be executed (e.g. permission denied)
-  127  CMD was not found
-  2    usage error";
-
-const STATS_HELP: &str = "\
-Examples:
-  splicecow stats                       # the default domain (or $SPLICECOW_DOMAIN)
-  splicecow stats --domain backup --json
-  splicecow stats --watch 2
-  splicecow stats --all --remove-stale  # every domain; remove the registries of dead runs
-
-The domain is --domain, else $SPLICECOW_DOMAIN, else \"default\".
-
-With --all: every registry of this user in /dev/shm with its main counters, how many
-processes map it now (/proc/*/maps) and its state: in use; idle (a named domain nobody
-uses now, kept); stale (nobody uses it and nobody will: a splicecow run or demo that is
-over, a corrupt registry or one of another layout version; unchanged for a minute);
-refused (not a regular 0600 file of this user). --remove-stale removes the stale ones.
-
-Exit status:
-  0  the counters were printed (--all: also when there is no registry)
-  1  no registry exists for the domain (nothing has run in it) or it cannot be read;
-     --all: /dev/shm cannot be read or a stale registry could not be removed
-  2  usage error";
-
-const DOCTOR_HELP: &str = "\
-Examples:
-  splicecow doctor
-  splicecow doctor pv
-
-Each check prints one line starting with ✓ or ✗ and the reason. The library line
-says which library `run` would preload and how it was found: named by $SPLICECOW_LIB,
-beside this binary in the build tree, or under the prefix it is installed in.
-With PROGRAM (a path, or a name looked up in PATH) it also checks whether splicecow can see that
-program's calls: dynamically linked, not setuid/setgid, not Go, no io_uring.
-
-Exit status:
-  0  every check passed
-  1  at least one check failed
-  2  usage error";
-
-const DEMO_HELP: &str = "\
-Example:
-  splicecow demo
-
-Each case writes a file, splices 64 KiB of it into a pipe, changes the file (in the
-same or in another process) and then reads the pipe back. Every case runs once
-without splicecow and once with it preloaded in a fresh domain.
-
-Exit status:
-  0  every protected run read back exactly the bytes that were spliced
-  1  some protected run was corrupted (or failed)
-  2  libsplicecow.so was not found";
 
 /// What the preload library does, as `SPLICECOW_MODE` tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -242,7 +200,9 @@ fn main() {
         Command::Stats(args) => stats::main(args),
         Command::Doctor(args) => doctor::main(args),
         Command::Demo => demo::main(),
+        Command::Completions { shell } => generate::completions_main(shell),
         Command::DemoCase { case } => demo::case_main(case),
+        Command::GenerateDocs(args) => generate::main(args),
     };
     std::process::exit(code);
 }

@@ -436,7 +436,14 @@ fn demo_without_the_library_exits_2() {
 
 #[test]
 fn every_help_has_an_example_and_exit_codes() {
-    for sub in [&[][..], &["run"], &["stats"], &["doctor"], &["demo"]] {
+    for sub in [
+        &[][..],
+        &["run"],
+        &["stats"],
+        &["doctor"],
+        &["demo"],
+        &["completions"],
+    ] {
         let mut args = sub.to_vec();
         args.push("--help");
         let o = output(&args);
