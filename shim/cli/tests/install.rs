@@ -1,5 +1,6 @@
 //! Installing splicecow like the tools it sits beside, tested with real processes:
-//! `scripts/install` into a temporary prefix, and staged under a DESTDIR.
+//! `scripts/install` into a temporary prefix (and staged under a DESTDIR), and the Debian
+//! package built by `scripts/deb` (installed with apt and removed again, as root only).
 //!
 //! The library comes from `$SPLICECOW_LIB` or beside the CLI binary under test; the tests
 //! that need it say so and skip when it is missing (`cargo build --release` first, as
@@ -310,4 +311,198 @@ fn uninstall_without_an_install_fails_and_removes_nothing() {
     assert!(scratch.0.join("bin/splicecow").exists());
     let o = install_script(&["--prefix", "relative/dir"]);
     assert_eq!(o.status.code(), Some(1));
+}
+
+/// Removes the Debian package again, however the test ends.
+struct InstalledPackage;
+
+impl Drop for InstalledPackage {
+    fn drop(&mut self) {
+        let _ = Command::new("apt-get")
+            .args(["remove", "-y", "splicecow"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+/// Why the Debian package test cannot run here, if it cannot.
+fn debian_test_blocker() -> Option<String> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (installing a package needs root; CI runs as root)".into());
+    }
+    for tool in ["apt-get", "dpkg", "dpkg-shlibdeps"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            return Some(format!("{tool} is missing"));
+        }
+    }
+    if Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        return Some(
+            "cargo-deb is not installed (`cargo install cargo-deb --locked`; .ci/run does)".into(),
+        );
+    }
+    let release = repo().join("target/release");
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    if bin_dir.canonicalize().ok() != release.canonicalize().ok() {
+        return Some(format!(
+            "scripts/deb packs target/release, but the CLI under test is in {} \
+             (run `cargo test --release`)",
+            bin_dir.display()
+        ));
+    }
+    if !release.join("libsplicecow.so").is_file() {
+        return Some("target/release/libsplicecow.so is missing (cargo build --release)".into());
+    }
+    let status = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "splicecow"])
+        .output()
+        .map(|o| text(&o.stdout))
+        .unwrap_or_default();
+    if status.contains("installed") {
+        return Some(format!(
+            "a splicecow package is installed on this machine ({status}); not touching it"
+        ));
+    }
+    None
+}
+
+#[test]
+fn the_debian_package_installs_protects_and_removes_cleanly() {
+    if let Some(why) = debian_test_blocker() {
+        eprintln!("skipped the Debian package test: {why}");
+        return;
+    }
+    let start = std::time::Instant::now();
+    let built = ok(
+        "scripts/deb --no-build",
+        run(clean("bash", &[])
+            .arg(repo().join("scripts/deb"))
+            .arg("--no-build")
+            .current_dir(repo())),
+    );
+    let deb = built
+        .lines()
+        .rev()
+        .find(|l| l.trim_end().ends_with(".deb"))
+        .map(|l| repo().join(l.trim()))
+        .unwrap_or_else(|| panic!("no .deb named in {built}"));
+    let built_in = start.elapsed();
+
+    let guard = InstalledPackage;
+    ok(
+        "apt-get install ./splicecow_*.deb",
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .arg(&deb)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())),
+    );
+    let listed = ok(
+        "dpkg -L splicecow",
+        run(Command::new("dpkg").args(["-L", "splicecow"])),
+    );
+    let triplet = format!("{}-linux-gnu", std::env::consts::ARCH);
+    let lib = format!("/usr/lib/{triplet}/splicecow/libsplicecow.so");
+    for path in [
+        "/usr/bin/splicecow",
+        lib.as_str(),
+        "/usr/share/man/man1/splicecow.1.gz",
+        "/usr/share/man/man1/splicecow-run.1.gz",
+        "/usr/share/man/man7/libsplicecow.7.gz",
+        "/usr/share/bash-completion/completions/splicecow",
+        "/usr/share/zsh/vendor-completions/_splicecow",
+        "/usr/share/fish/vendor_completions.d/splicecow.fish",
+    ] {
+        assert!(
+            listed.lines().any(|l| l == path),
+            "{path} not in the package"
+        );
+        assert!(Path::new(path).is_file(), "{path} not installed");
+    }
+
+    let cli = Path::new("/usr/bin/splicecow");
+    let doctor = text(&run(clean(cli, &["doctor"]).current_dir("/")).stdout);
+    assert!(
+        doctor.contains(&format!(
+            "✓ library found at {lib} (installed layout under /usr, found from /usr/bin/splicecow)"
+        )),
+        "{doctor}"
+    );
+    assert!(!doctor.contains("✗ "), "{doctor}");
+    let (case, counters) = protected_case(cli);
+    assert_eq!(case["mismatched_bytes"], 0, "{case}");
+    assert!(counter(&counters, "settles") >= 1, "{counters}");
+    protected_pv_pipeline(cli);
+    if let Some((warnings, out)) = render_man(Path::new("/usr/share/man/man7/libsplicecow.7.gz")) {
+        assert_eq!(warnings, "");
+        assert!(out.contains("WHAT IS NOT PROTECTED"));
+    }
+
+    drop(guard);
+    let status = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "splicecow"])
+        .output()
+        .unwrap();
+    // No conffiles, so nothing keeps a "config-files" entry: the package is gone.
+    let status = text(&status.stdout);
+    assert!(
+        status.is_empty() || status.contains("not-installed"),
+        "after apt-get remove: {status}"
+    );
+    for path in listed.lines().map(Path::new) {
+        if path.is_dir() {
+            // Only directories other packages own (or fill) may stay.
+            let owned = Command::new("dpkg")
+                .arg("-S")
+                .arg(path)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            let empty = std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_none());
+            assert!(owned || !empty, "{} left behind", path.display());
+        } else {
+            assert!(!path.exists(), "{} left behind", path.display());
+        }
+    }
+    eprintln!(
+        "Debian package test: built in {:.1} s, installed, checked and removed in {:.1} s",
+        built_in.as_secs_f64(),
+        (start.elapsed() - built_in).as_secs_f64()
+    );
+}
+
+/// `pv FILE | (sleep; cat)` while another process of the domain truncates FILE: the
+/// reader gets what was spliced. Skipped without pv.
+fn protected_pv_pipeline(cli: &Path) {
+    if Command::new("pv").arg("--version").output().is_err() {
+        eprintln!("skipped the pv pipeline: pv is not installed");
+        return;
+    }
+    let scratch = Scratch::new("pv");
+    let data = scratch.0.join("data");
+    let out = scratch.0.join("out");
+    let original: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&data, &original).unwrap();
+    let script = format!(
+        "pv -q '{d}' | {{ sleep 0.6; cat > '{o}'; }} & sleep 0.3; truncate -s 30000 '{d}'; wait",
+        d = data.display(),
+        o = out.display()
+    );
+    let o = run(&mut clean(
+        cli,
+        &["run", "--stats", "--", "sh", "-c", &script],
+    ));
+    let counters = text(&o.stderr);
+    assert!(o.status.success(), "{counters}");
+    let got = std::fs::read(&out).unwrap();
+    assert!(got == original, "the reader got other bytes: {counters}");
+    assert!(counter(&counters, "settles") >= 1, "{counters}");
 }
