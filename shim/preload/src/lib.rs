@@ -38,6 +38,7 @@ extern "C" fn constructor() {
             ops::snapshot::install();
             ops::streams::install();
             ops::lifetime::install();
+            ops::peers::install();
         }
     }
 }

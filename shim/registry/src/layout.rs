@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// First eight bytes of an initialised registry: "SPLCCOW\x01".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SPLCCOW\x01");
 /// Bumped whenever the layout below changes; a registry of another version is refused.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// File records (files with in-flight segments or shared writable mappings).
 pub const MAX_FILES: usize = 4096;
 /// Pipe records (pipes that may hold page-cache pages of a domain's splices).
@@ -276,6 +276,10 @@ pub struct Header {
     pub busy_pipes: AtomicU32,
     /// Where in the busy list the next sweep starts (sweeps are bounded).
     pub sweep_cursor: AtomicU32,
+    /// The domain's mode (`1 +` its place in `env::Mode::ALL`; 0: not recorded yet).
+    pub mode: AtomicU32,
+    /// Keeps the size a multiple of 8.
+    pub reserved: u32,
     /// Counters shown by `splicecow stats`.
     pub counters: Counters,
 }
@@ -326,7 +330,7 @@ mod tests {
             size_of::<SettleJournal>(),
             32 + 8 * JOURNAL_CHUNKS + JOURNAL_BYTES
         );
-        assert_eq!(size_of::<Header>(), 72 + 128);
+        assert_eq!(size_of::<Header>(), 80 + 128);
         assert_eq!(align_of::<Layout>(), 8);
         assert_eq!(
             LAYOUT_SIZE,

@@ -10,10 +10,12 @@
 
 pub mod bounded;
 pub mod env;
+pub mod index;
 pub mod journal;
 pub mod layout;
 pub mod lock;
 pub mod pause;
+mod shm;
 pub mod sys;
 pub mod tables;
 
@@ -30,8 +32,6 @@ use std::sync::atomic::{fence, Ordering};
 pub const DEFAULT_DOMAIN: &str = "default";
 /// Longest accepted domain name.
 pub const MAX_DOMAIN_LEN: usize = 64;
-/// How long an opener waits for a concurrent creator to publish the registry.
-const PUBLISH_WAIT_NS: u64 = 1_000_000_000;
 
 /// Why a registry could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,21 +99,34 @@ pub fn registry_path(domain: &str) -> String {
 
 /// A mapped registry. Cheap to share between threads: all mutation goes through the lock.
 pub struct Registry {
+    /// Keeps the file mapped as long as the registry lives.
+    _mapping: shm::Mapping,
     base: *mut Layout,
+    /// The domain's name.
+    domain: String,
+    /// The user index this domain's tables keep up to date, once joined.
+    index: std::sync::OnceLock<&'static index::Index>,
 }
+
+/// The registry as a kind of shared file.
+const REGISTRY: shm::Kind = shm::Kind {
+    size: LAYOUT_SIZE,
+    magic: MAGIC,
+    version: LAYOUT_VERSION,
+    steps: [
+        "creating the registry",
+        "opening the registry",
+        "sizing the registry",
+        "mapping the registry",
+        "inspecting the registry",
+    ],
+};
 
 // SAFETY: the mapping is process-wide and never unmapped while a Registry exists; mutable
 // access only happens through `Guard`, which holds the cross-process lock.
 unsafe impl Send for Registry {}
 // SAFETY: as above.
 unsafe impl Sync for Registry {}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // SAFETY: the Registry owns this mapping; Guards borrow it, so none outlives it.
-        unsafe { sys::munmap(self.base as *mut u8, LAYOUT_SIZE) };
-    }
-}
 
 /// Holds the table lock; gives exclusive access to the tables until dropped.
 pub struct Guard<'a> {
@@ -213,94 +226,14 @@ impl Registry {
         }
         let mut path = registry_path(domain).into_bytes();
         path.push(0);
-        let base_flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        if create {
-            match sys::open(&path, base_flags | libc::O_CREAT | libc::O_EXCL, 0o600) {
-                Ok(fd) => return Self::initialise(fd),
-                Err(libc::EEXIST) => {}
-                Err(e) => return Err(OpenError::Sys("creating the registry", e)),
-            }
-        }
-        let fd = match sys::open(&path, base_flags, 0) {
-            Ok(fd) => fd,
-            Err(libc::ENOENT) => return Err(OpenError::Missing),
-            Err(libc::ELOOP) => return Err(OpenError::NotOurs),
-            Err(e) => return Err(OpenError::Sys("opening the registry", e)),
-        };
-        let r = Self::attach(fd);
-        sys::close(fd);
-        r
-    }
-
-    /// Creator's half of the handshake: size, map, fill the header, publish the magic.
-    fn initialise(fd: i32) -> Result<Registry, OpenError> {
-        let r = (|| {
-            sys::ftruncate(fd, LAYOUT_SIZE as u64)
-                .map_err(|e| OpenError::Sys("sizing the registry", e))?;
-            let base = sys::mmap_rw(LAYOUT_SIZE, libc::MAP_SHARED, fd)
-                .map_err(|e| OpenError::Sys("mapping the registry", e))?
-                as *mut Layout;
-            let reg = Registry { base };
-            // SAFETY: the file is new (O_EXCL) and zero-filled; nobody reads these plain
-            // fields before the magic is published with Release below.
-            unsafe {
-                (*base).header.layout_version = LAYOUT_VERSION;
-                (*base).header.layout_size = LAYOUT_SIZE as u32;
-            }
-            reg.header().magic.store(MAGIC, Ordering::Release);
-            Ok(reg)
-        })();
-        sys::close(fd);
-        r
-    }
-
-    /// Opener's half: check owner, mode and size, map, wait for the magic, check version.
-    fn attach(fd: i32) -> Result<Registry, OpenError> {
-        let deadline = sys::monotonic_ns() + PUBLISH_WAIT_NS;
-        // SAFETY: geteuid cannot fail.
-        let euid = unsafe { libc::syscall(libc::SYS_geteuid) } as u32;
-        loop {
-            let st = sys::fstat(fd).map_err(|e| OpenError::Sys("inspecting the registry", e))?;
-            if st.st_mode & libc::S_IFMT != libc::S_IFREG
-                || st.st_uid != euid
-                || st.st_mode & 0o077 != 0
-            {
-                return Err(OpenError::NotOurs);
-            }
-            if st.st_size as usize == LAYOUT_SIZE {
-                break;
-            }
-            // Size 0: a creator between O_EXCL and ftruncate. Wait for it, unless the
-            // file is old (its creator died there): then refuse at once.
-            let age_ns = sys::realtime_ns()
-                .saturating_sub(st.st_ctime as u64 * 1_000_000_000 + st.st_ctime_nsec as u64);
-            if st.st_size != 0 || age_ns > PUBLISH_WAIT_NS || sys::monotonic_ns() > deadline {
-                return Err(OpenError::Foreign);
-            }
-            sys::sleep_ns(1_000_000);
-        }
-        let base = sys::mmap_rw(LAYOUT_SIZE, libc::MAP_SHARED, fd)
-            .map_err(|e| OpenError::Sys("mapping the registry", e))?
-            as *mut Layout;
-        let reg = Registry { base };
-        loop {
-            let magic = reg.header().magic.load(Ordering::Acquire);
-            if magic == MAGIC {
-                break;
-            }
-            if magic != 0 || sys::monotonic_ns() > deadline {
-                return Err(OpenError::Foreign);
-            }
-            sys::sleep_ns(1_000_000);
-        }
-        let h = reg.header();
-        if h.layout_version != LAYOUT_VERSION {
-            return Err(OpenError::Version(h.layout_version));
-        }
-        if h.layout_size as usize != LAYOUT_SIZE {
-            return Err(OpenError::Foreign);
-        }
-        Ok(reg)
+        let mapping = shm::open(&path, &REGISTRY, create)?;
+        let base = mapping.base() as *mut Layout;
+        Ok(Registry {
+            _mapping: mapping,
+            base,
+            domain: domain.to_string(),
+            index: std::sync::OnceLock::new(),
+        })
     }
 
     /// Removes the registry file of `domain` (mappings stay valid until unmapped).
@@ -316,6 +249,48 @@ impl Registry {
             Ok(_) | Err(libc::ENOENT) => Ok(()),
             Err(e) => Err(OpenError::Sys("removing the registry", e)),
         }
+    }
+
+    /// The domain's name.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// From now on this domain's tables tell `index` which files have live segments
+    /// here (what is live already is added at once).
+    pub fn join_index(&self, index: &'static index::Index) {
+        if self.index.set(index).is_ok() {
+            let (t, _) = self.lock();
+            t.publish_live_files();
+        }
+    }
+
+    /// The mode the domain's first process ran in (what a change in another domain does
+    /// with this domain's segments: settle them, or report them in detect mode).
+    pub fn mode(&self) -> Option<env::Mode> {
+        match self.header().mode.load(Ordering::Relaxed) {
+            0 => None,
+            code => env::Mode::ALL.get(code as usize - 1).copied(),
+        }
+    }
+
+    /// Records `mode` as the domain's mode unless one is recorded already.
+    pub fn claim_mode(&self, mode: env::Mode) {
+        let code = env::Mode::ALL
+            .iter()
+            .position(|&m| m == mode)
+            .map_or(0, |i| i + 1);
+        let _ = self.header().mode.compare_exchange(
+            0,
+            code as u32,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The user index this registry keeps up to date, if it joined one.
+    pub fn index(&self) -> Option<&'static index::Index> {
+        self.index.get().copied()
     }
 
     /// The header: atomics readable without the lock.
@@ -336,7 +311,9 @@ impl Registry {
             registry: self,
             // SAFETY: the cross-process lock is held until the Guard drops, so no other
             // thread of any process accesses the tables meanwhile.
-            tables: unsafe { Tables::of(self.base) },
+            tables: unsafe {
+                Tables::of(self.base, self.index().map(|i| (i, self.domain.as_str())))
+            },
         };
         if taken_over {
             let h = self.header();
@@ -344,6 +321,7 @@ impl Registry {
             if guard.repair() {
                 h.counters.table_repairs.fetch_add(1, Ordering::Relaxed);
             }
+            guard.publish_live_files();
         }
         let interrupted = guard.journal().interrupted();
         (guard, interrupted)

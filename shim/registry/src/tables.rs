@@ -3,6 +3,7 @@
 //! bounds-checked, so a corrupt registry gives wrong answers, never a crash.
 
 use crate::bounded::{at, at_mut, prefix};
+use crate::index::Index;
 use crate::layout::*;
 use crate::pause::{self, Point};
 use std::sync::atomic::Ordering;
@@ -17,6 +18,8 @@ pub struct Tables<'a> {
     pub(crate) busy: &'a mut [u32; MAX_PIPES],
     pub(crate) pipes: &'a mut [PipeRecord; MAX_PIPES],
     pub(crate) journal: &'a mut SettleJournal,
+    /// The user index and this domain's name in it, when the registry joined one.
+    pub(crate) index: Option<(&'a Index, &'a str)>,
 }
 
 impl<'a> Tables<'a> {
@@ -26,7 +29,7 @@ impl<'a> Tables<'a> {
     /// # Safety
     /// `base` points to a live mapping of a whole [`Layout`], and the caller holds the
     /// table lock for `'a`: nobody else touches the tables meanwhile.
-    pub(crate) unsafe fn of(base: *mut Layout) -> Tables<'a> {
+    pub(crate) unsafe fn of(base: *mut Layout, index: Option<(&'a Index, &'a str)>) -> Tables<'a> {
         use std::ptr::addr_of_mut;
         // SAFETY: every field is a disjoint part of the mapping; the header is only ever
         // shared, the rest is exclusive to the lock holder (see above).
@@ -39,6 +42,7 @@ impl<'a> Tables<'a> {
                 busy: &mut *addr_of_mut!((*base).busy),
                 pipes: &mut *addr_of_mut!((*base).pipes),
                 journal: &mut *addr_of_mut!((*base).journal),
+                index,
             }
         }
     }
@@ -299,6 +303,12 @@ impl Tables<'_> {
         p.count = count as u32 + 1;
         pause::at(Point::Record);
         self.update_busy(slot);
+        if at(self.files, fslot).live_segments == 0 {
+            // Known to the user's other domains before any of them can see it.
+            if let Some((index, domain)) = self.index {
+                index.add(file, domain);
+            }
+        }
         let f = at_mut(self.files, fslot);
         let end = file_off.saturating_add(len);
         (f.seg_lo, f.seg_hi) = if f.live_segments == 0 {
@@ -429,10 +439,43 @@ impl Tables<'_> {
     fn release_file_ref(&mut self, fslot: usize) {
         let f = at_mut(self.files, fslot);
         f.live_segments = f.live_segments.saturating_sub(1);
+        let (gone, key) = (f.live_segments == 0, f.key);
         let live = &self.header.live_segments;
         let _ = live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
             Some(v.saturating_sub(1))
         });
+        if let (true, Some((index, domain))) = (gone, self.index) {
+            index.remove(key, domain);
+        }
+    }
+
+    /// Tells the user index about every file with live segments here (after joining it,
+    /// and after a repair: adding what is there already is harmless).
+    pub fn publish_live_files(&self) {
+        let Some((index, domain)) = self.index else {
+            return;
+        };
+        for f in self
+            .files
+            .iter()
+            .filter(|f| !f.key.is_empty() && f.live_segments > 0)
+        {
+            index.add(f.key, domain);
+        }
+    }
+
+    /// Forgets, in the user index, that this domain has segments of `key` when it has none
+    /// (an entry left by a holder killed between its last retire and the removal).
+    pub fn unpublish_if_dead(&self, key: FileKey) {
+        let Some((index, domain)) = self.index else {
+            return;
+        };
+        let live = self
+            .find_file(key)
+            .is_some_and(|f| at(self.files, f.index()).live_segments > 0);
+        if !live {
+            index.remove(key, domain);
+        }
     }
 
     /// Copies the segments covering stream range `[from, from + n)` of pipe `src` to the

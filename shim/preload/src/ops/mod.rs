@@ -7,6 +7,7 @@ pub mod lifetime;
 pub mod mappings;
 pub mod maps;
 pub mod mutation;
+pub mod peers;
 pub mod report;
 pub mod settle;
 pub mod snapshot;

@@ -3,10 +3,10 @@
 
 use crate::ops::intent::{Mutation, Span, Target};
 use crate::ops::settle::{self, Action, Conflicts, Scope};
-use crate::ops::{report, snapshot, sweep};
+use crate::ops::{peers, report, snapshot, sweep};
 use crate::state::fd::{current_offset, status_flags, FdKind};
 use crate::state::runtime::{self, Mode};
-use splicecow_registry::{sys, FileKey, PipeSlot, Registry};
+use splicecow_registry::{sys, FileKey, PipeSlot, Registry, MAX_DOMAIN_LEN};
 use std::sync::atomic::Ordering;
 
 /// Most pipes settled per lookup round (more are found by the next round).
@@ -15,17 +15,28 @@ const PIPES_PER_ROUND: usize = 16;
 /// for one file range).
 const MAX_HANDLED: usize = 256;
 
-/// The registry when mutations must be checked: a tracking mode and live segments.
+/// Most other domains one mutation looks into.
+const MAX_PEER_DOMAINS: usize = 16;
+
+/// True when something in `reg`'s domain, or in another domain of the user, may
+/// conflict with a change.
+fn anything_live(reg: &Registry) -> bool {
+    reg.has_live_references() || reg.index().is_some_and(|i| i.any_live())
+}
+
+/// The registry when mutations must be checked: a tracking mode and something live in
+/// this domain or another domain of the user.
 pub fn active_registry() -> Option<&'static Registry> {
     let reg = runtime::get().tracking()?;
-    reg.has_live_references().then_some(reg)
+    anything_live(reg).then_some(reg)
 }
 
 /// The mutation hooks' fast path: false only when the runtime is ready and nothing in
-/// the domain can conflict (no live segment, no private snapshot mapping). Never
-/// initialises the runtime, so it is safe however early it is called.
+/// any domain of the user can conflict (no live segment, no private snapshot mapping:
+/// two loads of this domain's header, one of the user index's). Never initialises the
+/// runtime, so it is safe however early it is called.
 pub fn may_conflict() -> bool {
-    runtime::try_get().is_none_or(|rt| rt.tracking().is_some_and(|r| r.has_live_references()))
+    runtime::try_get().is_none_or(|rt| rt.tracking().is_some_and(anything_live))
 }
 
 /// Settles or reports what `m` overlaps. The fast path is one atomic load.
@@ -35,7 +46,7 @@ pub fn before(m: Mutation) {
     };
     // Something is live: perhaps only what has long left its pipes.
     sweep::maybe(reg);
-    if !reg.has_live_references() {
+    if !anything_live(reg) {
         return;
     }
     let st = match m.target {
@@ -61,15 +72,58 @@ pub fn before(m: Mutation) {
     }
 }
 
-/// The part of [`before`] after the file is known.
+/// The part of [`before`] after the file is known: this domain first, then every other
+/// domain of the user that the user index names for `key`.
 pub fn check_file(reg: &Registry, key: FileKey, m: Mutation) {
-    if !reg.file_may_be_tracked(key) {
-        return;
-    }
     let Some((off, end)) = resolve_span(m) else {
         return;
     };
-    if check_pipes(reg, key, m, off, end) {
+    let own = action_of(runtime::get().mode);
+    check_domain(reg, key, m, (off, end), own);
+    let Some(index) = reg.index().filter(|i| i.any_live()) else {
+        return;
+    };
+    let mut names = [([0u8; MAX_DOMAIN_LEN], 0usize); MAX_PEER_DOMAINS];
+    let mut n = 0;
+    index.domains_of(key, reg.domain(), |d| {
+        if let Some((buf, len)) = names.get_mut(n) {
+            if let Some(dst) = buf.get_mut(..d.len()) {
+                dst.copy_from_slice(d.as_bytes());
+                *len = d.len();
+                n += 1;
+            }
+        }
+    });
+    for (buf, len) in names.iter().take(n) {
+        let Some(domain) = buf.get(..*len).and_then(|b| std::str::from_utf8(b).ok()) else {
+            continue;
+        };
+        let reachable = peers::with(domain, index, |peer| {
+            let action = action_of(peer.mode().unwrap_or(Mode::Protect));
+            check_domain(peer, key, m, (off, end), action);
+        });
+        if !reachable {
+            // A domain whose registry is gone or unusable has nothing to protect.
+            index.remove(key, domain);
+        }
+    }
+}
+
+/// What a conflict in a domain of `mode` does with the segment.
+fn action_of(mode: Mode) -> Action {
+    if mode == Mode::Detect {
+        Action::Report
+    } else {
+        Action::Settle
+    }
+}
+
+/// Settles or reports, in the domain of `reg`, what `m` changes of `key` in `[off, end)`.
+fn check_domain(reg: &Registry, key: FileKey, m: Mutation, (off, end): (u64, u64), action: Action) {
+    if !reg.file_may_be_tracked(key) {
+        return;
+    }
+    if check_pipes(reg, key, m, off, end, action) {
         reg.header()
             .counters
             .conflicts
@@ -93,12 +147,14 @@ pub fn check_file(reg: &Registry, key: FileKey, m: Mutation) {
 /// `[off, end)` (see [`settle::handle`]: consumed bytes are no conflict, a pipe nobody
 /// holds is retired). Reports are written after the lock is released. Returns whether a
 /// real conflict was found.
-fn check_pipes(reg: &Registry, key: FileKey, m: Mutation, off: u64, end: u64) -> bool {
-    let action = if runtime::get().mode == Mode::Detect {
-        Action::Report
-    } else {
-        Action::Settle
-    };
+fn check_pipes(
+    reg: &Registry,
+    key: FileKey,
+    m: Mutation,
+    off: u64,
+    end: u64,
+    action: Action,
+) -> bool {
     let scope = Scope::Overlapping {
         file: key,
         off,
@@ -134,12 +190,15 @@ fn check_pipes(reg: &Registry, key: FileKey, m: Mutation, off: u64, end: u64) ->
             conflicted |= settle::handle(&mut t, slot, scope, action, &mut found).conflicted();
             if !found.as_slice().is_empty() {
                 drop(t);
-                report::emit_all(m, off, end, found.as_slice());
+                report::emit_all(m, off, end, reg.domain(), found.as_slice());
                 found.clear();
                 t = settle::lock(reg);
             }
         }
     }
+    // An entry in the user index for a file this domain no longer has live: left by a
+    // holder killed between its last retire and the removal.
+    t.unpublish_if_dead(key);
     conflicted
 }
 

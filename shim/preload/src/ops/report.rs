@@ -6,14 +6,22 @@ use crate::ops::settle::Conflict;
 use crate::state::runtime;
 use splicecow_registry::sys;
 
-/// Reports each of `conflicts`, found for mutation `m` of bytes `[off, end)`.
-pub fn emit_all(m: Mutation, off: u64, end: u64, conflicts: &[Conflict]) {
+/// Reports each of `conflicts`, segments of `segment_domain` found for mutation `m` of
+/// bytes `[off, end)` by a process of this domain.
+pub fn emit_all(m: Mutation, off: u64, end: u64, segment_domain: &str, conflicts: &[Conflict]) {
     for c in conflicts {
-        emit(&line(m, off, end, &c.segment, c.pipe_ino));
+        emit(&line(m, off, end, &c.segment, c.pipe_ino, segment_domain));
     }
 }
 
-fn line(m: Mutation, off: u64, end: u64, s: &splicecow_registry::Segment, pipe_ino: u64) -> String {
+fn line(
+    m: Mutation,
+    off: u64,
+    end: u64,
+    s: &splicecow_registry::Segment,
+    pipe_ino: u64,
+    segment_domain: &str,
+) -> String {
     let rt = runtime::get();
     let now = sys::realtime_ns();
     let path = match m.target {
@@ -35,7 +43,7 @@ fn line(m: Mutation, off: u64, end: u64, s: &splicecow_registry::Segment, pipe_i
     format!(
         concat!(
             "{{\"time\":{},\"domain\":{},\"pid\":{},\"exe\":{},\"kind\":{},\"path\":{},",
-            "\"offset\":{},\"len\":{},\"segment\":{{\"offset\":{},\"len\":{},\"pipe_ino\":{},",
+            "\"offset\":{},\"len\":{},\"segment\":{{\"domain\":{},\"offset\":{},\"len\":{},\"pipe_ino\":{},",
             "\"splicer_pid\":{},\"splicer_exe\":{},\"age_ms\":{}}}}}\n"
         ),
         json_str(&rfc3339(now)),
@@ -46,6 +54,7 @@ fn line(m: Mutation, off: u64, end: u64, s: &splicecow_registry::Segment, pipe_i
         json_str(&path),
         off,
         len,
+        json_str(segment_domain),
         s.file_off,
         s.len,
         pipe_ino,
