@@ -6,10 +6,20 @@
 //! - `battery`: calls every hooked function with bad fds, invalid flags, bad pointers,
 //!   negative offsets, huge lengths, EOF and non-blocking pipes; one `name ret errno
 //!   off=.. size=..` line per call (`off`/`size`: the main file's offset and size after
-//!   the call). Before each call a 4 KiB splice of the main file is left in a pipe, and a
-//!   splice of another file stays in flight all along, so the shim's slow paths run.
-//! - `block --op OP --case CASE`: blocking splice/sendfile/tee, drained late,
-//!   interrupted by `SIGALRM` with or without `SA_RESTART`; one line.
+//!   the call), and `name.what value` lines for what the call left behind (pipe levels,
+//!   offsets written back, a digest of the bytes a fresh pipe got). Before each call a
+//!   4 KiB splice of the main file is left in a pipe, and a splice of another file stays
+//!   in flight all along, so the shim's slow paths run. The file→pipe cases (odd
+//!   sources, offsets and pipes) run for `splice`, `sendfile` and `sendfile64` alike;
+//!   the fd cases close, duplicate and `fcntl` the ends of tracked pipes. A call that
+//!   does not return within 5 s ends the process (`SIGALRM`); its name is the unfinished
+//!   last line.
+//! - `block --op OP --case CASE`: blocking splice/sendfile/tee (also from the file's end
+//!   and of 0 bytes, which wait for room too), drained late, interrupted by `SIGALRM`
+//!   with or without `SA_RESTART`; one line.
+//! - `hold-pipe-table`: fills the domain's pipe table with one-byte splices into pipes
+//!   it keeps open, says `ready`, and holds them until stdin closes: then every
+//!   file→pipe call into a new pipe of that domain takes the copy path.
 //! - `settle --case CASE`: splices into an awkward pipe, mutates the file from another
 //!   process, and lets an unshimmed reader (this binary's `reader`) read; one JSON
 //!   [`SettleReport`].
@@ -19,8 +29,8 @@
 //! errors (message on stderr).
 
 use std::ffi::CString;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -31,14 +41,29 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 use libc::{c_char, c_int, c_uint, c_void, loff_t, off_t, size_t, ssize_t, FILE};
 use splicecow_test_harness::{
-    compare, ensure_pipe_capacity, fionread, pattern, run_with_stdin, strip_shim_env, temp_path,
-    value_name, SettleReport, TempFile,
+    compare, counter, domain_stats, ensure_pipe_capacity, fionread, pattern, run_with_stdin,
+    strip_shim_env, temp_path, value_name, SettleReport, TempFile,
 };
 
 /// Size of the battery's main file and of most settle files.
 const FLEN: usize = 64 * 1024;
-/// A file descriptor number that is never open in these programs.
-const CLOSED: RawFd = 1000;
+/// A file descriptor number that is never open in these programs (the battery holds
+/// about a thousand fds, under the [`FD_LIMIT`] it runs with).
+const CLOSED: RawFd = 3000;
+/// Where the fd cases put the duplicates they close again: above every fd the lowest-free
+/// rule hands out in the battery, below [`CLOSED`].
+const HIGH_FD: RawFd = 2000;
+/// The soft `RLIMIT_NOFILE` the battery raises itself to.
+const FD_LIMIT: libc::rlim_t = 4096;
+/// Seconds a battery call may take: `SIGALRM` (default action) ends a call that blocks
+/// where the kernel's would not, and the last line printed names it.
+const CASE_TIMEOUT_S: c_uint = 5;
+/// Size of the battery's read-only file for long and unaligned splices.
+const BIG_LEN: usize = 256 * 1024;
+/// An offset past ext4's largest file size (16 TiB) and below `i64::MAX`.
+const BEYOND_MAX_FILE_SIZE: i64 = 1 << 50;
+/// Most pipes `hold-pipe-table` makes, in multiples of the table's capacity.
+const HOLD_MAX_FILL: u64 = 4;
 /// Bytes a blocking case splices.
 const BLOCK_LEN: usize = 4096;
 /// When the helper thread unblocks a blocked call, and the least time the call must
@@ -61,7 +86,12 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Calls every hooked function with bad arguments; prints `name ret errno off size`.
-    Battery,
+    Battery {
+        /// Leave no 4 KiB splice in a fresh pipe before each case (with the domain's
+        /// pipe table full, it could not be recorded, and it would cost a sweep).
+        #[arg(long)]
+        without_case_splices: bool,
+    },
     /// One blocking-behaviour case; prints `op case ret errno waited data`.
     Block {
         #[arg(long, value_enum)]
@@ -97,6 +127,10 @@ enum Cmd {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Internal: splices one byte into fresh pipes until `splicecow stats` says the
+    /// domain's pipe table is full, prints `ready <pipes>`, and keeps every pipe open
+    /// (so every record stays live) until stdin closes.
+    HoldPipeTable,
     /// Internal, started without `LD_PRELOAD` (the shim may restore it on exec): copies stdin to stdout with 2 MiB reads (waiting with `poll`
     /// on a non-blocking stdin) and prints the read sizes, comma-separated, on stderr.
     Reader,
@@ -113,6 +147,10 @@ enum BlockOp {
     Tee,
     /// `splice` from an empty pipe into another pipe.
     PipeSplice,
+    /// `splice` from the file's end into a full pipe: waits for room, then 0.
+    SpliceAtEof,
+    /// `sendfile` of 0 bytes into a full pipe: waits for room, then 0.
+    SendfileZeroCount,
 }
 
 /// How a blocked call gets unblocked.
@@ -201,6 +239,18 @@ fn open_with(path: &Path, write: bool, read: bool) -> Res<OwnedFd> {
         .map_err(|e| format!("open {}: {e}", path.display()))
 }
 
+/// Opens `path` with `open` `flags` (plus `O_CLOEXEC`).
+fn open_flags(path: &Path, flags: c_int) -> Res<OwnedFd> {
+    let p = cpath(path)?;
+    // SAFETY: p is a NUL-terminated path; no mode is needed without O_CREAT.
+    let fd = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(os_err(&format!("open {}", path.display())));
+    }
+    // SAFETY: open succeeded: the fd is open and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// A pipe with `pipe2` `flags` (plus `O_CLOEXEC`): (read end, write end).
 fn pipe_with(flags: c_int) -> Res<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -269,6 +319,22 @@ fn queued(fd: RawFd) -> usize {
     fionread(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).unwrap_or(0)
 }
 
+/// Reads the pipe `r` empty with reads larger than any pipe, without blocking: the size
+/// of each read, comma-separated.
+fn read_sizes(r: RawFd) -> Res<String> {
+    let mut buf = vec![0u8; READ_BUF];
+    let mut sizes = Vec::new();
+    while queued(r) > 0 {
+        // SAFETY: buf is valid for its length; the pipe holds bytes, so read won't block.
+        let n = unsafe { libc::read(r, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return Err(os_err("read"));
+        }
+        sizes.push(n.to_string());
+    }
+    Ok(sizes.join(","))
+}
+
 /// Keeps a splice of `len` bytes of a fresh, never mutated file in flight for the
 /// whole process (so the domain always has a live segment: no fast path). The pipe
 /// and the file are leaked on purpose.
@@ -288,12 +354,26 @@ fn prime() -> Res<()> {
 // ---------------------------------------------------------------------------------------
 
 /// State of the errno battery: the main file (`F`, 64 KiB, read-write), a side file
-/// (`G`), a read-only fd of `F`, and every pipe made along the way (kept open so that
-/// fd numbers and pipe states stay comparable between runs).
+/// (`G`), a read-only fd of `F`, the odd sources of the splice cases, and every pipe made
+/// along the way (kept open so that fd numbers and pipe states stay comparable between
+/// runs).
 struct Battery {
     f: RawFd,
     g: RawFd,
     f_rdonly: RawFd,
+    /// `F` opened with `O_PATH`.
+    f_opath: RawFd,
+    /// A read-only pattern file of [`BIG_LEN`] bytes, never mutated.
+    big: RawFd,
+    /// The same file opened with `O_DIRECT`.
+    big_direct: RawFd,
+    /// An empty file.
+    empty: RawFd,
+    /// `/proc/self/maps`: a regular file the kernel cannot splice from.
+    maps: RawFd,
+    /// A read-only page holding offset 0: the kernel reads it, then fails to write the
+    /// advanced offset back (`EFAULT` after the bytes moved).
+    ro_off: *mut loff_t,
     f_path: CString,
     dir_path: CString,
     link_path: CString,
@@ -301,6 +381,8 @@ struct Battery {
     /// The empty directory the `EISDIR` cases use (removed on drop).
     dir: Option<PathBuf>,
     fds: Vec<OwnedFd>,
+    /// Whether each case first leaves 4 KiB of `F` in flight in a fresh pipe.
+    case_splices: bool,
     out: io::StdoutLock<'static>,
 }
 
@@ -313,26 +395,54 @@ impl Drop for Battery {
 }
 
 impl Battery {
-    fn new() -> Res<Battery> {
+    fn new(case_splices: bool) -> Res<Battery> {
         let fmain = TempFile::with_pattern("fidelity-f", FLEN).map_err(|e| e.to_string())?;
         let gside = TempFile::with_pattern("fidelity-g", FLEN).map_err(|e| e.to_string())?;
         let dir = temp_path("fidelity-dir");
         std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
         let link = temp_path("fidelity-link");
         std::os::unix::fs::symlink(fmain.path(), &link).map_err(|e| e.to_string())?;
+        let bigfile = TempFile::with_pattern("fidelity-big", BIG_LEN).map_err(|e| e.to_string())?;
+        let emptyfile = TempFile::with_pattern("fidelity-empty", 0).map_err(|e| e.to_string())?;
         let f = open_with(fmain.path(), true, true)?;
         let g = open_with(gside.path(), true, true)?;
         let f_rdonly = open_with(fmain.path(), false, true)?;
+        let f_opath = open_flags(fmain.path(), libc::O_PATH)?;
+        let big = open_with(bigfile.path(), false, true)?;
+        let big_direct = open_flags(bigfile.path(), libc::O_RDONLY | libc::O_DIRECT)?;
+        let empty = open_with(emptyfile.path(), false, true)?;
+        let maps = open_with(Path::new("/proc/self/maps"), false, true)?;
+        // SAFETY: a fresh anonymous mapping of our own (zero-filled), never unmapped.
+        let ro_off = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ro_off == libc::MAP_FAILED {
+            return Err(os_err("mmap"));
+        }
         let mut b = Battery {
             f: f.as_raw_fd(),
             g: g.as_raw_fd(),
             f_rdonly: f_rdonly.as_raw_fd(),
+            f_opath: f_opath.as_raw_fd(),
+            big: big.as_raw_fd(),
+            big_direct: big_direct.as_raw_fd(),
+            empty: empty.as_raw_fd(),
+            maps: maps.as_raw_fd(),
+            ro_off: ro_off.cast(),
             f_path: cpath(fmain.path())?,
             dir_path: cpath(&dir)?,
             link_path: cpath(&link)?,
-            files: vec![fmain, gside, TempFile::adopt(link)],
+            files: vec![fmain, gside, TempFile::adopt(link), bigfile, emptyfile],
             dir: None,
-            fds: vec![f, g, f_rdonly],
+            fds: vec![f, g, f_rdonly, f_opath, big, big_direct, empty, maps],
+            case_splices,
             out: io::stdout().lock(),
         };
         b.dir = Some(dir);
@@ -352,6 +462,20 @@ impl Battery {
     fn loaded_pipe(&mut self, flags: c_int) -> Res<(RawFd, RawFd)> {
         let (r, w) = self.pipe(flags)?;
         splice_exact(self.f, 0, w, 4096)?;
+        Ok((r, w))
+    }
+
+    /// A fresh pipe whose read end is closed (writing into it is `EPIPE`); its write end.
+    fn pipe_without_readers(&mut self) -> Res<RawFd> {
+        let (r, w) = self.pipe(0)?;
+        self.close(r);
+        Ok(w)
+    }
+
+    /// A fresh pipe holding `len` written bytes (so its next buffer starts a new page).
+    fn written_pipe(&mut self, len: usize) -> Res<(RawFd, RawFd)> {
+        let (r, w) = self.pipe(0)?;
+        write_all(w, &vec![b'w'; len])?;
         Ok((r, w))
     }
 
@@ -379,20 +503,31 @@ impl Battery {
         Ok(())
     }
 
-    /// Runs one case: leaves 4 KiB of `F` in flight in a fresh pipe, clears `errno`,
-    /// calls, and prints `name ret errno off=<F offset> size=<F size>`.
+    /// Runs one case: leaves 4 KiB of `F` in flight in a fresh pipe (unless told not
+    /// to), clears `errno`, calls, and prints `name ret errno off=<F offset> size=<F
+    /// size>`. The name is printed first: a call still running after [`CASE_TIMEOUT_S`]
+    /// ends the process (`SIGALRM`), and the unfinished last line names it.
     fn case(&mut self, name: &str, call: impl FnOnce() -> i64) -> Res<()> {
-        self.loaded_pipe(0)?;
+        if self.case_splices {
+            self.loaded_pipe(0)?;
+        }
+        write!(self.out, "{name} ")
+            .and_then(|()| self.out.flush())
+            .map_err(|e| e.to_string())?;
         set_errno(0);
+        // SAFETY: alarm takes no pointer.
+        unsafe { libc::alarm(CASE_TIMEOUT_S) };
         let ret = call();
         let e = errno();
+        // SAFETY: as above; cancels the alarm.
+        unsafe { libc::alarm(0) };
         // SAFETY: plain fd calls; st is a valid stat buffer.
         let (off, size) = unsafe {
             let mut st: libc::stat = std::mem::zeroed();
             libc::fstat(self.f, &mut st);
-            (libc::lseek(self.f, 0, libc::SEEK_CUR), st.st_size)
+            (cursor(self.f), st.st_size)
         };
-        writeln!(self.out, "{name} {ret} {e} off={off} size={size}").map_err(|e| e.to_string())
+        writeln!(self.out, "{ret} {e} off={off} size={size}").map_err(|e| e.to_string())
     }
 
     /// Prints `name.what value` (pipe levels, offsets written back by the kernel).
@@ -402,9 +537,114 @@ impl Battery {
 
     /// Sets `F`'s offset.
     fn seek(&self, off: usize) {
-        // SAFETY: plain fd call.
-        unsafe { libc::lseek(self.f, off as off_t, libc::SEEK_SET) };
+        seek(self.f, off);
     }
+}
+
+/// A file→pipe call of the battery: `splice` with these flags, or `sendfile(64)`.
+#[derive(Clone, Copy)]
+enum FileToPipeFn {
+    Splice(c_uint),
+    Sendfile(SendfileFn),
+}
+
+impl FileToPipeFn {
+    /// Moves up to `len` bytes of `from` at `*off` (null: at the fd's offset) into `to`.
+    ///
+    /// # Safety
+    ///
+    /// `off` is null, points at a `loff_t` the call may read and write, or deliberately
+    /// at memory the kernel refuses (`EFAULT`), never at memory of this process that a
+    /// write would corrupt.
+    unsafe fn call(self, from: RawFd, off: *mut loff_t, to: RawFd, len: usize) -> isize {
+        // SAFETY: the caller vouches for off; fds are plain numbers.
+        unsafe {
+            match self {
+                FileToPipeFn::Splice(flags) => libc::splice(from, off, to, NULL_OFF, len, flags),
+                FileToPipeFn::Sendfile(sf) => sf(to, from, off, len),
+            }
+        }
+    }
+}
+
+/// A row of a table of file→pipe cases: name, source, `off_in` (`None`: the source's own
+/// offset), destination (`None`: a fresh pipe), length.
+type TransferRow<'a> = (&'a str, RawFd, Option<loff_t>, Option<RawFd>, usize);
+
+impl Battery {
+    /// Runs every row of `rows` through `via` ([`Battery::transfer`] or, into a fresh
+    /// pipe, [`Battery::transfer_fresh`]), as `prefix.name`.
+    fn transfers(&mut self, prefix: &str, via: FileToPipeFn, rows: &[TransferRow]) -> Res<()> {
+        for &(case, from, off_in, into, len) in rows {
+            let name = format!("{prefix}.{case}");
+            match into {
+                Some(to) => self.transfer(&name, via, from, off_in, to, len)?,
+                None => self.transfer_fresh(&name, via, from, off_in, len)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// One file→pipe case through `via`: up to `len` bytes of `from` into `to`, with the
+    /// offset pointer at a local holding `off_in` (`None`: a null pointer, the fd's own
+    /// offset), which is printed after the call as the kernel left it.
+    fn transfer(
+        &mut self,
+        name: &str,
+        via: FileToPipeFn,
+        from: RawFd,
+        off_in: Option<loff_t>,
+        to: RawFd,
+        len: usize,
+    ) -> Res<()> {
+        let mut off = off_in.unwrap_or(0);
+        let p: *mut loff_t = if off_in.is_some() { &mut off } else { NULL_OFF };
+        // SAFETY: p is null or points at a live local.
+        self.case(name, || unsafe { via.call(from, p, to, len) } as i64)?;
+        if off_in.is_some() {
+            self.state(name, "off_in", off)?;
+        }
+        Ok(())
+    }
+
+    /// [`Battery::transfer`] into a fresh pipe, whose level and content (read right
+    /// away, before any case mutates a file) are printed after the case.
+    fn transfer_fresh(
+        &mut self,
+        name: &str,
+        via: FileToPipeFn,
+        from: RawFd,
+        off_in: Option<loff_t>,
+        len: usize,
+    ) -> Res<()> {
+        let (r, w) = self.pipe(0)?;
+        self.transfer(name, via, from, off_in, w, len)?;
+        let level = queued(r);
+        self.state(name, "queued", level)?;
+        let mut got = vec![0u8; level];
+        let mut done = 0;
+        while done < level {
+            // SAFETY: got[done..] is valid for writes; the pipe holds that many bytes.
+            let n = unsafe { libc::read(r, got[done..].as_mut_ptr().cast(), level - done) };
+            if n <= 0 {
+                return Err(os_err("read back"));
+            }
+            done += n as usize;
+        }
+        self.state(name, "bytes_fnv", format!("{:016x}", fnv(FNV_START, &got)))
+    }
+}
+
+/// Sets `fd`'s offset.
+fn seek(fd: RawFd, off: usize) {
+    // SAFETY: plain fd call.
+    unsafe { libc::lseek(fd, off as off_t, libc::SEEK_SET) };
+}
+
+/// `fd`'s offset (-1 when it has none).
+fn cursor(fd: RawFd) -> i64 {
+    // SAFETY: plain fd call.
+    unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) }
 }
 
 type SpliceFn =
@@ -429,6 +669,14 @@ const NB: c_uint = libc::SPLICE_F_NONBLOCK;
 
 /// `splice` and `tee`.
 fn battery_splice(b: &mut Battery) -> Res<()> {
+    battery_splice_errors(b)?;
+    battery_splice_flags(b)?;
+    battery_file_to_pipe(b, "splice", FileToPipeFn::Splice(0))?;
+    battery_tee(b)
+}
+
+/// `splice` with bad fds, flags, offsets and lengths, and pipe→pipe / pipe→file.
+fn battery_splice_errors(b: &mut Battery) -> Res<()> {
     let (f, g) = (b.f, b.g);
     let sp: SpliceFn = libc::splice;
     let (pr, pw) = b.pipe(0)?;
@@ -559,8 +807,145 @@ fn battery_splice(b: &mut Battery) -> Res<()> {
             let mut x: loff_t = 100;
             sp(lr, NULL_OFF, f, &mut x, 16, 0) as i64
         })?;
+    }
+    Ok(())
+}
 
-        // tee
+/// file→pipe `splice` with valid and invalid flags.
+fn battery_splice_flags(b: &mut Battery) -> Res<()> {
+    let (f, flen) = (b.f, FLEN as loff_t);
+    let (pr, _) = b.pipe(0)?;
+    let (_, fw) = b.full_pipe(0)?;
+    let valid = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE | libc::SPLICE_F_GIFT | NB;
+    let splice = FileToPipeFn::Splice;
+    b.transfers(
+        "splice",
+        splice(valid),
+        &[
+            ("valid_flags", f, Some(0), None, 4096),
+            ("valid_flags_cursor", f, None, None, 4096),
+        ],
+    )?;
+    b.transfers(
+        "splice",
+        splice(0xffff_0000),
+        &[
+            ("bad_flags_off_in", f, Some(0), None, 16),
+            ("bad_flags_zero_len", f, Some(0), None, 0),
+            ("bad_flags_into_read_end", f, Some(0), Some(pr), 16),
+        ],
+    )?;
+    b.transfers(
+        "splice",
+        splice(NB),
+        &[("eof_full_nonblock_flag", f, Some(flen), Some(fw), 4096)],
+    )
+}
+
+/// The file→pipe cases of every call of the family (`splice`, `sendfile`, `sendfile64`,
+/// as `name` through `via`): odd sources (empty, `O_PATH`, `O_DIRECT`, `/proc`), odd
+/// offsets and lengths, pipes full, partly full, grown, in packet mode or without
+/// readers, offsets the kernel cannot write back. What the copy path must answer like
+/// the kernel: `tests/fidelity.rs` also runs the battery in copy mode and with the
+/// registry's pipe table full.
+fn battery_file_to_pipe(b: &mut Battery, name: &str, via: FileToPipeFn) -> Res<()> {
+    let (f, big, empty, opath, maps, direct) =
+        (b.f, b.big, b.empty, b.f_opath, b.maps, b.big_direct);
+    let (flen, blen, beyond) = (FLEN as loff_t, BIG_LEN as loff_t, BEYOND_MAX_FILE_SIZE);
+    let (pr, pw) = b.pipe(0)?;
+    let (_, nfw) = b.full_pipe(libc::O_NONBLOCK)?;
+    let nrw = b.pipe_without_readers()?;
+    let pw_opath = open_flags(Path::new(&format!("/proc/self/fd/{pw}")), libc::O_PATH)?;
+    let pwo = pw_opath.as_raw_fd();
+    b.fds.push(pw_opath);
+    let version = open_with(Path::new("/proc/version"), false, true)?;
+    let ver = version.as_raw_fd();
+    b.fds.push(version);
+    let (ar, aw) = b.written_pipe(16)?;
+    let (ur, uw) = b.written_pipe(16)?;
+    let (gr, gw) = b.pipe(0)?;
+    // Half the file: the pipe fills before the file ends.
+    ensure_pipe_capacity(&gw, BIG_LEN / 2).map_err(|e| e.to_string())?;
+    // One row a line (rustfmt would spread the longer ones over seven).
+    #[rustfmt::skip]
+    let rows: [TransferRow; 33] = [
+        ("empty_file", empty, Some(0), None, 4096),
+        ("empty_file_cursor", empty, None, None, 4096),
+        ("empty_file_into_read_end", empty, None, Some(pr), 4096),
+        ("empty_file_into_o_path_pipe", empty, None, Some(pwo), 4096),
+        ("into_o_path_pipe", f, Some(0), Some(pwo), 4096),
+        ("o_path", opath, Some(0), None, 4096),
+        ("o_path_cursor", opath, None, None, 4096),
+        ("proc_maps", maps, Some(0), None, 16),
+        ("proc_maps_cursor", maps, None, None, 16),
+        ("proc_maps_into_read_end", maps, None, Some(pr), 16),
+        ("proc_maps_no_readers", maps, None, Some(nrw), 16),
+        ("proc_version", ver, Some(0), None, 16),
+        ("o_direct_aligned", direct, Some(0), None, 4096),
+        ("o_direct_unaligned_len", direct, Some(0), None, 100),
+        ("o_direct_unaligned_offset", direct, Some(100), None, 4096),
+        ("unaligned_offset", big, Some(100), None, 1 << 20),
+        ("len_over_max_rw_count", big, Some(0), None, 1 << 40),
+        ("across_eof", big, Some(blen - 100), None, 4096),
+        ("aligned_into_partly_full_pipe", big, Some(0), Some(aw), 1 << 20),
+        ("unaligned_into_partly_full_pipe", big, Some(100), Some(uw), 1 << 20),
+        ("unaligned_into_grown_pipe", big, Some(100), Some(gw), 1 << 20),
+        ("zero_len_into_read_end", f, Some(0), Some(pr), 0),
+        ("zero_len_into_full_onb_pipe", f, Some(0), Some(nfw), 0),
+        ("zero_len_no_readers", f, Some(0), Some(nrw), 0),
+        ("eof_into_full_onb_pipe", f, Some(flen), Some(nfw), 4096),
+        ("huge_len_into_full_onb_pipe", f, Some(0), Some(nfw), usize::MAX),
+        ("huge_len_into_read_end", f, Some(0), Some(pr), usize::MAX),
+        ("negative_offset_into_full_onb_pipe", f, Some(-1), Some(nfw), 16),
+        ("negative_offset_into_read_end", f, Some(-1), Some(pr), 16),
+        ("no_readers", f, Some(0), Some(nrw), 4096),
+        ("eof_no_readers", f, Some(flen), Some(nrw), 4096),
+        ("offset_near_max", big, Some(i64::MAX - 10), None, 4096),
+        ("offset_beyond_max_file_size", big, Some(beyond), None, 16),
+    ];
+    b.transfers(name, via, &rows)?;
+    let n = |case: &str| format!("{name}.{case}");
+    for (case, r) in [
+        ("aligned_into_partly_full_pipe", ar),
+        ("unaligned_into_partly_full_pipe", ur),
+        ("unaligned_into_grown_pipe", gr),
+    ] {
+        b.state(&n(case), "queued", queued(r))?;
+    }
+    seek(big, 100);
+    b.transfer_fresh(&n("unaligned_cursor"), via, big, None, 1 << 20)?;
+    b.state(&n("unaligned_cursor"), "cursor", cursor(big))?;
+    // Packet mode: what one read (larger than the pipe) returns at a time.
+    let (kr, kw) = b.pipe(libc::O_DIRECT)?;
+    b.transfer(&n("into_packet_pipe"), via, big, Some(100), kw, 10000)?;
+    write_all(kw, b"packet")?;
+    b.transfer(&n("into_packet_pipe_again"), via, big, Some(0), kw, 4096)?;
+    b.state(&n("into_packet_pipe"), "reads", read_sizes(kr)?)?;
+    // Offset pointers the kernel cannot read, or reads and cannot write back (EFAULT
+    // after the bytes moved).
+    let (rr, rw) = b.pipe(0)?;
+    let ro_off = b.ro_off;
+    let pointer_cases: [(&str, *mut loff_t, RawFd, usize); 4] = [
+        ("zero_len_efault_offset", bad(), rw, 0),
+        ("read_only_offset_into_read_end", ro_off, pr, 16),
+        ("read_only_offset_zero_len", ro_off, rw, 0),
+        ("read_only_offset", ro_off, rw, 4096),
+    ];
+    for (case, off, to, len) in pointer_cases {
+        // SAFETY: off is deliberately unreadable, or points into a read-only page of
+        // ours: nothing of this process can be written through it.
+        b.case(&n(case), || unsafe { via.call(big, off, to, len) } as i64)?;
+    }
+    b.state(&n("read_only_offset"), "queued", queued(rr))?;
+    Ok(())
+}
+
+/// `tee`.
+fn battery_tee(b: &mut Battery) -> Res<()> {
+    let f = b.f;
+    let (_, fw) = b.full_pipe(0)?;
+    // SAFETY: (all calls below) fds are open or deliberately invalid.
+    unsafe {
         let (er, ew) = b.pipe(0)?;
         let (tr, tw) = b.loaded_pipe(0)?;
         let (dr, dw) = b.pipe(0)?;
@@ -641,6 +1026,7 @@ fn battery_sendfile(b: &mut Battery) -> Res<()> {
                 sf(f, g, &mut x, 16) as i64
             })?;
         }
+        battery_file_to_pipe(b, name, FileToPipeFn::Sendfile(sf))?;
     }
     Ok(())
 }
@@ -659,8 +1045,7 @@ fn battery_write(b: &mut Battery) -> Res<()> {
     let overflow = [iov(buf, isize::MAX as usize), iov(buf, isize::MAX as usize)];
     let many: Vec<libc::iovec> = (0..65).map(|_| iov(buf, 1)).collect();
     let too_many: Vec<libc::iovec> = (0..1025).map(|_| iov(buf, 1)).collect();
-    let (er, ew) = b.pipe(0)?;
-    b.close(er); // a pipe without readers: EPIPE
+    let ew = b.pipe_without_readers()?;
     let (tr, tw) = b.loaded_pipe(libc::O_NONBLOCK)?;
     // SAFETY: (all calls below) buffers and iovecs are live locals, or pointers are
     // deliberately invalid (EFAULT); fds are open or deliberately invalid.
@@ -1193,14 +1578,351 @@ fn battery_issue3(b: &mut Battery) -> Res<()> {
     Ok(())
 }
 
+type FcntlFn = unsafe extern "C" fn(c_int, c_int, ...) -> c_int;
+
+extern "C" {
+    /// glibc's `closefrom(3)` (not in the libc crate).
+    fn closefrom(lowfd: c_int);
+    /// glibc's `fcntl64`, the same call as `fcntl` on 64-bit targets (not in the libc
+    /// crate).
+    fn fcntl64(fd: c_int, cmd: c_int, ...) -> c_int;
+}
+
+/// Puts duplicates of `fds` at [`HIGH_FD`], [`HIGH_FD`] + 1, ... (setup, not a case),
+/// which must be free.
+fn dup_high(fds: &[RawFd]) -> Res<()> {
+    for (fd, to) in fds.iter().zip(HIGH_FD..) {
+        // SAFETY: plain fd calls.
+        unsafe {
+            if libc::fcntl(to, libc::F_GETFD) != -1 {
+                return Err(format!("fd {to} is open"));
+            }
+            if libc::dup2(*fd, to) != to {
+                return Err(os_err("dup2"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `F_GETFD` of each of `fds`, comma-separated (-1: closed).
+fn fd_flags(fds: &[RawFd]) -> String {
+    let flags: Vec<String> = fds
+        .iter()
+        // SAFETY: plain fd call.
+        .map(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) }.to_string())
+        .collect();
+    flags.join(",")
+}
+
+/// `close`, `close_range`, `closefrom`, `dup`, `dup2`, `dup3`, `fcntl`/`fcntl64`,
+/// `pclose`, `fclose`: bad and closed fds, bad flags and commands, and the ends of
+/// tracked pipes (under the shim, closing one retires what has left its pipe, and a
+/// duplicate inherits its hint). The fds a case closes or replaces are duplicates at
+/// [`HIGH_FD`] and up, so no other fd ever takes their numbers.
+fn battery_fds(b: &mut Battery) -> Res<()> {
+    let (f, fro, opath, fp) = (b.f, b.f_rdonly, b.f_opath, b.f_path.as_ptr());
+    let (r, w) = b.loaded_pipe(0)?;
+    let (r2, w2) = b.loaded_pipe(0)?;
+    let (h0, h1, h2) = (HIGH_FD, HIGH_FD + 1, HIGH_FD + 2);
+    let (uh0, uh1, uh2) = (h0 as c_uint, h1 as c_uint, h2 as c_uint);
+    let cloexec = libc::CLOSE_RANGE_CLOEXEC as c_int;
+    let unshare = libc::CLOSE_RANGE_UNSHARE as c_int;
+    let fcntls: [(&str, FcntlFn); 2] = [("fcntl", libc::fcntl), ("fcntl64", fcntl64)];
+    // SAFETY: (all calls below) fds are open, deliberately invalid, or duplicates the
+    // case owns; pointers are live locals or deliberately invalid (EFAULT); streams are
+    // opened by the case and closed once.
+    unsafe {
+        b.case("close.bad_fd", || libc::close(-1).into())?;
+        b.case("close.closed_fd", || libc::close(CLOSED).into())?;
+        b.case("close.huge_fd", || libc::close(c_int::MAX).into())?;
+        dup_high(&[w])?;
+        b.case("close.tracked_write_end", || libc::close(h0).into())?;
+        b.case("close.tracked_write_end_again", || libc::close(h0).into())?;
+        dup_high(&[r])?;
+        b.case("close.tracked_read_end", || libc::close(h0).into())?;
+        b.state("close.tracked_read_end", "queued", queued(r))?;
+        // A pipe closed end by end: its only writer, then its reader with bytes in it.
+        let (lr, lw) = pipe_with(0)?;
+        splice_exact(f, 0, lw.as_raw_fd(), 4096)?;
+        let (lr, lw) = (lr.into_raw_fd(), lw.into_raw_fd());
+        b.case("close.last_write_end", || libc::close(lw).into())?;
+        b.state("close.last_write_end", "queued", queued(lr))?;
+        b.case("close.last_read_end_with_bytes", || libc::close(lr).into())?;
+
+        b.case("close_range.first_above_last", || {
+            libc::close_range(uh1, uh0, 0).into()
+        })?;
+        b.case("close_range.first_above_last_cloexec", || {
+            libc::close_range(uh1, uh0, cloexec).into()
+        })?;
+        b.case("close_range.bad_flags", || {
+            libc::close_range(uh0, uh2, 0x100).into()
+        })?;
+        dup_high(&[w, r, w2])?;
+        b.case("close_range.cloexec_tracked", || {
+            libc::close_range(uh0, uh2, cloexec).into()
+        })?;
+        b.state(
+            "close_range.cloexec_tracked",
+            "fd_flags",
+            fd_flags(&[h0, h1, h2]),
+        )?;
+        b.case("close_range.unshare_cloexec_tracked", || {
+            libc::close_range(uh0, uh2, cloexec | unshare).into()
+        })?;
+        b.case("close_range.unshare_tracked", || {
+            libc::close_range(uh2, uh2, unshare).into()
+        })?;
+        b.state(
+            "close_range.unshare_tracked",
+            "fd_flags",
+            fd_flags(&[h0, h1, h2]),
+        )?;
+        b.case("close_range.tracked", || {
+            libc::close_range(uh0, uh1, 0).into()
+        })?;
+        b.state("close_range.tracked", "fd_flags", fd_flags(&[h0, h1, h2]))?;
+        b.state("close_range.tracked", "queued", queued(r))?;
+        b.case("close_range.nothing_open", || {
+            libc::close_range(uh0, uh0 + 100, 0).into()
+        })?;
+        b.case("close_range.max_fd", || {
+            libc::close_range(c_uint::MAX, c_uint::MAX, 0).into()
+        })?;
+
+        dup_high(&[w, r])?;
+        b.case("closefrom.tracked", || {
+            closefrom(h0);
+            0
+        })?;
+        b.state("closefrom.tracked", "fd_flags", fd_flags(&[h0, h1]))?;
+        b.case("closefrom.nothing_open", || {
+            closefrom(h0);
+            0
+        })?;
+
+        b.case("dup.bad_fd", || libc::dup(-1).into())?;
+        b.case("dup.closed_fd", || libc::dup(CLOSED).into())?;
+        b.case("dup.tracked_write_end", || close_ret(libc::dup(w)))?;
+        b.case("dup.tracked_read_end", || close_ret(libc::dup(r)))?;
+        b.case("dup.o_path", || close_ret(libc::dup(opath)))?;
+
+        dup_high(&[w])?;
+        b.case("dup2.closed_onto_tracked", || libc::dup2(CLOSED, h0).into())?;
+        b.state("dup2.closed_onto_tracked", "fd_flags", fd_flags(&[h0]))?;
+        b.case("dup2.tracked_onto_itself", || libc::dup2(h0, h0).into())?;
+        b.case("dup2.closed_onto_itself", || {
+            libc::dup2(CLOSED, CLOSED).into()
+        })?;
+        b.case("dup2.negative_new", || libc::dup2(w, -1).into())?;
+        b.case("dup2.new_above_limit", || libc::dup2(w, c_int::MAX).into())?;
+        b.case("dup2.tracked_over_tracked", || libc::dup2(w2, h0).into())?;
+        b.state("dup2.tracked_over_tracked", "queued", queued(r))?;
+        b.state("dup2.tracked_over_tracked", "queued2", queued(r2))?;
+        b.case("dup2.tracked_onto_free_fd", || libc::dup2(r, h1).into())?;
+        b.case("dup3.bad_flags_onto_tracked", || {
+            libc::dup3(w, h0, 0x1234).into()
+        })?;
+        b.state("dup3.bad_flags_onto_tracked", "fd_flags", fd_flags(&[h0]))?;
+        b.case("dup3.onto_itself", || libc::dup3(w, w, 0).into())?;
+        b.case("dup3.onto_itself_cloexec", || {
+            libc::dup3(w, w, libc::O_CLOEXEC).into()
+        })?;
+        b.case("dup3.closed_onto_tracked", || {
+            libc::dup3(CLOSED, h0, 0).into()
+        })?;
+        b.case("dup3.negative_new", || libc::dup3(w, -1, 0).into())?;
+        b.case("dup3.tracked_over_tracked", || libc::dup3(w, h1, 0).into())?;
+        b.state("dup3.tracked_over_tracked", "fd_flags", fd_flags(&[h1]))?;
+        b.case("dup3.cloexec_tracked_over_tracked", || {
+            libc::dup3(w2, h0, libc::O_CLOEXEC).into()
+        })?;
+        b.state(
+            "dup3.cloexec_tracked_over_tracked",
+            "fd_flags",
+            fd_flags(&[h0]),
+        )?;
+        libc::close_range(uh0, uh1, 0);
+
+        for (name, fc) in fcntls {
+            let n = |c: &str| format!("{name}.{c}");
+            let (pr, pw) = b.loaded_pipe(0)?; // its flags and size change
+            let (_, bw) = b.loaded_pipe(0)?;
+            write_all(bw, b"two buffers")?;
+            let arg = |v: i64| v as libc::c_ulong;
+            b.case(&n("bad_fd"), || fc(-1, libc::F_GETFL).into())?;
+            b.case(&n("closed_fd"), || fc(CLOSED, libc::F_GETFD).into())?;
+            b.case(&n("bad_cmd"), || fc(w, 0x7fff_1234, arg(0)).into())?;
+            b.case(&n("dupfd"), || {
+                close_ret(fc(w, libc::F_DUPFD, arg(h0.into())))
+            })?;
+            let mut flags = 0;
+            b.case(&n("dupfd_cloexec"), || {
+                let fd = fc(w, libc::F_DUPFD_CLOEXEC, arg(h0.into()));
+                flags = libc::fcntl(fd, libc::F_GETFD);
+                close_ret(fd)
+            })?;
+            b.state(&n("dupfd_cloexec"), "fd_flags", flags)?;
+            b.case(&n("dupfd_negative"), || {
+                fc(w, libc::F_DUPFD, arg(-1)).into()
+            })?;
+            b.case(&n("dupfd_above_limit"), || {
+                fc(w, libc::F_DUPFD, arg(1 << 30)).into()
+            })?;
+            b.case(&n("dupfd_closed"), || {
+                fc(CLOSED, libc::F_DUPFD, arg(0)).into()
+            })?;
+            b.case(&n("getfd_tracked"), || fc(w, libc::F_GETFD).into())?;
+            dup_high(&[w])?;
+            b.case(&n("setfd_tracked"), || {
+                fc(h0, libc::F_SETFD, arg(libc::FD_CLOEXEC.into())).into()
+            })?;
+            libc::close(h0);
+            b.case(&n("getfl_tracked"), || fc(w, libc::F_GETFL).into())?;
+            b.case(&n("setfl_nonblock_tracked"), || {
+                fc(pw, libc::F_SETFL, arg(libc::O_NONBLOCK.into())).into()
+            })?;
+            b.case(&n("setfl_packet_mode_tracked"), || {
+                fc(
+                    pw,
+                    libc::F_SETFL,
+                    arg((libc::O_NONBLOCK | libc::O_DIRECT).into()),
+                )
+                .into()
+            })?;
+            b.state(
+                &n("setfl_packet_mode_tracked"),
+                "flags",
+                fc(pw, libc::F_GETFL),
+            )?;
+            b.case(&n("getpipe_sz_tracked"), || {
+                fc(w, libc::F_GETPIPE_SZ).into()
+            })?;
+            b.case(&n("getpipe_sz_file"), || fc(f, libc::F_GETPIPE_SZ).into())?;
+            b.case(&n("setpipe_sz_below_content"), || {
+                fc(bw, libc::F_SETPIPE_SZ, arg(4096)).into()
+            })?;
+            b.case(&n("setpipe_sz_invalid"), || {
+                fc(pw, libc::F_SETPIPE_SZ, arg((1 << 31) + 1)).into()
+            })?;
+            b.case(&n("setpipe_sz_grow_tracked"), || {
+                fc(pw, libc::F_SETPIPE_SZ, arg(1 << 17)).into()
+            })?;
+            b.case(&n("setpipe_sz_shrink_tracked"), || {
+                fc(pw, libc::F_SETPIPE_SZ, arg(4096)).into()
+            })?;
+            b.state(&n("setpipe_sz_shrink_tracked"), "queued", queued(pr))?;
+            b.case(&n("getlk_efault"), || {
+                fc(f, libc::F_GETLK, bad::<c_void>()).into()
+            })?;
+            let mut lk: libc::flock = std::mem::zeroed();
+            lk.l_type = libc::F_WRLCK as libc::c_short;
+            lk.l_whence = libc::SEEK_SET as libc::c_short;
+            b.case(&n("getlk"), || {
+                fc(f, libc::F_GETLK, &mut lk as *mut libc::flock).into()
+            })?;
+            b.state(&n("getlk"), "l_type", lk.l_type)?;
+            lk.l_type = libc::F_WRLCK as libc::c_short;
+            b.case(&n("setlk_read_only_fd"), || {
+                fc(fro, libc::F_SETLK, &lk as *const libc::flock).into()
+            })?;
+        }
+
+        // `popen` streams: the shell's exit status; a pipe spliced into, then closed.
+        let popen_pclose = |cmd: &std::ffi::CStr, mode: &std::ffi::CStr, splice: bool| {
+            let s = libc::popen(cmd.as_ptr(), mode.as_ptr());
+            if s.is_null() {
+                return -2;
+            }
+            if splice && splice_exact(f, 0, libc::fileno(s), 4096).is_err() {
+                return -3;
+            }
+            i64::from(libc::pclose(s))
+        };
+        b.case("pclose.exit_0", || popen_pclose(c"exit 0", c"r", false))?;
+        b.case("pclose.exit_3", || popen_pclose(c"exit 3", c"r", false))?;
+        b.case("pclose.tracked_pipe", || {
+            popen_pclose(c"cat >/dev/null", c"w", true)
+        })?;
+        b.case("pclose.fopen_stream", || {
+            let s = libc::fopen(fp, c"r".as_ptr());
+            if s.is_null() {
+                return -2;
+            }
+            libc::pclose(s).into()
+        })?;
+
+        // Streams on duplicates of tracked write ends.
+        let stream = |fd: RawFd| -> Res<*mut FILE> {
+            dup_high(&[fd])?;
+            let s = libc::fdopen(h0, c"w".as_ptr());
+            if s.is_null() {
+                return Err(os_err("fdopen"));
+            }
+            Ok(s)
+        };
+        let data = [b'S'; 16];
+        let s = stream(w)?;
+        b.case("fclose.tracked_pipe_stream", || {
+            libc::fwrite(data.as_ptr().cast(), 1, 16, s);
+            libc::fclose(s).into()
+        })?;
+        b.state("fclose.tracked_pipe_stream", "queued", queued(r))?;
+        let s = stream(w)?;
+        b.case("fclose.stream_on_closed_fd", || {
+            libc::close(h0);
+            libc::fclose(s).into()
+        })?;
+        let (nr, nw) = b.loaded_pipe(0)?;
+        b.close(nr);
+        let s = stream(nw)?;
+        b.case("fclose.unflushed_no_readers", || {
+            libc::fwrite(data.as_ptr().cast(), 1, 16, s);
+            libc::fclose(s).into()
+        })?;
+    }
+    Ok(())
+}
+
+/// FNV-1a of `bytes`, continuing from `h`.
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, &c| (h ^ u64::from(c)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// FNV-1a offset basis.
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Raises the soft `RLIMIT_NOFILE` to `want` fds (at most the hard limit).
+fn raise_fd_limit(want: libc::rlim_t) -> Res<()> {
+    // SAFETY: lim is a valid rlimit for getrlimit to fill and setrlimit to read.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(os_err("getrlimit"));
+        }
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(os_err("setrlimit"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `fidelity battery`.
-fn battery() -> Res<()> {
+fn battery(case_splices: bool) -> Res<()> {
+    // About a thousand fds, and duplicates at HIGH_FD.
+    raise_fd_limit(FD_LIMIT)?;
     prime()?;
     // SAFETY: querying fd CLOSED only.
     if unsafe { libc::fcntl(CLOSED, libc::F_GETFD) } != -1 {
         return Err(format!("fd {CLOSED} is open"));
     }
-    let mut b = Battery::new()?;
+    let mut b = Battery::new(case_splices)?;
     battery_splice(&mut b)?;
     battery_sendfile(&mut b)?;
     battery_write(&mut b)?;
@@ -1208,11 +1930,13 @@ fn battery() -> Res<()> {
     battery_sizes(&mut b)?;
     battery_open(&mut b)?;
     battery_issue3(&mut b)?;
+    battery_fds(&mut b)?;
     let content = std::fs::read(b.files[0].path()).map_err(|e| e.to_string())?;
-    let sum = content.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
-        (h ^ u64::from(c)).wrapping_mul(0x100_0000_01b3)
-    });
-    b.state("final", "file_fnv", format!("{sum:016x}"))?;
+    b.state(
+        "final",
+        "file_fnv",
+        format!("{:016x}", fnv(FNV_START, &content)),
+    )?;
     let total: usize = b.fds.iter().map(|fd| queued(fd.as_raw_fd())).sum();
     b.state("final", "queued_in_all_pipes", total)
 }
@@ -1280,7 +2004,7 @@ fn block(op: BlockOp, case: BlockCase) -> Res<()> {
     let f = fd.as_raw_fd();
     let (src_r, src_w) = pipe_with(0)?;
     let (dst_r, dst_w) = pipe_with(0)?;
-    let file_op = matches!(op, BlockOp::Splice | BlockOp::Sendfile);
+    let file_op = !matches!(op, BlockOp::Tee | BlockOp::PipeSplice);
     if file_op {
         fill(dst_w.as_raw_fd())?;
     }
@@ -1301,6 +2025,9 @@ fn block(op: BlockOp, case: BlockCase) -> Res<()> {
             }
         }
     }
+    // Before the alarm and the helper start: a call they unblock has waited at least
+    // their delay, however late this thread gets to the call on a loaded machine.
+    let t0 = Instant::now();
     if case != BlockCase::Drain {
         let at = if case == BlockCase::Eintr {
             UNBLOCK_AFTER
@@ -1324,7 +2051,6 @@ fn block(op: BlockOp, case: BlockCase) -> Res<()> {
             }
         })
     });
-    let t0 = Instant::now();
     let (sr, dw) = (src_r.as_raw_fd(), dst_w.as_raw_fd());
     let mut off: loff_t = 0;
     set_errno(0);
@@ -1335,6 +2061,11 @@ fn block(op: BlockOp, case: BlockCase) -> Res<()> {
             BlockOp::Sendfile => libc::sendfile(dw, f, &mut off, BLOCK_LEN),
             BlockOp::Tee => libc::tee(sr, dw, BLOCK_LEN, 0),
             BlockOp::PipeSplice => libc::splice(sr, NULL_OFF, dw, NULL_OFF, BLOCK_LEN, 0),
+            BlockOp::SpliceAtEof => {
+                off = FLEN as loff_t;
+                libc::splice(f, &mut off, dw, NULL_OFF, BLOCK_LEN, 0)
+            }
+            BlockOp::SendfileZeroCount => libc::sendfile(dw, f, &mut off, 0),
         }
     };
     let e = errno();
@@ -1561,6 +2292,48 @@ fn settle(case: SettleCase, mutated: bool, same_process: bool) -> Res<()> {
     Ok(())
 }
 
+/// `fidelity hold-pipe-table`.
+fn hold_pipe_table() -> Res<()> {
+    let domain = std::env::var("SPLICECOW_DOMAIN").map_err(|_| "SPLICECOW_DOMAIN is not set")?;
+    let file = TempFile::with_pattern("fidelity-hold", 4096).map_err(|e| e.to_string())?;
+    let fd = open_with(file.path(), false, true)?;
+    let mut pipes = Vec::new();
+    loop {
+        let stats = domain_stats(&domain)?;
+        let count = |name| counter(&stats, name).ok_or(format!("no {name} in {stats}"));
+        let (capacity, in_use) = (count("pipe_capacity")?, count("pipes_in_use")?);
+        // Both ends of every pipe.
+        raise_fd_limit(2 * HOLD_MAX_FILL * capacity + 64)?;
+        if in_use >= capacity {
+            break;
+        }
+        if pipes.len() as u64 >= HOLD_MAX_FILL * capacity {
+            return Err(format!(
+                "{} pipes spliced into, the pipe table is still not full: {stats}",
+                pipes.len()
+            ));
+        }
+        // A new pipe lands in a free slot only if its hash is within a probe distance
+        // of one: the last slots take a few rounds.
+        for _ in 0..(capacity - in_use).max(32) {
+            let (r, w) = pipe_with(0)?;
+            // One page per pipe, so that thousands of them stay within the user's
+            // pipe-buffer allowance (pipe-user-pages-soft) and other pipes keep 64 KiB.
+            // SAFETY: plain fd call.
+            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+            splice_exact(fd.as_raw_fd(), 0, w.as_raw_fd(), 1)?;
+            pipes.push((r, w));
+        }
+    }
+    println!("ready {}", pipes.len());
+    io::stdout().flush().map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    io::stdin()
+        .read_to_end(&mut rest)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// `fidelity reader`.
 fn reader() -> Res<()> {
     let mut buf = vec![0u8; READ_BUF];
@@ -1602,7 +2375,9 @@ fn pump(len: usize) -> Res<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Battery => battery(),
+        Cmd::Battery {
+            without_case_splices,
+        } => battery(!without_case_splices),
         Cmd::Block { op, case } => block(op, case),
         Cmd::Settle {
             case,
@@ -1612,6 +2387,7 @@ fn main() -> ExitCode {
         Cmd::Pump { len } => pump(len),
         Cmd::SpliceOut { file, len } => splice_to_stdout(&file, len),
         Cmd::Mutate { file } => mutate(&file),
+        Cmd::HoldPipeTable => hold_pipe_table(),
         Cmd::Reader => reader(),
     };
     match r {

@@ -97,15 +97,19 @@ unsafe fn sendfile_impl(
 ) -> ssize_t {
     match ends(in_fd, out_fd) {
         // sendfile into a pipe is a file→pipe splice with the pipe's own O_NONBLOCK.
-        Some((FdKind::Regular(file), FdKind::Pipe(pipe))) => transfer::file_to_pipe(FileToPipe {
-            fd_in: in_fd,
-            off_in: offset,
-            fd_out: out_fd,
-            file,
-            pipe,
-            len: count,
-            flags: 0,
-        }),
+        Some((FdKind::Regular(file), FdKind::Pipe(pipe))) => {
+            let x = FileToPipe {
+                fd_in: in_fd,
+                off_in: offset,
+                fd_out: out_fd,
+                file,
+                pipe,
+                len: count,
+                flags: 0,
+            };
+            // SAFETY: the caller's arguments.
+            transfer::sendfile_to_pipe(x, |n| unsafe { real(out_fd, in_fd, offset, n) })
+        }
         Some((_, FdKind::Regular(_))) => {
             crate::state::guard::keep_errno(|| {
                 mutation::before(Mutation::cursor(out_fd, count as u64, Kind::SendfileInto))

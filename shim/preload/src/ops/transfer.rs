@@ -12,7 +12,7 @@ use crate::state::fd::{current_offset, status_flags, FdKind};
 use crate::state::guard::keep_errno;
 use crate::state::pipe::{self, Wait};
 use crate::state::runtime::{self, Mode};
-use crate::state::usermem::user_offset;
+use crate::state::usermem::{set_user_offset, user_offset, user_offset_raw};
 use splicecow_registry::layout::Counters;
 use splicecow_registry::{sys, FileKey, Full, Guard, Intent, PipeSlot, Registry, Tables};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +58,71 @@ fn raw_splice(
     unsafe { libc::syscall(libc::SYS_splice, fd_in, off_in, fd_out, off_out, len, flags) as isize }
 }
 
+/// The kernel's `splice` of `x` with `flags`, through a local copy of `*off_in`: the
+/// kernel may move bytes and then fail to write a read-only offset back (`EFAULT`), which
+/// would leave bytes in the pipe that no segment covers. Here the offset is written back
+/// afterwards, and an `EFAULT` then still reports what moved to the registry.
+fn splice_with_offset(x: FileToPipe, flags: u32) -> Moved {
+    let mut off = match user_offset_raw(x.off_in) {
+        Some(off) if !x.off_in.is_null() => off,
+        // No offset, or an unreadable one (the kernel refuses that the same way).
+        _ => {
+            let r = raw_splice(
+                x.fd_in,
+                x.off_in,
+                x.fd_out,
+                std::ptr::null_mut(),
+                x.len,
+                flags,
+            );
+            return Moved::Returned(r);
+        }
+    };
+    let r = raw_splice(
+        x.fd_in,
+        &mut off,
+        x.fd_out,
+        std::ptr::null_mut(),
+        x.len,
+        flags,
+    );
+    if r > 0 && !set_user_offset(x.off_in, off) {
+        // The bytes moved; the caller learns it as the kernel would tell it: EFAULT.
+        return Moved::ButFaulted(r);
+    }
+    Moved::Returned(r)
+}
+
+/// What a kernel transfer into a pipe did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moved {
+    /// The call's own return value (bytes moved, or -1 with `errno`).
+    Returned(isize),
+    /// These bytes moved, then writing the caller's offset back faulted: the call fails
+    /// with `EFAULT` although the pipe holds the bytes.
+    ButFaulted(isize),
+}
+
+impl Moved {
+    /// Bytes that went into the pipe.
+    fn bytes(self) -> u64 {
+        match self {
+            Moved::Returned(r) | Moved::ButFaulted(r) => r.max(0) as u64,
+        }
+    }
+
+    /// What the hooked call returns (setting `errno` for a fault).
+    fn result(self) -> isize {
+        match self {
+            Moved::Returned(r) => r,
+            Moved::ButFaulted(_) => {
+                sys::set_errno(libc::EFAULT);
+                -1
+            }
+        }
+    }
+}
+
 /// A file→pipe transfer (`splice`, `sendfile`) as the caller asked for it.
 #[derive(Debug, Clone, Copy)]
 pub struct FileToPipe {
@@ -99,17 +164,14 @@ pub fn file_to_pipe(x: FileToPipe) -> isize {
     let blocking =
         || x.flags & libc::SPLICE_F_NONBLOCK == 0 && status_flags(x.fd_out) & libc::O_NONBLOCK == 0;
     let waits = [(x.fd_out, libc::POLLOUT)];
-    let splice_nonblocking = || {
-        let nb = x.flags | libc::SPLICE_F_NONBLOCK;
-        raw_splice(x.fd_in, x.off_in, x.fd_out, std::ptr::null_mut(), x.len, nb)
-    };
+    let splice_nonblocking = || splice_with_offset(x, x.flags | libc::SPLICE_F_NONBLOCK);
     let Some(reg) = rt.tracking() else {
         let copy = rt.mode == Mode::Copy;
         return blocking_loop(blocking, &waits, || {
             if copy {
-                copy_into_pipe(x.fd_in, x.off_in, x.fd_out, x.len)
+                copy_into_pipe(x).result()
             } else {
-                splice_nonblocking()
+                splice_nonblocking().result()
             }
         });
     };
@@ -127,7 +189,7 @@ pub fn file_to_pipe(x: FileToPipe) -> isize {
             }
         }
         let (slot, route) = placed;
-        let r = match route {
+        let moved = match route {
             Route::Recorded | Route::Refused => splice_nonblocking(),
             Route::SharedMapping | Route::Full => {
                 count_fallback(
@@ -138,27 +200,28 @@ pub fn file_to_pipe(x: FileToPipe) -> isize {
                         &counters.copy_fallbacks_shared_mapping
                     },
                 );
-                copy_into_pipe(x.fd_in, x.off_in, x.fd_out, x.len)
+                copy_into_pipe(x)
             }
         };
         let errno = sys::errno();
+        let bytes = moved.bytes();
         if let Some(slot) = slot {
-            t.commit(slot, r.max(0) as u64);
-            if r > 0 {
+            t.commit(slot, bytes);
+            if bytes > 0 {
                 t.add_holder(slot, sys::getpid(), x.fd_out);
                 lifetime::noticed(x.fd_out);
             }
         }
-        if r > 0 {
+        if bytes > 0 {
             counters.splices.fetch_add(1, Ordering::Relaxed);
             let kind = match route {
                 Route::SharedMapping | Route::Full => &counters.bytes_copy_path,
                 Route::Recorded | Route::Refused => &counters.bytes_zero_copy,
             };
-            kind.fetch_add(r as u64, Ordering::Relaxed);
+            kind.fetch_add(bytes, Ordering::Relaxed);
         }
         sys::set_errno(errno);
-        r
+        moved.result()
     })
 }
 
@@ -168,6 +231,46 @@ fn place(t: &mut Tables<'static>, x: FileToPipe) -> (Option<PipeSlot>, Route) {
         Ok(slot) => (Some(slot), record(t, slot, x)),
         Err(_) => (None, Route::Full),
     }
+}
+
+/// `sendfile` into a pipe, served as the equivalent non-blocking splice ([`file_to_pipe`])
+/// once `sendfile`'s own checks passed, in its order: an offset it cannot read or write
+/// back (`EFAULT`, which the kernel reports even after any other error), an input not
+/// open for reading (`EBADF`), a negative offset or a count too large (`EINVAL`); then the
+/// real call with a count of 0, which moves nothing and answers every other check
+/// exactly (the output's mode, an offset past the largest file, a full pipe, a pipe
+/// without readers), waiting for room as the real call would.
+pub fn sendfile_to_pipe(x: FileToPipe, real: impl Fn(usize) -> isize) -> isize {
+    let off = (!x.off_in.is_null()).then(|| user_offset_raw(x.off_in));
+    // The kernel writes the offset back whatever happened: a read-only one is EFAULT.
+    let unwritable = off.flatten().is_some_and(|o| !set_user_offset(x.off_in, o));
+    let fail = |errno| {
+        sys::set_errno(if unwritable { libc::EFAULT } else { errno });
+        -1
+    };
+    if off == Some(None) {
+        return fail(libc::EFAULT);
+    }
+    let fl_in = status_flags(x.fd_in);
+    if fl_in & libc::O_PATH != 0 || fl_in & libc::O_ACCMODE == libc::O_WRONLY {
+        return fail(libc::EBADF);
+    }
+    let past_end = |o: i64| o < 0 || o.checked_add(x.len as i64).is_none();
+    if off.flatten().is_some_and(past_end) || x.len > isize::MAX as usize {
+        return fail(libc::EINVAL);
+    }
+    if unwritable {
+        // The bytes move (or the call fails), and the offset then faults.
+        if x.len > 0 {
+            let _ = file_to_pipe(x);
+        }
+        return fail(libc::EFAULT);
+    }
+    let probe = real(0);
+    if probe < 0 || x.len == 0 {
+        return probe;
+    }
+    file_to_pipe(x)
 }
 
 /// Records the intent of `x` in pipe `slot` (under the lock), or says why it cannot be.
@@ -215,87 +318,171 @@ fn count_fallback(c: &Counters, cause: &AtomicU64) {
     cause.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The copy path: reads up to `len` bytes of the file into fresh private pages and
-/// gifts-free `vmsplice`s them into the pipe (non-blocking), advancing the file offset
-/// (or `*off_in`) by what the pipe took. The pipe never sees a page-cache page.
-pub fn copy_into_pipe(fd_in: i32, off_in: *mut i64, fd_out: i32, len: usize) -> isize {
-    if len == 0 {
-        return 0;
+/// The copy path: reads up to `x.len` bytes of the file into fresh private pages and
+/// gift-free `vmsplice`s them into the pipe (non-blocking), advancing the file offset
+/// (or `*off_in`) by what the pipe took. The pipe never sees a page-cache page. It answers
+/// as the kernel's splice would: its checks in the kernel's order, one pipe buffer per
+/// page piece (so an unaligned start fills the pipe as a splice does), and at the end of
+/// the file the kernel's own answer for the pipe (0, `EAGAIN` when full, `EPIPE` without
+/// readers), got by splicing from an empty file.
+fn copy_into_pipe(x: FileToPipe) -> Moved {
+    let fail = |errno| {
+        sys::set_errno(errno);
+        Moved::Returned(-1)
+    };
+    if x.len == 0 {
+        return Moved::Returned(0);
     }
-    // The kernel's own checks, in its order: an end not open for reading (or writing),
-    // an `O_PATH` fd, is `EBADF` before anything moves.
-    let (fl_in, fl_out) = (status_flags(fd_in), status_flags(fd_out));
+    if x.flags & !SPLICE_F_ALL != 0 {
+        return fail(libc::EINVAL);
+    }
+    let (fl_in, fl_out) = (status_flags(x.fd_in), status_flags(x.fd_out));
     if fl_in & libc::O_PATH != 0
         || fl_in & libc::O_ACCMODE == libc::O_WRONLY
         || fl_out & libc::O_PATH != 0
         || fl_out & libc::O_ACCMODE == libc::O_RDONLY
     {
-        sys::set_errno(libc::EBADF);
-        return -1;
+        return fail(libc::EBADF);
     }
-    let start = if off_in.is_null() {
-        current_offset(fd_in)
+    if x.len > isize::MAX as usize {
+        return fail(libc::EINVAL);
+    }
+    let start = if x.off_in.is_null() {
+        current_offset(x.fd_in)
     } else {
-        user_offset(off_in)
+        user_offset(x.off_in)
     };
     let Some(start) = start else {
-        // An unreadable offset pointer or an fd without an offset: the kernel refuses
-        // the call the same way (EFAULT, ESPIPE, ...) before it moves anything.
-        return raw_splice(
-            fd_in,
-            off_in,
-            fd_out,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_NONBLOCK,
-        );
+        // An unreadable or negative offset, or an fd without one: the kernel refuses the
+        // call the same way (EFAULT, EINVAL, ESPIPE) before it moves anything.
+        let nb = x.flags | libc::SPLICE_F_NONBLOCK;
+        let r = raw_splice(x.fd_in, x.off_in, x.fd_out, std::ptr::null_mut(), x.len, nb);
+        return Moved::Returned(r);
     };
-    let n = len.min(pipe::capacity(fd_out));
-    if n == 0 {
-        return 0;
-    }
-    let Ok(buf) = sys::mmap_rw(n, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1) else {
-        sys::set_errno(libc::ENOMEM);
-        return -1;
+    const PAGE: usize = 4096;
+    let lead = start as usize % PAGE;
+    let n = x.len.min(pipe::capacity(x.fd_out));
+    let Ok(buf) = sys::mmap_rw(n + lead, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1) else {
+        return fail(libc::ENOMEM);
     };
-    // SAFETY: buf has n writable bytes.
-    let got = unsafe { libc::syscall(libc::SYS_pread64, fd_in, buf, n, start as i64) } as isize;
-    let r = if got <= 0 {
-        got
-    } else {
-        let iov = libc::iovec {
-            iov_base: buf.cast(),
-            iov_len: got as usize,
-        };
-        // SAFETY: one iovec over our private buffer; the pipe keeps its own references to
-        // the pages, which nobody writes again: we unmap them right after.
-        unsafe {
-            libc::syscall(
-                libc::SYS_vmsplice,
-                fd_out,
-                &iov as *const libc::iovec,
-                1,
-                libc::SPLICE_F_NONBLOCK,
-            ) as isize
+    // SAFETY: buf has n + lead writable bytes; the file's bytes land at the same offset in
+    // their page as in the file's.
+    let data = unsafe { buf.add(lead) };
+    // SAFETY: `data` has n writable bytes.
+    let got = unsafe { libc::syscall(libc::SYS_pread64, x.fd_in, data, n, start as i64) } as isize;
+    let r = match got {
+        0 => at_end_of_file(x.fd_out, x.flags),
+        got if got < 0 => got,
+        // A file that reports no size yet has bytes (/proc, /sys) may refuse splice.
+        // (The pipe is checked first: no readers, or full, is the kernel's answer then.)
+        _ if file_size(x.fd_in) == Some(0) && !spliceable(x.fd_in, start) => {
+            match at_end_of_file(x.fd_out, x.flags) {
+                r if r < 0 => r,
+                _ => {
+                    sys::set_errno(libc::EINVAL);
+                    -1
+                }
+            }
+        }
+        got => {
+            let iov = libc::iovec {
+                iov_base: data.cast(),
+                iov_len: got as usize,
+            };
+            // SAFETY: one iovec over our private buffer; the pipe keeps its own references
+            // to the pages, which nobody writes again: we unmap them right after.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_vmsplice,
+                    x.fd_out,
+                    &iov as *const libc::iovec,
+                    1,
+                    libc::SPLICE_F_NONBLOCK,
+                ) as isize
+            }
         }
     };
     let errno = sys::errno();
     // SAFETY: our own buffer; the pipe holds page references, not the mapping.
-    unsafe { sys::munmap(buf, n) };
-    if r > 0 {
-        let new = start as i64 + r as i64;
-        if off_in.is_null() {
-            // SAFETY: lseek takes no pointer.
-            unsafe { libc::syscall(libc::SYS_lseek, fd_in, new, libc::SEEK_SET) };
-        } else {
-            // SAFETY: read_user_offset just proved off_in readable; it is the caller's
-            // loff_t, which the real splice would update the same way.
-            unsafe { *off_in = new };
-        }
-    }
+    unsafe { sys::munmap(buf, n + lead) };
     sys::set_errno(errno);
+    if r <= 0 {
+        return Moved::Returned(r);
+    }
+    let new = start as i64 + r as i64;
+    if x.off_in.is_null() {
+        // SAFETY: lseek takes no pointer.
+        unsafe { libc::syscall(libc::SYS_lseek, x.fd_in, new, libc::SEEK_SET) };
+    } else if !set_user_offset(x.off_in, new) {
+        return Moved::ButFaulted(r);
+    }
+    Moved::Returned(r)
+}
+
+/// What the kernel's splice answers at the end of the file for pipe `fd_out` (it checks
+/// the pipe before reading: 0, or `EAGAIN` when full, `EPIPE` and `SIGPIPE` without
+/// readers): a splice of one byte from an empty file.
+fn at_end_of_file(fd_out: i32, flags: u32) -> isize {
+    // SAFETY: memfd_create reads the NUL-terminated name.
+    let empty = unsafe {
+        libc::syscall(
+            libc::SYS_memfd_create,
+            c"splicecow-eof".as_ptr(),
+            libc::MFD_CLOEXEC,
+        )
+    } as i32;
+    if empty < 0 {
+        return 0;
+    }
+    let r = raw_splice(
+        empty,
+        std::ptr::null_mut(),
+        fd_out,
+        std::ptr::null_mut(),
+        1,
+        flags | libc::SPLICE_F_NONBLOCK,
+    );
+    keep_errno(|| sys::close(empty));
     r
 }
+
+/// The size `fstat` reports for `fd`.
+fn file_size(fd: i32) -> Option<u64> {
+    sys::fstat(fd).ok().map(|st| st.st_size as u64)
+}
+
+/// True when the kernel splices from `fd` at `off` (pseudo-files without `splice_read`
+/// refuse with `EINVAL`): one byte into a pipe of our own, thrown away.
+fn spliceable(fd: i32, off: u64) -> bool {
+    let mut ends = [0i32; 2];
+    // SAFETY: pipe2 writes two fds into `ends`.
+    let made = unsafe {
+        libc::syscall(
+            libc::SYS_pipe2,
+            ends.as_mut_ptr(),
+            libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if made != 0 {
+        return true;
+    }
+    let mut at = off as i64;
+    let r = raw_splice(
+        fd,
+        &mut at,
+        ends[1],
+        std::ptr::null_mut(),
+        1,
+        libc::SPLICE_F_NONBLOCK,
+    );
+    let refused = r < 0 && sys::errno() == libc::EINVAL;
+    keep_errno(|| ends.iter().for_each(|&e| sys::close(e)));
+    !refused
+}
+
+/// Every flag `splice(2)` knows.
+const SPLICE_F_ALL: u32 =
+    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MORE | libc::SPLICE_F_GIFT;
 
 /// A pipe→pipe transfer (`splice` or `tee`) by a shimmed process: the destination gets
 /// the source's segments for the bytes that move. `call(flags)` does one kernel call.
