@@ -59,9 +59,8 @@ unsafe fn close_range_impl(
 }
 
 unsafe fn closefrom_impl(real: unsafe extern "C" fn(c_int), lowfd: c_int) {
-    if let Ok(first) = c_uint::try_from(lowfd) {
-        lifetime::before_close_range(first, c_uint::MAX);
-    }
+    // glibc closes from fd 0 on for a negative `lowfd`.
+    lifetime::before_close_range(c_uint::try_from(lowfd).unwrap_or(0), c_uint::MAX);
     // SAFETY: the caller's argument.
     unsafe { real(lowfd) }
 }

@@ -23,8 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Least time between two sweeps started from the mutation side.
 pub const SWEEP_INTERVAL_NS: u64 = 20_000_000;
-/// Least time between two sweeps started because a table was full.
-const FULL_SWEEP_INTERVAL_NS: u64 = 1_000_000;
+/// Least time between two sweeps started because a table was full (a table truly full of
+/// live records would otherwise make every splice pay for a sweep of all of them).
+const FULL_SWEEP_INTERVAL_NS: u64 = 50_000_000;
 /// Busy pipes one round of a sweep looks at (with one `/proc` pass for those no
 /// recorded holder reaches).
 pub const PIPES_PER_SWEEP: usize = 256;
