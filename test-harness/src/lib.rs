@@ -874,3 +874,109 @@ pub fn wait_for_pause(child: &mut Child, timeout: Duration) -> io::Result<bool> 
 pub fn counter(stats: &serde_json::Value, name: &str) -> Option<u64> {
     stats.get(name).and_then(serde_json::Value::as_u64)
 }
+
+/// A child process that is killed (`SIGKILL`) and reaped when dropped, so a test that
+/// fails half-way leaves nothing running.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// Kills the child now (`SIGKILL`; nothing happens if it already exited) and reaps it.
+    pub fn kill(&mut self) -> io::Result<ExitStatus> {
+        let _ = self.0.kill();
+        self.0.wait()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lines a child writes (its stdout, say), read by a thread of their own so that
+/// waiting for the next one can time out: a test never hangs on a child that stopped
+/// talking.
+#[derive(Debug)]
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl Lines {
+    /// Starts reading `r` line by line.
+    pub fn new<R: Read + Send + 'static>(r: R) -> Lines {
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in io::BufRead::lines(io::BufReader::new(r)) {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx }
+    }
+
+    /// The next line without its newline; `None` at the end of the stream or when
+    /// `timeout` passed first.
+    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+}
+
+/// Path of the registry of `domain` for this user: `/dev/shm/splicecow-<uid>-<domain>`
+/// (what [`TempDomain::shm_path`] is for a domain the test did not name itself).
+pub fn registry_file(domain: &str) -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    PathBuf::from(format!("/dev/shm/splicecow-{uid}-{domain}"))
+}
+
+/// The fresh domain (`run-<pid>-<nanos>`) of the `splicecow run` process `run_pid`, found
+/// in `/dev/shm` (where `splicecow stats --all` finds it too) once its registry exists;
+/// `None` when none appeared within `timeout`.
+pub fn run_domain_of(run_pid: u32, timeout: Duration) -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let prefix = format!("splicecow-{}-run-{run_pid}-", unsafe { libc::geteuid() });
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = std::fs::read_dir("/dev/shm").ok().and_then(|dir| {
+            dir.flatten().find_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let nanos = name.strip_prefix(&prefix)?;
+                (!nanos.is_empty() && nanos.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| format!("run-{run_pid}-{nanos}"))
+            })
+        });
+        if found.is_some() || Instant::now() >= deadline {
+            return found;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls [`domain_stats`] of `domain` until `ready` holds for its answer; the last answer
+/// (or why there was none) as the error when `timeout` passed first.
+pub fn wait_for_stats(
+    domain: &str,
+    timeout: Duration,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = domain_stats(domain);
+        if let Ok(stats) = &last {
+            if ready(stats) {
+                return last;
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(match last {
+                Ok(stats) => format!("domain {domain} after {timeout:?}: {stats}"),
+                Err(e) => format!("domain {domain} after {timeout:?}: {e}"),
+            });
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -39,6 +39,7 @@ extern "C" fn constructor() {
             ops::streams::install();
             ops::lifetime::install();
             ops::peers::install();
+            ops::sweep::install();
         }
     }
 }

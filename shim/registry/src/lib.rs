@@ -391,6 +391,20 @@ impl Registry {
             .count() as u64
     }
 
+    /// Mappings of `kind` held by processes that are alive (a lock-free scan: records of
+    /// processes that died stay until a sweep or a splice of their file reclaims them).
+    fn live_maps(&self, kind: u32) -> u64 {
+        (0..layout::MAX_MAPS)
+            .map(|i| {
+                // SAFETY: volatile read of plain integers another process may be writing
+                // (as in `file_may_be_tracked`); `at` keeps `i` in bounds.
+                unsafe { std::ptr::read_volatile(bounded::at(&(*self.base).maps, i)) }
+            })
+            .filter(|m| m.pid != 0 && m.kind == kind && sys::process_alive(m.pid))
+            .map(|m| u64::from(m.count))
+            .sum()
+    }
+
     /// Counters and fill levels.
     pub fn stats(&self) -> Stats {
         let h = self.header();
@@ -412,8 +426,8 @@ impl Registry {
             conflicts: r(&c.conflicts),
             lock_takeovers: r(&h.lock_takeovers),
             live_segments: r(&h.live_segments),
-            shared_writable_maps: r(&h.shared_writable_maps),
-            private_maps: r(&h.private_maps),
+            shared_writable_maps: self.live_maps(layout::MAP_SHARED_WRITABLE),
+            private_maps: self.live_maps(layout::MAP_PRIVATE_SNAPSHOT),
             snapshots: r(&c.snapshots),
             snapshot_timeouts: r(&c.snapshot_timeouts),
             pipes_in_use: busy,

@@ -622,15 +622,24 @@ impl Tables<'_> {
             }
         }
         .index();
-        let maps = &mut self.maps;
-        let found = maps
+        let found = self
+            .maps
             .iter()
             .position(|m| m.pid == pid && m.kind == kind && m.file_slot as usize == fslot);
+        let free = |maps: &[MapRecord]| maps.iter().position(|m| m.pid == 0);
         let i = match found {
             Some(i) => i,
-            None if delta > 0 => maps.iter().position(|m| m.pid == 0).ok_or(Full::Maps)?,
+            None if delta > 0 => match free(self.maps.as_slice()) {
+                Some(i) => i,
+                None => {
+                    // Full: records of processes that died are free.
+                    self.reclaim_dead_maps();
+                    free(self.maps.as_slice()).ok_or(Full::Maps)?
+                }
+            },
             None => return Ok(()),
         };
+        let maps = &mut self.maps;
         let old = if found.is_some() {
             *at(maps, i)
         } else {
@@ -726,6 +735,20 @@ impl Tables<'_> {
                 each(m.pid);
             }
         }
+    }
+
+    /// Frees the mapping records of processes that died (their mappings died with them);
+    /// returns how many.
+    pub fn reclaim_dead_maps(&mut self) -> usize {
+        let mut freed = 0;
+        for i in 0..MAX_MAPS {
+            let m = *at(self.maps, i);
+            if m.pid != 0 && !crate::sys::process_alive(m.pid) {
+                self.drop_map_record(i);
+                freed += 1;
+            }
+        }
+        freed
     }
 
     /// Drops every mapping record and the mailbox of `pid` (its mappings are gone: `exec`).

@@ -96,6 +96,18 @@ static SCRATCH: ScratchCell = ScratchCell {
     }),
 };
 
+/// Registers the `fork` child handler: a sweep that another thread of the parent was
+/// running does not run on in the child, whose scratch is free. Called once, from the
+/// library constructor.
+pub fn install() {
+    // SAFETY: registering a plain extern "C" handler; this library is never unloaded.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+}
+
+extern "C" fn after_fork_in_child() {
+    SCRATCH.busy.store(false, Ordering::Release);
+}
+
 /// One sweep: rounds until every busy pipe was looked at once.
 fn run(reg: &Registry) {
     if SCRATCH.busy.swap(true, Ordering::Acquire) {
@@ -105,6 +117,8 @@ fn run(reg: &Registry) {
     // below (a signal handler on this thread that sweeps finds `busy` set and returns).
     let scratch = unsafe { &mut *SCRATCH.scratch.get() };
     reg.header().counters.sweeps.fetch_add(1, Ordering::Relaxed);
+    // Mapping records of processes that died (a killed mapper cannot drop its own).
+    settle::lock(reg).reclaim_dead_maps();
     let busy = reg.header().busy_pipes.load(Ordering::Relaxed) as usize;
     let mut looked = 0;
     for _ in 0..MAX_ROUNDS {
