@@ -295,11 +295,21 @@ fn forward(sig: i32, info: &libc::siginfo_t, child_pid: libc::pid_t) {
     }
 }
 
-/// Removes what `run` created: the registry (if ours) and the temporary report.
+/// Removes what `run` created: the registry (if ours) and the temporary report. A
+/// registry that still records bytes in flight (a pipe its splicer left to a reader
+/// outside the domain) stays, so that the user's other processes still settle them;
+/// `splicecow stats --all --remove-stale` removes it later. A removed domain leaves the
+/// user index too.
 fn cleanup(created: bool, domain: &str, temp_report: Option<&Path>) {
     if created {
-        if let Err(e) = Registry::unlink(domain) {
-            eprintln!("splicecow: cannot remove the registry of domain {domain}: {e}");
+        let in_flight = Registry::open_existing(domain).is_ok_and(|r| r.live_segments() > 0);
+        if !in_flight {
+            if let Err(e) = Registry::unlink(domain) {
+                eprintln!("splicecow: cannot remove the registry of domain {domain}: {e}");
+            }
+            if let Ok(index) = splicecow_registry::index::Index::open_existing() {
+                index.remove_domain(domain);
+            }
         }
     }
     if let Some(p) = temp_report {

@@ -118,9 +118,18 @@ impl IndexEntry {
 impl Index {
     /// Opens the effective user's index, creating it if needed.
     pub fn open_or_create() -> Result<Index, OpenError> {
+        Self::open(true)
+    }
+
+    /// Opens the effective user's index only if it exists.
+    pub fn open_existing() -> Result<Index, OpenError> {
+        Self::open(false)
+    }
+
+    fn open(create: bool) -> Result<Index, OpenError> {
         let mut path = index_path().into_bytes();
         path.push(0);
-        let mapping = shm::open(&path, &INDEX, true)?;
+        let mapping = shm::open(&path, &INDEX, create)?;
         let base = mapping.base() as *mut IndexLayout;
         Ok(Index {
             _mapping: mapping,
@@ -161,6 +170,35 @@ impl Index {
                 }
             }
         }
+    }
+
+    /// Calls `each(file, domain)` for every live entry. Lock-free.
+    pub fn for_each_live(&self, mut each: impl FnMut(FileKey, &str)) {
+        for i in 0..MAX_ENTRIES {
+            let e = self.entry(i);
+            if e.live != 0 {
+                if let Some(d) = e.domain() {
+                    each(e.key, d);
+                }
+            }
+        }
+    }
+
+    /// Removes every entry of `domain` (its registry is being removed).
+    pub fn remove_domain(&self, domain: &str) {
+        self.locked(|entries, h| {
+            for e in entries
+                .iter_mut()
+                .filter(|e| e.live != 0 && e.names(domain))
+            {
+                e.live = 0;
+                let _ = h
+                    .live_entries
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                        Some(v.saturating_sub(1))
+                    });
+            }
+        });
     }
 
     /// Runs `f` on the entries with the index lock held; a lock taken over from a dead

@@ -9,7 +9,8 @@
 //! 1. throughput file → pipe → unshimmed reading process (raw splice, splicecow protect,
 //!    splicecow copy mode, a pread/write loop) at 64 KiB, 256 KiB and 1 MiB pipes;
 //! 2. hook cost of 64-byte `pwrite`s to an unrelated file (no shim, idle registry,
-//!    1000 live segments on other files);
+//!    1000 live segments on other files, 100 other domains of the user alive with
+//!    nothing live, and with a live segment in one of them);
 //! 3. conflict cost: a `pwrite` that hits an in-flight segment (settle included) against
 //!    the same `pwrite` with nothing in flight, for a 64 KiB and a 1 MiB pipe;
 //! 4. scale: 1000 pipes × 64 segments live, cost of a mutation lookup and a splice record;
@@ -286,6 +287,10 @@ fn worker_main(args: &[String]) -> R<Option<Value>> {
             .map(Some)
         }
         "close" => worker_close(arg(args, 1, "ops")?, arg(args, 2, "busy")?).map(Some),
+        "peer" => {
+            let dir: String = arg(args, 2, "dir")?;
+            worker_peer(arg(args, 1, "live")?, Path::new(&dir)).map(|()| None)
+        }
         "conflict" => {
             let dir: String = arg(args, 3, "dir")?;
             worker_conflict(
@@ -424,6 +429,22 @@ fn make_busy(dir: &Path, pipes: usize, segs: usize) -> R<Busy> {
     Ok((held, files))
 }
 
+/// Reads everything `pipes` hold (read ends made non-blocking), so that closing them
+/// lets the library retire their segments. A worker whose domain goes away with
+/// segments still recorded would leave their files in the user index, and every later
+/// process of the user (the next rows' workers too) would take the busy path.
+fn drain_held(pipes: &[(OwnedFd, OwnedFd)]) {
+    let mut buf = vec![0u8; 64 * KIB];
+    for (r, _) in pipes {
+        // SAFETY: F_GETFL/F_SETFL on an open fd touch no memory of ours.
+        unsafe {
+            let flags = libc::fcntl(r.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(r.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        while read_fd(r.as_raw_fd(), &mut buf) > 0 {}
+    }
+}
+
 /// Ages the domain by `n` finished pipelines the way a day-old domain saw them: 100
 /// short-lived children, each splicing 4 KiB into `n / 100` pipes of its own and exiting
 /// without reading them (the pipes die with it, their records stay until a sweep).
@@ -457,7 +478,7 @@ fn age_domain(dir: &Path, n: usize) -> R<()> {
 fn worker_hook(ops: usize, busy: usize, aged: usize, dir: &Path) -> R<Value> {
     raise_nofile(4096);
     let target = create_data_file(&dir.join(format!("hook-{}", std::process::id())), 4 * KIB)?;
-    let _busy = if busy > 0 {
+    let busy_pipes = if busy > 0 {
         Some(make_busy(dir, busy.div_ceil(10), 10)?)
     } else {
         None
@@ -479,7 +500,43 @@ fn worker_hook(ops: usize, busy: usize, aged: usize, dir: &Path) -> R<Value> {
         }
     }
     let ns = t.elapsed().as_nanos() as f64 / ops as f64;
+    if let Some((held, _)) = &busy_pipes {
+        drain_held(held);
+    }
     Ok(json!({ "ns_per_op": ns, "live_segments": live, "live_before": live_before }))
+}
+
+/// Another domain's process for the hook rows: with `live`, 4 KiB of a file of its own
+/// spliced into a pipe it holds (a live segment in its domain); prints `ready`, then
+/// sleeps until stdin is closed, and reads its pipe before closing it (see
+/// [`drain_held`]).
+fn worker_peer(live: bool, dir: &Path) -> R<()> {
+    let held = if live {
+        let file = create_data_file(&dir.join(format!("peer-{}", std::process::id())), 64 * KIB)?;
+        let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+        let mut off = 0i64;
+        if splice_at(
+            file.as_raw_fd(),
+            &mut off,
+            w.as_raw_fd(),
+            4 * KIB,
+            libc::SPLICE_F_NONBLOCK,
+        ) != (4 * KIB) as isize
+        {
+            return Err(os_err("peer splice"));
+        }
+        Some((file, [(r, w)]))
+    } else {
+        None
+    };
+    println!("ready");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    while !matches!(std::io::stdin().read(&mut buf), Ok(0) | Err(_)) {}
+    if let Some((_, pipes)) = &held {
+        drain_held(pipes);
+    }
+    Ok(())
 }
 
 /// `close` of fds that are not tracked pipes (`dup` of stdin, then `close`): `ops`
@@ -487,7 +544,7 @@ fn worker_hook(ops: usize, busy: usize, aged: usize, dir: &Path) -> R<Value> {
 fn worker_close(ops: usize, busy: usize) -> R<Value> {
     raise_nofile(4096);
     let dir = std::env::temp_dir();
-    let _busy = if busy > 0 {
+    let busy_pipes = if busy > 0 {
         Some(make_busy(&dir, busy.div_ceil(10), 10)?)
     } else {
         None
@@ -503,6 +560,9 @@ fn worker_close(ops: usize, busy: usize) -> R<Value> {
         }
     }
     let ns = t.elapsed().as_nanos() as f64 / ops as f64;
+    if let Some((held, _)) = &busy_pipes {
+        drain_held(held);
+    }
     Ok(json!({ "ns_per_op": ns, "live_segments": live }))
 }
 
@@ -647,6 +707,7 @@ fn worker_scale(pipes: usize, segs: usize, iters: usize, dir: &Path) -> R<Value>
         }
         read_exact_fd(r.as_raw_fd(), &mut sink)?;
     }
+    drain_held(&held);
     drop(held);
     drop(files);
     for i in 0..10 {
@@ -728,6 +789,65 @@ impl Ctx {
         }
         parse_line(&out.stdout)
             .ok_or_else(|| format!("worker {args:?}: no result: {}", out.describe()))
+    }
+}
+
+/// Processes of other domains of the user, each preloaded in a domain of its own and
+/// sleeping (`bench worker peer`), alive while a hook row is measured. Closing their
+/// stdin ends them; their registries go with their [`TempDomain`]s.
+struct Peers {
+    procs: Vec<(std::process::Child, TempDomain)>,
+}
+
+impl Peers {
+    /// Starts `idle` peers with nothing live and `live` peers with a live segment each;
+    /// returns once every one said it is ready.
+    fn start(ctx: &Ctx, idle: usize, live: usize) -> R<Peers> {
+        let mut peers = Peers { procs: Vec::new() };
+        for i in 0..idle + live {
+            let domain = TempDomain::new();
+            let mut cmd = ctx.command(
+                Shim::Protect,
+                Some(&domain),
+                &[
+                    "peer".into(),
+                    (i >= idle).to_string(),
+                    ctx.dir.display().to_string(),
+                ],
+            );
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| format!("spawn peer: {e}"))?;
+            let stdout = child.stdout.take();
+            peers.procs.push((child, domain));
+            let mut line = String::new();
+            if let Some(out) = stdout {
+                let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+            }
+            if line.trim() != "ready" {
+                return Err(format!("peer {i} did not start: {line:?}"));
+            }
+        }
+        Ok(peers)
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        for (child, _) in self.procs.iter_mut() {
+            drop(child.stdin.take());
+        }
+        for (child, _) in self.procs.iter_mut() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -1102,18 +1222,23 @@ fn section_hook(ctx: &Ctx, plan: &Plan) -> R<Value> {
         "\n2. Hook cost: 64-byte pwrite at offset 0 of an unrelated file, {} ops x {} reps",
         plan.hook_ops, plan.hook_reps
     );
-    let variants: [(&str, Shim, usize, usize); 4] = [
-        ("no shim", Shim::Off, 0, 0),
-        ("shim, idle registry", Shim::Protect, 0, 0),
-        ("shim, 1000 live segs", Shim::Protect, 1000, 0),
-        ("shim, after 10k pipelines", Shim::Protect, 0, 10_000),
+    // (name, shim, live segments of its own, aged by pipelines, other domains alive with
+    // nothing live, other domains alive with a live segment each)
+    let variants: [(&str, Shim, usize, usize, usize, usize); 6] = [
+        ("no shim", Shim::Off, 0, 0, 0, 0),
+        ("shim, idle registry", Shim::Protect, 0, 0, 0, 0),
+        ("shim, 1000 live segs", Shim::Protect, 1000, 0, 0, 0),
+        ("shim, after 10k pipelines", Shim::Protect, 0, 10_000, 0, 0),
+        ("shim, 100 other domains alive", Shim::Protect, 0, 0, 100, 0),
+        ("shim, live seg, other domain", Shim::Protect, 0, 0, 99, 1),
     ];
     let mut ns = vec![Vec::new(); variants.len()];
     let mut live = vec![-1i64; variants.len()];
     for rep in 0..plan.hook_reps {
         for k in 0..variants.len() {
             let vi = (k + rep) % variants.len();
-            let (_, shim, busy, aged) = variants[vi];
+            let (_, shim, busy, aged, idle_peers, live_peers) = variants[vi];
+            let peers = Peers::start(ctx, idle_peers, live_peers)?;
             let v = ctx.run(
                 shim,
                 &[
@@ -1124,19 +1249,27 @@ fn section_hook(ctx: &Ctx, plan: &Plan) -> R<Value> {
                     aged.to_string(),
                 ],
             )?;
+            drop(peers);
             ns[vi].push(v["ns_per_op"].as_f64().unwrap_or(0.0));
             live[vi] = v["live_segments"].as_i64().unwrap_or(-1);
         }
     }
     println!(
-        "   {:<22} {:>8} {:>9} {:>6}   goal",
+        "   {:<32} {:>8} {:>9} {:>6}   goal",
         "variant", "ns/op", "x none", "live"
     );
     let mut rows = Vec::new();
-    for (vi, (name, _, _, _)) in variants.iter().enumerate() {
+    for (vi, (name, ..)) in variants.iter().enumerate() {
         let ratios: Vec<f64> = ns[vi].iter().zip(&ns[0]).map(|(v, b)| v / b).collect();
         let ratio = median(&ratios);
-        let limit = [None, Some(1.05), Some(1.25), Some(1.05)][vi];
+        let limit = [
+            None,
+            Some(1.05),
+            Some(1.25),
+            Some(1.05),
+            Some(1.05),
+            Some(1.25),
+        ][vi];
         let goal = limit
             .map(|l| format!("<= {l:.2}x  {}", verdict(ratio <= l)))
             .unwrap_or_default();
@@ -1146,7 +1279,7 @@ fn section_hook(ctx: &Ctx, plan: &Plan) -> R<Value> {
             live[vi].to_string()
         };
         println!(
-            "   {:<22} {:>8.1} {:>8.3}x {:>6}   {}",
+            "   {:<32} {:>8.1} {:>8.3}x {:>6}   {}",
             name,
             median(&ns[vi]),
             ratio,

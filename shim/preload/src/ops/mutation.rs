@@ -6,7 +6,7 @@ use crate::ops::settle::{self, Action, Conflicts, Scope};
 use crate::ops::{peers, report, snapshot, sweep};
 use crate::state::fd::{current_offset, status_flags, FdKind};
 use crate::state::runtime::{self, Mode};
-use splicecow_registry::{sys, FileKey, PipeSlot, Registry, MAX_DOMAIN_LEN};
+use splicecow_registry::{sys, FileKey, PipeSlot, Registry};
 use std::sync::atomic::Ordering;
 
 /// Most pipes settled per lookup round (more are found by the next round).
@@ -14,9 +14,6 @@ const PIPES_PER_ROUND: usize = 16;
 /// Most pipes one mutation looks at (far more than a domain normally has in flight
 /// for one file range).
 const MAX_HANDLED: usize = 256;
-
-/// Most other domains one mutation looks into.
-const MAX_PEER_DOMAINS: usize = 16;
 
 /// True when something in `reg`'s domain, or in another domain of the user, may
 /// conflict with a change.
@@ -83,30 +80,18 @@ pub fn check_file(reg: &Registry, key: FileKey, m: Mutation) {
     let Some(index) = reg.index().filter(|i| i.any_live()) else {
         return;
     };
-    let mut names = [([0u8; MAX_DOMAIN_LEN], 0usize); MAX_PEER_DOMAINS];
-    let mut n = 0;
-    index.domains_of(key, reg.domain(), |d| {
-        if let Some((buf, len)) = names.get_mut(n) {
-            if let Some(dst) = buf.get_mut(..d.len()) {
-                dst.copy_from_slice(d.as_bytes());
-                *len = d.len();
-                n += 1;
-            }
-        }
-    });
-    for (buf, len) in names.iter().take(n) {
-        let Some(domain) = buf.get(..*len).and_then(|b| std::str::from_utf8(b).ok()) else {
-            continue;
-        };
-        let reachable = peers::with(domain, index, |peer| {
+    // Lock-free walk of the index; each domain's own lock is taken (and released) while
+    // the walk goes on, so no lock is held across domains.
+    index.domains_of(key, reg.domain(), |domain| {
+        match peers::with(domain, index, |peer| {
             let action = action_of(peer.mode().unwrap_or(Mode::Protect));
             check_domain(peer, key, m, (off, end), action);
-        });
-        if !reachable {
+        }) {
+            peers::Reached::Yes | peers::Reached::NotNow => {}
             // A domain whose registry is gone or unusable has nothing to protect.
-            index.remove(key, domain);
+            peers::Reached::Gone => index.remove(key, domain),
         }
-    }
+    });
 }
 
 /// What a conflict in a domain of `mode` does with the segment.
@@ -121,6 +106,10 @@ fn action_of(mode: Mode) -> Action {
 /// Settles or reports, in the domain of `reg`, what `m` changes of `key` in `[off, end)`.
 fn check_domain(reg: &Registry, key: FileKey, m: Mutation, (off, end): (u64, u64), action: Action) {
     if !reg.file_may_be_tracked(key) {
+        // Nothing live here: an entry in the user index for this file and domain is stale.
+        if reg.index().is_some_and(|i| i.any_live()) {
+            settle::lock(reg).unpublish_if_dead(key);
+        }
         return;
     }
     if check_pipes(reg, key, m, off, end, action) {

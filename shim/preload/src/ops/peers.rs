@@ -7,7 +7,7 @@
 use crate::state::runtime;
 use crossbeam_utils::Backoff;
 use splicecow_registry::index::Index;
-use splicecow_registry::{Registry, MAX_DOMAIN_LEN};
+use splicecow_registry::{OpenError, Registry, MAX_DOMAIN_LEN};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -90,18 +90,31 @@ fn cached(name: Name, opened: Option<&'static Registry>) -> Option<&'static Regi
     r
 }
 
-/// Runs `f` with the registry of the user's domain `domain`; false when it cannot be
-/// opened (gone, corrupt, another layout).
-pub fn with(domain: &str, index: &'static Index, f: impl FnOnce(&Registry)) -> bool {
+/// Whether [`with`] reached a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    /// Its registry was opened and `f` ran.
+    Yes,
+    /// Its registry is missing, corrupt, of another layout or not ours: the domain has
+    /// nothing to protect.
+    Gone,
+    /// It could not be opened now (out of fds or memory): try again next time.
+    NotNow,
+}
+
+/// Runs `f` with the registry of the user's domain `domain`.
+pub fn with(domain: &str, index: &'static Index, f: impl FnOnce(&Registry)) -> Reached {
     let Some(name) = name_of(domain) else {
-        return false;
+        return Reached::Gone;
     };
     if let Some(reg) = cached(name, None) {
         f(reg);
-        return true;
+        return Reached::Yes;
     }
-    let Ok(reg) = Registry::open_existing(domain) else {
-        return false;
+    let reg = match Registry::open_existing(domain) {
+        Ok(reg) => reg,
+        Err(OpenError::Sys(..)) => return Reached::NotNow,
+        Err(_) => return Reached::Gone,
     };
     reg.join_index(index);
     let reg: &'static Registry = Box::leak(Box::new(reg));
@@ -112,5 +125,28 @@ pub fn with(domain: &str, index: &'static Index, f: impl FnOnce(&Registry)) -> b
         // cached the same domain first): nothing else refers to it.
         drop(unsafe { Box::from_raw(reg as *const Registry as *mut Registry) });
     }
-    true
+    Reached::Yes
+}
+
+/// Walks the whole user index once and removes every entry that no longer holds: the
+/// domain is gone, or has no live segment of the file any more (entries left by a holder
+/// killed between its last retire and the removal, or by a domain removed while its
+/// segments were recorded). Run by the sweep, so that stale entries cannot keep every
+/// process of the user off the idle fast path.
+pub fn clean_index(own: &Registry) {
+    let Some(index) = own.index().filter(|i| i.any_live()) else {
+        return;
+    };
+    index.for_each_live(|key, domain| {
+        if domain == own.domain() {
+            crate::ops::settle::lock(own).unpublish_if_dead(key);
+            return;
+        }
+        let reached = with(domain, index, |peer| {
+            crate::ops::settle::lock(peer).unpublish_if_dead(key);
+        });
+        if reached == Reached::Gone {
+            index.remove(key, domain);
+        }
+    });
 }

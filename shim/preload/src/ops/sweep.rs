@@ -119,6 +119,7 @@ fn run(reg: &Registry) {
     reg.header().counters.sweeps.fetch_add(1, Ordering::Relaxed);
     // Mapping records of processes that died (a killed mapper cannot drop its own).
     settle::lock(reg).reclaim_dead_maps();
+    crate::ops::peers::clean_index(reg);
     let busy = reg.header().busy_pipes.load(Ordering::Relaxed) as usize;
     let mut looked = 0;
     for _ in 0..MAX_ROUNDS {
