@@ -1,4 +1,4 @@
-//! Fidelity tests (issue 2's last test bullet, issue 4's "Bad input"): a program must
+//! Fidelity tests (docs/design.md, The contract: Invisible; bad input): a program must
 //! not be able to tell the shim is loaded, except by the corrected data.
 //!
 //! Every case runs the `fidelity` binary without the shim and with it (a fresh domain)

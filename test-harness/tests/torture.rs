@@ -1,4 +1,4 @@
-//! Torture tests (issue 4): a 30 s random stress run with SIGKILL fault injection, and
+//! Torture tests: a 30 s random stress run with SIGKILL fault injection, and
 //! the signal, fork, spawn, exec, thread and early-constructor cases.
 //!
 //! Every protected program here is the `stress` binary (its `torture` subcommands) or a

@@ -1,5 +1,5 @@
 //! `fidelity`: checks that a program cannot tell `libsplicecow.so` is loaded, except by
-//! the corrected data (DESIGN §2.5), and that settles keep every byte in place in the
+//! the corrected data (docs/design.md, The contract), and that settles keep every byte in place in the
 //! pipes that are hard to settle. Every subcommand is run twice by
 //! `tests/fidelity.rs`, without and with the shim, and the outputs are compared.
 //!
@@ -169,7 +169,7 @@ enum BlockCase {
     RestartSoleHandler,
 }
 
-/// The settle edge cases (issue 2 "Settle").
+/// The settle edge cases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SettleCase {
     /// 48 KiB spliced into a pipe this process holds (the counters case).

@@ -1,5 +1,5 @@
 //! `stress`: an fsx-style, model-checked random exerciser for splicecow, with fault
-//! injection (issue 4).
+//! injection.
 //!
 //! # Layout
 //!
