@@ -84,8 +84,13 @@ pub fn check_file(reg: &Registry, key: FileKey, m: Mutation) {
     // the walk goes on, so no lock is held across domains.
     index.domains_of(key, reg.domain(), |domain| {
         match peers::with(domain, index, |peer| {
-            let action = action_of(peer.mode().unwrap_or(Mode::Protect));
-            check_domain(peer, key, m, (off, end), action);
+            if peer.file_may_be_tracked(key) {
+                let action = action_of(peer.mode().unwrap_or(Mode::Protect));
+                check_domain(peer, key, m, (off, end), action);
+            } else {
+                // The index names this domain for the file, which it no longer tracks.
+                settle::lock(peer).unpublish_if_dead(key);
+            }
         }) {
             peers::Reached::Yes | peers::Reached::NotNow => {}
             // A domain whose registry is gone or unusable has nothing to protect.
@@ -106,10 +111,6 @@ fn action_of(mode: Mode) -> Action {
 /// Settles or reports, in the domain of `reg`, what `m` changes of `key` in `[off, end)`.
 fn check_domain(reg: &Registry, key: FileKey, m: Mutation, (off, end): (u64, u64), action: Action) {
     if !reg.file_may_be_tracked(key) {
-        // Nothing live here: an entry in the user index for this file and domain is stale.
-        if reg.index().is_some_and(|i| i.any_live()) {
-            settle::lock(reg).unpublish_if_dead(key);
-        }
         return;
     }
     if check_pipes(reg, key, m, off, end, action) {

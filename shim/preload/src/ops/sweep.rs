@@ -41,6 +41,16 @@ pub fn for_room(reg: &Registry) -> bool {
 }
 
 fn run_if_due(reg: &Registry, interval: u64) -> bool {
+    run_if_due_as(reg, interval, true)
+}
+
+/// Sweeps `reg`'s domain, another domain of the user, from a sweep of ours: without
+/// looking at the user index again.
+pub fn peer_if_due(reg: &Registry) {
+    run_if_due_as(reg, SWEEP_INTERVAL_NS, false);
+}
+
+fn run_if_due_as(reg: &Registry, interval: u64, with_index: bool) -> bool {
     let last = &reg.header().last_sweep_ns;
     let now = sys::monotonic_ns();
     let then = last.load(Ordering::Relaxed);
@@ -52,6 +62,11 @@ fn run_if_due(reg: &Registry, interval: u64) -> bool {
         return false;
     }
     run(reg);
+    if with_index {
+        // After our own sweep (its scratch is free again): entries of the user index
+        // that no longer hold, sweeping the other domains they name on the way.
+        crate::ops::peers::clean_index(reg);
+    }
     true
 }
 
@@ -119,7 +134,6 @@ fn run(reg: &Registry) {
     reg.header().counters.sweeps.fetch_add(1, Ordering::Relaxed);
     // Mapping records of processes that died (a killed mapper cannot drop its own).
     settle::lock(reg).reclaim_dead_maps();
-    crate::ops::peers::clean_index(reg);
     let busy = reg.header().busy_pipes.load(Ordering::Relaxed) as usize;
     let mut looked = 0;
     for _ in 0..MAX_ROUNDS {
