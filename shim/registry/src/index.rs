@@ -90,6 +90,30 @@ pub fn index_path() -> String {
     format!("/dev/shm/splicecow-{uid}-.index")
 }
 
+/// Keeps probe chains short: with nothing live, every entry becomes empty again; else
+/// the tombstone at `i` and those before it become empty when the slot after them is
+/// (no chain runs through them then).
+fn clear_tombstones(entries: &mut [IndexEntry; MAX_ENTRIES], h: &IndexHeader, i: usize) {
+    if h.live_entries.load(Ordering::SeqCst) == 0 {
+        for e in entries.iter_mut() {
+            e.key = FileKey::default();
+        }
+        return;
+    }
+    if !at(entries, i + 1).key.is_empty() {
+        return;
+    }
+    let mut j = i;
+    for _ in 0..MAX_ENTRIES {
+        let e = at_mut(entries, j);
+        if e.live != 0 || e.key.is_empty() {
+            return;
+        }
+        e.key = FileKey::default();
+        j = j.wrapping_add(MAX_ENTRIES - 1);
+    }
+}
+
 /// A mapped user index.
 pub struct Index {
     _mapping: shm::Mapping,
@@ -276,6 +300,7 @@ impl Index {
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
                             Some(v.saturating_sub(1))
                         });
+                    clear_tombstones(entries, h, home + k);
                     return;
                 }
             }
