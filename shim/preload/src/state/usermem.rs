@@ -3,24 +3,25 @@
 
 use splicecow_registry::sys;
 
-/// Copies `dst.len()` bytes from the caller's memory at `src` without trusting the
-/// pointer: false (nothing copied) where the kernel would answer `EFAULT`.
-pub fn copy_from_user(src: *const u8, dst: &mut [u8]) -> bool {
-    if dst.is_empty() {
+/// Moves `len` bytes between our buffer at `local` and the caller's memory at `remote`
+/// with `process_vm_readv`/`process_vm_writev` (`syscall`): the kernel checks `remote`,
+/// so a bad pointer is a failed call, never a fault. True when all bytes moved.
+fn across(syscall: libc::c_long, local: *mut u8, remote: *mut u8, len: usize) -> bool {
+    if len == 0 {
         return true;
     }
     let local = libc::iovec {
-        iov_base: dst.as_mut_ptr().cast(),
-        iov_len: dst.len(),
+        iov_base: local.cast(),
+        iov_len: len,
     };
     let remote = libc::iovec {
-        iov_base: src as *mut libc::c_void,
-        iov_len: dst.len(),
+        iov_base: remote.cast(),
+        iov_len: len,
     };
-    // SAFETY: the kernel checks `src` and copies into our own buffer `dst`.
+    // SAFETY: `local` is our own buffer of `len` bytes; the kernel checks `remote`.
     let r = unsafe {
         libc::syscall(
-            libc::SYS_process_vm_readv,
+            syscall,
             sys::getpid(),
             &local as *const libc::iovec,
             1usize,
@@ -29,7 +30,18 @@ pub fn copy_from_user(src: *const u8, dst: &mut [u8]) -> bool {
             0usize,
         )
     };
-    r == dst.len() as i64
+    r == len as i64
+}
+
+/// Copies `dst.len()` bytes from the caller's memory at `src` without trusting the
+/// pointer: false (nothing copied) where the kernel would answer `EFAULT`.
+pub fn copy_from_user(src: *const u8, dst: &mut [u8]) -> bool {
+    across(
+        libc::SYS_process_vm_readv,
+        dst.as_mut_ptr(),
+        src as *mut u8,
+        dst.len(),
+    )
 }
 
 /// Reads the caller's `loff_t` at `p` (null, unreadable or negative → `None`).
@@ -45,30 +57,13 @@ pub fn user_offset(p: *const i64) -> Option<u64> {
 /// Copies `src` into the caller's memory at `dst` without trusting the pointer: false
 /// (nothing written) where the kernel would answer `EFAULT` (unmapped, read-only).
 pub fn copy_to_user(src: &[u8], dst: *mut u8) -> bool {
-    if src.is_empty() {
-        return true;
-    }
-    let local = libc::iovec {
-        iov_base: src.as_ptr() as *mut libc::c_void,
-        iov_len: src.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: dst.cast(),
-        iov_len: src.len(),
-    };
-    // SAFETY: the kernel checks `dst` and copies from our own buffer `src`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_process_vm_writev,
-            sys::getpid(),
-            &local as *const libc::iovec,
-            1usize,
-            &remote as *const libc::iovec,
-            1usize,
-            0usize,
-        )
-    };
-    r == src.len() as i64
+    // The kernel only reads our side of a write: `src` is never written through.
+    across(
+        libc::SYS_process_vm_writev,
+        src.as_ptr() as *mut u8,
+        dst,
+        src.len(),
+    )
 }
 
 /// Stores `value` in the caller's `loff_t` at `p`; false where the kernel would fault.
