@@ -5,6 +5,7 @@
 
 use crate::library_path;
 use clap::ValueEnum;
+use splicecow_registry::env::{self as names, Mode};
 use splicecow_registry::Registry;
 use std::ffi::CString;
 use std::io::{Error, Write};
@@ -247,14 +248,14 @@ pub fn run_case_process(case: Case, protect: Option<(&Path, &str)>) -> Result<Ou
         .arg(case.name())
         .env_remove("LD_PRELOAD");
     for (k, _) in std::env::vars_os() {
-        if k.as_bytes().starts_with(b"SPLICECOW_") {
+        if k.as_bytes().starts_with(names::PREFIX.as_bytes()) {
             cmd.env_remove(k);
         }
     }
     if let Some((lib, domain)) = protect {
         cmd.env("LD_PRELOAD", lib)
-            .env("SPLICECOW_DOMAIN", domain)
-            .env("SPLICECOW_MODE", "protect");
+            .env(names::DOMAIN, domain)
+            .env(names::MODE, Mode::Protect.name());
     }
     let out = cmd
         .stdin(Stdio::null())

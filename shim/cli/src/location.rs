@@ -121,7 +121,7 @@ pub fn find_for(exe: &Path, env: Option<std::ffi::OsString>) -> Library {
 /// Finds the library for this executable (`/proc/self/exe`, symlinks resolved).
 pub fn find() -> Library {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("splicecow"));
-    find_for(&exe, std::env::var_os("SPLICECOW_LIB"))
+    find_for(&exe, std::env::var_os(splicecow_registry::env::LIB))
 }
 
 impl Library {

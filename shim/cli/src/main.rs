@@ -15,7 +15,8 @@ mod manual;
 mod run;
 mod stats;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::TypedValueParser;
+use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -94,36 +95,21 @@ enum Command {
     GenerateDocs(generate::GenerateArgs),
 }
 
-/// What the preload library does, as `SPLICECOW_MODE` tells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// Settle pipes before a conflicting mutation (copy on conflict).
-    Protect,
-    /// Do not settle; report each conflict as a JSON line.
-    Detect,
-    /// Never put page-cache pages in a pipe: always copy.
-    Copy,
-    /// Load but do nothing.
-    Off,
-}
+pub use splicecow_registry::env::Mode;
 
-impl Mode {
-    /// The value of `SPLICECOW_MODE` for this mode.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Protect => "protect",
-            Mode::Detect => "detect",
-            Mode::Copy => "copy",
-            Mode::Off => "off",
-        }
-    }
+/// `--mode`'s values: the library's modes, each with its summary for `--help` and the
+/// manual.
+fn mode_parser() -> impl TypedValueParser<Value = Mode> {
+    let values = Mode::ALL.map(|m| clap::builder::PossibleValue::new(m.name()).help(m.summary()));
+    clap::builder::PossibleValuesParser::new(values)
+        .try_map(|name: String| Mode::parse(&name).ok_or("not a mode"))
 }
 
 /// Arguments of `splicecow run`.
 #[derive(Args)]
 pub struct RunArgs {
     /// What the library does in CMD's processes.
-    #[arg(long, value_enum, default_value_t = Mode::Protect)]
+    #[arg(long, value_parser = mode_parser(), default_value = "protect")]
     pub mode: Mode,
     /// Join (or create) this domain instead of a fresh `run-<pid>-<nanos>` one.
     #[arg(long, value_name = "NAME", value_parser = parse_domain)]

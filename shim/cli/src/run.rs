@@ -2,7 +2,7 @@
 //! signals, wait for the last process of the domain and clean up.
 
 use crate::{library_path, stats, Mode, RunArgs, EXIT_CONFLICTS};
-use splicecow_registry::{registry_path, Registry};
+use splicecow_registry::{env as names, registry_path, Registry};
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, ErrorKind};
@@ -46,7 +46,7 @@ pub fn main(args: RunArgs) -> i32 {
     // Where detect-mode reports go; a temporary file we own if nobody named one.
     let mut temp_report = None;
     let report: Option<PathBuf> = match args.report.clone().or_else(|| {
-        std::env::var_os("SPLICECOW_REPORT")
+        std::env::var_os(names::REPORT)
             .filter(|r| !r.is_empty())
             .map(PathBuf::from)
     }) {
@@ -70,13 +70,13 @@ pub fn main(args: RunArgs) -> i32 {
             "LD_PRELOAD",
             ld_preload(std::env::var_os("LD_PRELOAD"), &lib),
         )
-        .env("SPLICECOW_DOMAIN", &domain)
-        .env("SPLICECOW_MODE", mode.as_str());
+        .env(names::DOMAIN, &domain)
+        .env(names::MODE, mode.name());
     if let Some(r) = &report {
-        cmd.env("SPLICECOW_REPORT", r);
+        cmd.env(names::REPORT, r);
     }
     if args.private_snapshots {
-        cmd.env("SPLICECOW_PRIVATE_SNAPSHOTS", "1");
+        cmd.env(names::PRIVATE_SNAPSHOTS, "1");
     }
 
     let sigs = signal_set();

@@ -86,7 +86,7 @@ pub fn main(args: StatsArgs) -> i32 {
     let domain = args
         .domain
         .or_else(|| {
-            std::env::var("SPLICECOW_DOMAIN")
+            std::env::var(splicecow_registry::env::DOMAIN)
                 .ok()
                 .filter(|d| !d.is_empty())
         })

@@ -56,6 +56,16 @@ impl Mode {
         }
     }
 
+    /// One line saying what the mode does (for `--help` and the manual).
+    pub fn summary(self) -> &'static str {
+        match self {
+            Mode::Protect => "Settle pipes before a conflicting mutation (copy on conflict)",
+            Mode::Detect => "Do not settle; report each conflict as a JSON line",
+            Mode::Copy => "Never put page-cache pages in a pipe: always copy",
+            Mode::Off => "Load but do nothing",
+        }
+    }
+
     /// The mode named `s` (surrounding blanks ignored).
     pub fn parse(s: &str) -> Option<Mode> {
         Mode::ALL.into_iter().find(|m| m.name() == s.trim())
