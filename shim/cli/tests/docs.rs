@@ -3,61 +3,13 @@
 //! loads the completion script and completes subcommands, options and values with it
 //! (zsh and fish load theirs where they are installed).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use common::{clean, ok, run, text, Scratch};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_splicecow");
-
-/// `program ARGS` with no splicecow variables and no preload inherited from the test.
-fn clean(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).env_remove("LD_PRELOAD");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SPLICECOW_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("the command runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Asserts success and returns stdout.
-fn ok(what: &str, o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "{what}: {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stdout)
-}
-
-/// A fresh scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d =
-            std::env::temp_dir().join(format!("splicecow-docstest-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The pages `generate-docs` writes.
 const PAGES: usize = 7;
@@ -77,7 +29,7 @@ fn render_man(page: &Path) -> Option<(String, String)> {
 
 #[test]
 fn every_generated_man_page_renders_without_warnings() {
-    let scratch = Scratch::new("man");
+    let scratch = Scratch::new("docstest", "man");
     let out = ok(
         "generate-docs",
         run(&mut clean(
@@ -155,7 +107,7 @@ fn bash_complete(script: &Path, line: &[&str]) -> String {
 
 #[test]
 fn completions_load_in_bash_and_complete_subcommands_and_options() {
-    let scratch = Scratch::new("completions");
+    let scratch = Scratch::new("docstest", "completions");
     let script = scratch.0.join("splicecow.bash");
     let o = run(&mut clean(BIN, &["completions", "bash"]));
     std::fs::write(&script, ok("completions bash", o)).unwrap();

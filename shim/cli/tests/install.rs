@@ -6,6 +6,9 @@
 //! that need it say so and skip when it is missing (`cargo build --release` first, as
 //! `scripts/test` does).
 
+mod common;
+
+use common::{clean, ok, run, text, Scratch};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -14,59 +17,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_splicecow");
 /// The repository's root.
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `program ARGS` with no splicecow variables and no preload inherited from the test.
-fn clean(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).env_remove("LD_PRELOAD");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SPLICECOW_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("the command runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Asserts success and returns stdout.
-fn ok(what: &str, o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "{what}: {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stdout)
-}
-
-/// A fresh scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!(
-            "splicecow-installtest-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The library under test, or `None` (with a message) when it has not been built.
@@ -167,7 +117,7 @@ fn counter(lines: &str, name: &str) -> u64 {
 #[test]
 fn an_install_into_a_prefix_runs_from_there_and_uninstalls_to_nothing() {
     let Some(lib) = library() else { return };
-    let scratch = Scratch::new("prefix");
+    let scratch = Scratch::new("installtest", "prefix");
     let from = build_dir(&scratch, &lib);
     let prefix = scratch.0.join("usr-local");
     let prefix_s = prefix.to_str().unwrap();
@@ -249,7 +199,7 @@ fn an_install_into_a_prefix_runs_from_there_and_uninstalls_to_nothing() {
 #[test]
 fn a_staged_usr_install_uses_the_triplet_directory_and_uninstalls_exactly() {
     let Some(lib) = library() else { return };
-    let scratch = Scratch::new("destdir");
+    let scratch = Scratch::new("installtest", "destdir");
     let from = build_dir(&scratch, &lib);
     let stage = scratch.0.join("stage");
     std::fs::create_dir_all(stage.join("usr/share/man/man1")).unwrap();
@@ -298,7 +248,7 @@ fn a_staged_usr_install_uses_the_triplet_directory_and_uninstalls_exactly() {
 
 #[test]
 fn uninstall_without_an_install_fails_and_removes_nothing() {
-    let scratch = Scratch::new("nothing");
+    let scratch = Scratch::new("installtest", "nothing");
     std::fs::create_dir_all(scratch.0.join("bin")).unwrap();
     std::fs::write(scratch.0.join("bin/splicecow"), "not ours").unwrap();
     let o = install_script(&["--uninstall", "--prefix", scratch.0.to_str().unwrap()]);
@@ -486,7 +436,7 @@ fn protected_pv_pipeline(cli: &Path) {
         eprintln!("skipped the pv pipeline: pv is not installed");
         return;
     }
-    let scratch = Scratch::new("pv");
+    let scratch = Scratch::new("installtest", "pv");
     let data = scratch.0.join("data");
     let out = scratch.0.join("out");
     let original: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
