@@ -251,8 +251,7 @@ pub fn sendfile_to_pipe(x: FileToPipe, real: impl Fn(usize) -> isize) -> isize {
     if off == Some(None) {
         return fail(libc::EFAULT);
     }
-    let fl_in = status_flags(x.fd_in);
-    if fl_in & libc::O_PATH != 0 || fl_in & libc::O_ACCMODE == libc::O_WRONLY {
+    if !open_for(x.fd_in, libc::O_WRONLY) {
         return fail(libc::EBADF);
     }
     let past_end = |o: i64| o < 0 || o.checked_add(x.len as i64).is_none();
@@ -336,12 +335,7 @@ fn copy_into_pipe(x: FileToPipe) -> Moved {
     if x.flags & !SPLICE_F_ALL != 0 {
         return fail(libc::EINVAL);
     }
-    let (fl_in, fl_out) = (status_flags(x.fd_in), status_flags(x.fd_out));
-    if fl_in & libc::O_PATH != 0
-        || fl_in & libc::O_ACCMODE == libc::O_WRONLY
-        || fl_out & libc::O_PATH != 0
-        || fl_out & libc::O_ACCMODE == libc::O_RDONLY
-    {
+    if !open_for(x.fd_in, libc::O_WRONLY) || !open_for(x.fd_out, libc::O_RDONLY) {
         return fail(libc::EBADF);
     }
     if x.len > isize::MAX as usize {
@@ -444,6 +438,15 @@ fn at_end_of_file(fd_out: i32, flags: u32) -> isize {
     );
     keep_errno(|| sys::close(empty));
     r
+}
+
+/// True when `fd` is open for the kernel's use, not `O_PATH` and not opened with the
+/// access mode `refused` (`O_WRONLY` for an input, `O_RDONLY` for an output): what a
+/// transfer answers with `EBADF` before anything else. A bad fd gives 0 flags here and
+/// is refused by the call that follows.
+fn open_for(fd: i32, refused: i32) -> bool {
+    let fl = status_flags(fd);
+    fl & libc::O_PATH == 0 && fl & libc::O_ACCMODE != refused
 }
 
 /// The size `fstat` reports for `fd`.
