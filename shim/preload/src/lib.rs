@@ -33,6 +33,8 @@ mod state;
 /// `exit` handlers.
 extern "C" fn constructor() {
     if let Some(_inside) = state::guard::Inside::enter() {
+        // First: the id cache's fork handler must run before the others, which ask for ids.
+        splicecow_registry::sys::cache_ids();
         if state::runtime::get().registry.is_some() {
             ops::maps::install();
             ops::snapshot::install();

@@ -3,6 +3,8 @@
 //! through `syscall(2)` directly.
 
 use libc::{c_int, c_long};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// The calling thread's `errno` after a failed raw call.
 pub fn errno() -> c_int {
@@ -110,16 +112,99 @@ pub unsafe fn munmap(addr: *mut u8, len: usize) {
     unsafe { libc::syscall(libc::SYS_munmap, addr, len) };
 }
 
-/// Thread id of the caller.
-pub fn gettid() -> i32 {
+/// Set once [`cache_ids`] installed the fork handler that keeps the cached ids right.
+static IDS_CACHED: AtomicBool = AtomicBool::new(false);
+/// The process id, once asked for (0: not known yet).
+static PID: AtomicI32 = AtomicI32::new(0);
+
+thread_local! {
+    /// The calling thread's id, once asked for (0: not known yet).
+    static TID: Cell<i32> = const { Cell::new(0) };
+    /// True while this thread's memory is borrowed by a child (`vfork`, `clone` with
+    /// `CLONE_VM`): the child is another process on the same memory, so cached ids
+    /// would be the parent's.
+    static ON_BORROWED_MEMORY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// From now on [`getpid`] and [`gettid`] answer from a cache (no system call), kept right
+/// across `fork` by a handler installed here (it must run before any other fork handler
+/// that asks for ids: call this first). Threads learn their own id on first use; a child
+/// on borrowed memory is marked with [`set_on_borrowed_memory`]; a child made behind
+/// libc's back (a raw `fork`/`clone` system call) would see its parent's ids.
+pub fn cache_ids() {
+    extern "C" fn forget_in_child() {
+        forget_ids();
+    }
+    if !IDS_CACHED.swap(true, Ordering::SeqCst) {
+        // SAFETY: registers a plain function; it only stores to atomics and TLS.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_in_child)) };
+    }
+}
+
+/// Forgets the cached ids: the calling thread is the only thread of a new process.
+pub fn forget_ids() {
+    PID.store(0, Ordering::Relaxed);
+    let _ = TID.try_with(|t| t.set(0));
+}
+
+/// Marks (or unmarks) the calling thread as running on memory a child borrowed: ids are
+/// then asked of the kernel on every call.
+pub fn set_on_borrowed_memory(borrowed: bool) {
+    let _ = ON_BORROWED_MEMORY.try_with(|b| b.set(borrowed));
+}
+
+/// True while [`set_on_borrowed_memory`] marked the calling thread.
+pub fn on_borrowed_memory() -> bool {
+    ON_BORROWED_MEMORY.try_with(Cell::get).unwrap_or(true)
+}
+
+/// True when cached ids may be used on this thread.
+fn ids_cacheable() -> bool {
+    IDS_CACHED.load(Ordering::Relaxed) && !on_borrowed_memory()
+}
+
+/// The kernel's thread id of the caller.
+fn kernel_tid() -> i32 {
     // SAFETY: gettid has no arguments and cannot fail.
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
-/// Process id of the caller (the kernel's, so correct right after `fork`/`vfork`).
-pub fn getpid() -> i32 {
+/// The kernel's process id of the caller.
+fn kernel_pid() -> i32 {
     // SAFETY: getpid has no arguments and cannot fail.
     unsafe { libc::syscall(libc::SYS_getpid) as i32 }
+}
+
+/// Thread id of the caller (cached once [`cache_ids`] ran).
+pub fn gettid() -> i32 {
+    if !ids_cacheable() {
+        return kernel_tid();
+    }
+    TID.try_with(|t| match t.get() {
+        0 => {
+            let tid = kernel_tid();
+            t.set(tid);
+            tid
+        }
+        tid => tid,
+    })
+    .unwrap_or_else(|_| kernel_tid())
+}
+
+/// Process id of the caller (cached once [`cache_ids`] ran; right after `fork`, `vfork`
+/// and `clone` children made through libc).
+pub fn getpid() -> i32 {
+    if !ids_cacheable() {
+        return kernel_pid();
+    }
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let pid = kernel_pid();
+            PID.store(pid, Ordering::Relaxed);
+            pid
+        }
+        pid => pid,
+    }
 }
 
 /// True when process `pid` exists and is not a zombie.

@@ -1,9 +1,11 @@
 //! `mmap`, `mmap64`, `munmap`, `mremap`, `mprotect`: tracked file mappings (see
-//! `ops::mappings` for what is tracked and why).
+//! `ops::mappings` for what is tracked and why); every change to the memory map also
+//! voids the caller pointers the shim proved usable (see `state::usermem`).
 
 use crate::hooks::hooks;
 use crate::ops::mappings;
 use crate::state::guard::keep_errno;
+use crate::state::usermem;
 use libc::{c_int, c_void, off_t, size_t};
 
 type MmapFn = unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void;
@@ -30,6 +32,10 @@ unsafe fn mmap_impl(
     fd: c_int,
     offset: off_t,
 ) -> *mut c_void {
+    if flags & libc::MAP_FIXED != 0 {
+        // What was mapped at `addr` is replaced.
+        usermem::memory_map_changes();
+    }
     let Some(planned) = keep_errno(|| mappings::plan(len, prot, flags, fd, offset)) else {
         // SAFETY: the caller's arguments.
         return unsafe { real(addr, len, prot, flags, fd, offset) };
@@ -46,6 +52,7 @@ unsafe fn munmap_impl(
     addr: *mut c_void,
     len: size_t,
 ) -> c_int {
+    usermem::memory_map_changes();
     // SAFETY: the caller's arguments.
     let r = unsafe { real(addr, len) };
     if r == 0 && mappings::any_tracked() {
@@ -62,6 +69,7 @@ unsafe fn mremap_impl(
     flags: c_int,
     new_addr: *mut c_void,
 ) -> *mut c_void {
+    usermem::memory_map_changes();
     // SAFETY: the caller's arguments.
     let p = unsafe { real(old, old_len, new_len, flags, new_addr) };
     if p != libc::MAP_FAILED && mappings::any_tracked() {
@@ -76,6 +84,7 @@ unsafe fn mprotect_impl(
     len: size_t,
     prot: c_int,
 ) -> c_int {
+    usermem::memory_map_changes();
     if !mappings::any_tracked() {
         // SAFETY: the caller's arguments.
         return unsafe { real(addr, len, prot) };

@@ -7,6 +7,9 @@
 
 use crate::hooks::hooks;
 use crate::ops::intent::{Kind, Mutation, Span, Target};
+use crate::ops::mutation;
+use crate::state::fdcache;
+use crate::state::guard::keep_errno;
 use libc::{c_char, c_int, mode_t, AT_FDCWD, FILE};
 
 hooks! {
@@ -34,10 +37,37 @@ hooks! {
     fn fopen(path: *const c_char, mode: *const c_char) -> *mut FILE => before fopen_mutation(path, mode, std::ptr::null_mut());
     /// `fopen64`.
     fn fopen64(path: *const c_char, mode: *const c_char) -> *mut FILE => before fopen_mutation(path, mode, std::ptr::null_mut());
-    /// `freopen(3)`; a null path reopens the stream's own file.
-    fn freopen(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE => before fopen_mutation(path, mode, stream);
+    /// `freopen(3)`; a null path reopens the stream's own file. The stream's fd number
+    /// then names the new file.
+    fn freopen(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE => with freopen_impl;
     /// `freopen64`.
-    fn freopen64(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE => before fopen_mutation(path, mode, stream);
+    fn freopen64(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE => with freopen_impl;
+}
+
+type FreopenFn = unsafe extern "C" fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE;
+
+unsafe fn freopen_impl(
+    real: FreopenFn,
+    path: *const c_char,
+    mode: *const c_char,
+    stream: *mut FILE,
+) -> *mut FILE {
+    if mutation::may_conflict() {
+        keep_errno(|| mutation::before(fopen_mutation(path, mode, stream)));
+    }
+    if stream.is_null() {
+        // SAFETY: the caller's arguments.
+        return unsafe { real(path, mode, stream) };
+    }
+    // SAFETY: freopen requires a valid stream; fileno only reads its fd.
+    let fd = unsafe { libc::fileno(stream) };
+    // SAFETY: the caller's arguments.
+    let r = fdcache::replacing(fd, || unsafe { real(path, mode, stream) });
+    if !r.is_null() {
+        // SAFETY: freopen returned the stream, open again.
+        fdcache::forget(unsafe { libc::fileno(r) });
+    }
+    r
 }
 
 /// An open with `O_TRUNC` truncates the file at `path` to 0 (Linux truncates even with

@@ -6,6 +6,7 @@ use crate::ops::intent::{Kind, Mutation};
 use crate::ops::mutation;
 use crate::ops::transfer::{self, FileToPipe};
 use crate::state::fd::FdKind;
+use crate::state::fdcache;
 use crate::state::runtime::{self, Mode};
 use libc::{c_int, c_uint, loff_t, off_t, size_t, ssize_t};
 
@@ -28,7 +29,7 @@ hooks! {
 
 /// Kinds of both ends, or `None` when the shim is off.
 fn ends(fd_in: c_int, fd_out: c_int) -> Option<(FdKind, FdKind)> {
-    (runtime::get().mode != Mode::Off).then(|| (FdKind::of_fd(fd_in), FdKind::of_fd(fd_out)))
+    (runtime::get().mode != Mode::Off).then(|| (fdcache::kind(fd_in), fdcache::kind(fd_out)))
 }
 
 unsafe fn splice_impl(

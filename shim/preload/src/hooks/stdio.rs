@@ -8,6 +8,7 @@
 
 use crate::hooks::{hooks, variadic_hook};
 use crate::ops::streams::{self, stream};
+use crate::state::fdcache;
 use libc::{c_char, c_int, c_void, size_t, FILE};
 
 /// `stdout`, for the functions that write to it implicitly.
@@ -76,8 +77,14 @@ unsafe fn flush_impl(real: unsafe extern "C" fn(*mut FILE) -> c_int, s: *mut FIL
 
 unsafe fn fclose_impl(real: unsafe extern "C" fn(*mut FILE) -> c_int, s: *mut FILE) -> c_int {
     crate::state::guard::keep_errno(|| streams::before_close(s));
+    if s.is_null() {
+        // SAFETY: the caller's argument.
+        return unsafe { real(s) };
+    }
+    // SAFETY: fclose requires a valid stream; fileno only reads its fd.
+    let fd = unsafe { libc::fileno(s) };
     // SAFETY: the caller's argument.
-    unsafe { real(s) }
+    fdcache::replacing(fd, || unsafe { real(s) })
 }
 
 /// Called by the C variadic wrappers before they format into stream `s`.

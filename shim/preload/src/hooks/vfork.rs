@@ -47,6 +47,18 @@ extern "C" fn splicecow_vfork_child_starts() {
     child_starts();
 }
 
+/// `clone`'s C body: first thing in any other non-thread child: one on this process's
+/// memory (`CLONE_VM`) must not use what this process cached, a copy (no `CLONE_VM`) must
+/// forget the ids it cached.
+#[no_mangle]
+extern "C" fn splicecow_clone_child_starts(shares_memory: libc::c_int) {
+    if shares_memory != 0 {
+        child_starts();
+    } else {
+        splicecow_registry::sys::forget_ids();
+    }
+}
+
 /// `clone`'s C body: the state back in the parent once that child exec'd or exited.
 #[no_mangle]
 extern "C" fn splicecow_vfork_restore(saved: u64) {

@@ -11,6 +11,7 @@
 
 use crate::ops::settle;
 use crate::state::fd::FdKind;
+use crate::state::fdcache;
 use crate::state::guard::keep_errno;
 use crate::state::{fdhints, pipe, runtime};
 use splicecow_registry::{sys, PipeSlot, Tables};
@@ -38,7 +39,7 @@ pub fn before_close(fd: i32) {
         let Some(reg) = runtime::get().tracking() else {
             return;
         };
-        let FdKind::Pipe(key) = FdKind::of_fd(fd) else {
+        let FdKind::Pipe(key) = fdcache::kind(fd) else {
             return;
         };
         let mut t = settle::lock(reg);

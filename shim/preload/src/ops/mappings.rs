@@ -15,6 +15,7 @@ use crate::ops::intent::{Kind, Mutation};
 use crate::ops::maps::{count, LocalMap, LOCAL_MAPS};
 use crate::ops::{mutation, snapshot};
 use crate::state::fd::FdKind;
+use crate::state::fdcache;
 use crate::state::runtime;
 use libc::c_void;
 
@@ -31,7 +32,7 @@ pub fn plan(len: usize, prot: i32, flags: i32, fd: i32, offset: i64) -> Option<L
         libc::MAP_PRIVATE if rt.private_snapshots => true,
         _ => return None,
     };
-    let FdKind::Regular(key) = FdKind::of_fd(fd) else {
+    let FdKind::Regular(key) = fdcache::kind(fd) else {
         return None;
     };
     Some(LocalMap {

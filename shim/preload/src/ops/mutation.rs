@@ -5,6 +5,7 @@ use crate::ops::intent::{Mutation, Span, Target};
 use crate::ops::settle::{self, Action, Conflicts, Scope};
 use crate::ops::{peers, report, snapshot, sweep};
 use crate::state::fd::{current_offset, status_flags, FdKind};
+use crate::state::fdcache;
 use crate::state::runtime::{self, Mode};
 use splicecow_registry::{sys, FileKey, PipeSlot, Registry};
 use std::sync::atomic::Ordering;
@@ -46,12 +47,10 @@ pub fn before(m: Mutation) {
     if !anything_live(reg) {
         return;
     }
-    let st = match m.target {
-        Target::Fd(fd) => sys::fstat(fd),
-        Target::Stream(stream) => {
-            // SAFETY: output functions require a valid stream; fileno only reads its fd.
-            sys::fstat(unsafe { libc::fileno(stream) })
-        }
+    let kind = match m.target {
+        Target::Fd(fd) => fdcache::kind(fd),
+        // SAFETY: output functions require a valid stream; fileno only reads its fd.
+        Target::Stream(stream) => fdcache::kind(unsafe { libc::fileno(stream) }),
         Target::Path {
             dirfd,
             path,
@@ -60,11 +59,13 @@ pub fn before(m: Mutation) {
             let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
             // SAFETY: `path` is the hooked call's own path argument, which the real call
             // hands to the kernel the same way (an invalid one gives EFAULT here too).
-            unsafe { sys::fstatat(dirfd, path, flags) }
+            match unsafe { sys::fstatat(dirfd, path, flags) } {
+                Ok(st) => FdKind::of_stat(&st),
+                Err(_) => return,
+            }
         }
     };
-    let Ok(st) = st else { return };
-    if let FdKind::Regular(key) = FdKind::of_stat(&st) {
+    if let FdKind::Regular(key) = kind {
         check_file(reg, key, m);
     }
 }
@@ -72,6 +73,17 @@ pub fn before(m: Mutation) {
 /// The part of [`before`] after the file is known: this domain first, then every other
 /// domain of the user that the user index names for `key`.
 pub fn check_file(reg: &Registry, key: FileKey, m: Mutation) {
+    let elsewhere = || {
+        let mut any = false;
+        if let Some(index) = reg.index().filter(|i| i.any_live()) {
+            index.domains_of(key, reg.domain(), |_| any = true);
+        }
+        any
+    };
+    // The span may cost system calls (a cursor's offset): only for a file that is tracked.
+    if !reg.file_may_be_tracked(key) && !elsewhere() {
+        return;
+    }
     let Some((off, end)) = resolve_span(m) else {
         return;
     };

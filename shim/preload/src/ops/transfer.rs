@@ -8,12 +8,13 @@
 use crate::ops::intent::{Kind, Mutation};
 use crate::ops::settle::{self, Action, Conflicts, Scope};
 use crate::ops::{lifetime, mutation, sweep};
-use crate::state::fd::{current_offset, status_flags, FdKind};
+use crate::state::fd::{cannot_change, current_offset, status_flags, FdKind};
+use crate::state::fdcache;
 use crate::state::guard::keep_errno;
 use crate::state::pipe::{self, Wait};
 use crate::state::runtime::{self, Mode};
 use crate::state::usermem::{set_user_offset, user_offset, user_offset_raw};
-use splicecow_registry::layout::Counters;
+use splicecow_registry::layout::{Counters, SEGMENTS_PER_PIPE};
 use splicecow_registry::{sys, FileKey, Full, Guard, Intent, PipeSlot, Registry, Tables};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -165,7 +166,11 @@ pub fn file_to_pipe(x: FileToPipe) -> isize {
         || x.flags & libc::SPLICE_F_NONBLOCK == 0 && status_flags(x.fd_out) & libc::O_NONBLOCK == 0;
     let waits = [(x.fd_out, libc::POLLOUT)];
     let splice_nonblocking = || splice_with_offset(x, x.flags | libc::SPLICE_F_NONBLOCK);
-    let Some(reg) = rt.tracking() else {
+    // A source whose bytes cannot change needs no record (learned once per fd).
+    let reg = rt
+        .tracking()
+        .filter(|_| !fdcache::unchangeable(x.fd_in, cannot_change));
+    let Some(reg) = reg else {
         let copy = rt.mode == Mode::Copy;
         return blocking_loop(blocking, &waits, || {
             if copy {
@@ -210,6 +215,7 @@ pub fn file_to_pipe(x: FileToPipe) -> isize {
             if bytes > 0 {
                 t.add_holder(slot, sys::getpid(), x.fd_out);
                 lifetime::noticed(x.fd_out);
+                trim_to_capacity(&mut t, slot, x.fd_out, bytes, false);
             }
         }
         if bytes > 0 {
@@ -272,13 +278,28 @@ pub fn sendfile_to_pipe(x: FileToPipe, real: impl Fn(usize) -> isize) -> isize {
     file_to_pipe(x)
 }
 
+/// Every this many stream bytes a pipe record is trimmed to the pipe's capacity.
+const TRIM_EVERY: u64 = 1 << 20;
+
+/// A pipe never holds more than its capacity, so stream bytes older than that were
+/// consumed: retires them from pipe `slot` (written through `fd`). The kernel is asked
+/// for the capacity (`F_GETPIPE_SZ`, no lock in the kernel) only when `force` (the ring
+/// is filling up) or when the last `moved` bytes crossed a [`TRIM_EVERY`] boundary of the
+/// stream: once per MiB, not on every call. Segments kept a little longer only cost an
+/// exact check at a conflict; a capacity remembered across calls could be one that
+/// another process has grown since.
+fn trim_to_capacity(t: &mut Tables<'static>, slot: PipeSlot, fd: i32, moved: u64, force: bool) {
+    let bytes_in = t.pipe(slot).bytes_in;
+    let crossed = bytes_in / TRIM_EVERY != bytes_in.saturating_sub(moved) / TRIM_EVERY;
+    if force || crossed {
+        t.retire_before(slot, bytes_in.saturating_sub(pipe::capacity(fd) as u64));
+    }
+}
+
 /// Records the intent of `x` in pipe `slot` (under the lock), or says why it cannot be.
 fn record(t: &mut Tables<'static>, slot: PipeSlot, x: FileToPipe) -> Route {
-    // A pipe never holds more than its capacity: older stream bytes were consumed.
-    // (Cheap: F_GETPIPE_SZ takes no lock; FIONREAD would wait for a running reader.)
-    let cap = pipe::capacity(x.fd_out) as u64;
-    let bytes_in = t.pipe(slot).bytes_in;
-    t.retire_before(slot, bytes_in.saturating_sub(cap));
+    let filling = t.pipe(slot).count as usize >= SEGMENTS_PER_PIPE * 3 / 4;
+    trim_to_capacity(t, slot, x.fd_out, 0, filling);
     let off = if x.off_in.is_null() {
         current_offset(x.fd_in)
     } else {
@@ -293,7 +314,7 @@ fn record(t: &mut Tables<'static>, slot: PipeSlot, x: FileToPipe) -> Route {
     let intent = Intent {
         file: x.file,
         file_off: off,
-        len: (x.len as u64).min(cap).min(u64::MAX - off),
+        len: (x.len as u64).min(u64::MAX - off),
         splicer_pid: sys::getpid(),
     };
     let mut pushed = t.push_segment(slot, intent);
@@ -568,7 +589,7 @@ pub fn route_write(fd: i32, len: u64, kind: Kind) -> WriteRoute {
         let Some(reg) = mutation::active_registry() else {
             return WriteRoute::Direct;
         };
-        match FdKind::of_fd(fd) {
+        match fdcache::kind(fd) {
             FdKind::Regular(key) => {
                 mutation::check_file(reg, key, Mutation::cursor(fd, len, kind));
                 WriteRoute::Direct

@@ -1,11 +1,11 @@
 //! The thread-local "inside the shim" flag, errno preservation, and the snapshot of a
 //! thread's shim state that a `vfork` parent gets back (see `hooks/vfork.rs`).
 
+use splicecow_registry::sys;
 use std::cell::Cell;
 
 thread_local! {
     static INSIDE: Cell<bool> = const { Cell::new(false) };
-    static IN_VFORK_CHILD: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Proof that this thread entered the shim; leaving happens on drop.
@@ -36,7 +36,7 @@ impl Drop for Inside {
 /// there): the "inside the shim" flag (bit 0) and the "vfork child" flag (bit 1).
 pub fn save_thread_state() -> u64 {
     let inside = INSIDE.try_with(Cell::get).unwrap_or(false);
-    let child = IN_VFORK_CHILD.try_with(Cell::get).unwrap_or(false);
+    let child = sys::on_borrowed_memory();
     u64::from(inside) | u64::from(child) << 1
 }
 
@@ -45,19 +45,20 @@ pub fn save_thread_state() -> u64 {
 /// the flag it set).
 pub fn restore_thread_state(saved: u64) {
     let _ = INSIDE.try_with(|inside| inside.set(saved & 1 != 0));
-    let _ = IN_VFORK_CHILD.try_with(|child| child.set(saved & 2 != 0));
+    sys::set_on_borrowed_memory(saved & 2 != 0);
 }
 
-/// Marks this thread's memory as borrowed by a `vfork` child, until its parent restores
-/// its state: the child has its own fd table and pid, so per-process hints of the parent
-/// must not follow what the child does.
+/// Marks this thread's memory as borrowed by a `vfork` child (or a `clone` child with
+/// `CLONE_VM`), until its parent restores its state: the child has its own pid and may
+/// have its own fd table, so cached ids and per-process fd knowledge of the parent must
+/// not follow what the child does.
 pub fn vfork_child_starts() {
-    let _ = IN_VFORK_CHILD.try_with(|child| child.set(true));
+    sys::set_on_borrowed_memory(true);
 }
 
 /// True in a `vfork` child (running on its parent's memory).
 pub fn in_vfork_child() -> bool {
-    IN_VFORK_CHILD.try_with(Cell::get).unwrap_or(false)
+    sys::on_borrowed_memory()
 }
 
 /// Runs `f` and restores `errno` afterwards, so the shim's own calls never leak an errno.

@@ -2,6 +2,7 @@
 //! operation and hook.
 
 pub mod fd;
+pub mod fdcache;
 pub mod fdhints;
 pub mod guard;
 pub mod pipe;
