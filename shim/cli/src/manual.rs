@@ -85,6 +85,16 @@ pub const ENVIRONMENT: &[Variable] = &[
                   the mapping shows it, and snapshot_timeouts counts it.",
     },
     Variable {
+        name: env::REGISTRY_PIPES,
+        meaning: "Pipe records of a domain's registry, read only by the process that creates \
+                  it (splicecow run, or the first preloaded process of a domain): a whole \
+                  number from 16 to 1048576, default 2048. The registry also gets twice as \
+                  many file records and half as many mapping records (at least 64); each pipe \
+                  record holds 64 segments. A registry that exists keeps its size. A bad value \
+                  prints one line and the default is used. splicecow run --registry-pipes \
+                  takes precedence.",
+    },
+    Variable {
         name: env::TEST_PAUSE,
         meaning: "For splicecow's own fault tests only: POINT:MICROSECONDS[,...] makes a \
                   process sleep at a point inside a registry update (record, commit, retire, \
@@ -140,6 +150,7 @@ pub const TOP: Page = Page {
         "SPLICECOW_LIB",
         "SPLICECOW_PRIVATE_SNAPSHOTS",
         "SPLICECOW_SNAPSHOT_TIMEOUT_MS",
+        "SPLICECOW_REGISTRY_PIPES",
         "SPLICECOW_TEST_PAUSE",
         "LD_PRELOAD",
     ],
@@ -208,6 +219,7 @@ pub const RUN: Page = Page {
         "SPLICECOW_MODE",
         "SPLICECOW_REPORT",
         "SPLICECOW_PRIVATE_SNAPSHOTS",
+        "SPLICECOW_REGISTRY_PIPES",
     ],
 };
 
@@ -298,7 +310,7 @@ pub const DOCTOR: Page = Page {
             meaning: "usage error",
         },
     ],
-    env: &["SPLICECOW_LIB"],
+    env: &["SPLICECOW_LIB", "SPLICECOW_REGISTRY_PIPES"],
 };
 
 /// `splicecow demo`.
@@ -789,6 +801,7 @@ pub fn library_page(version: &str, library: &str) -> String {
             "SPLICECOW_REPORT",
             "SPLICECOW_PRIVATE_SNAPSHOTS",
             "SPLICECOW_SNAPSHOT_TIMEOUT_MS",
+            "SPLICECOW_REGISTRY_PIPES",
             "SPLICECOW_TEST_PAUSE",
         ]))],
     );
