@@ -733,10 +733,12 @@ pub fn library_page(version: &str, library: &str) -> String {
                  mode settles nothing for anyone else.",
             ),
             Block::Para(
-                "The registry is /dev/shm/splicecow-EUID-DOMAIN: fixed size (7.4 MiB, only \
-                 touched pages use memory), mode 0600, created exclusively, checked on open \
-                 (owner, type, mode, size, magic, layout version). It holds at most 2048 pipes \
-                 with live segments, 64 segments per pipe, 4096 files; a transfer that finds \
+                "The registry is /dev/shm/splicecow-EUID-DOMAIN: sized by the process that \
+                 creates it (7.4 MiB by default, only touched pages use memory; see \
+                 SPLICECOW_REGISTRY_PIPES), mode 0600, created exclusively, checked on open \
+                 (owner, type, mode, magic, layout version, size against the capacities it \
+                 records). By default it holds at most 2048 pipes with live segments, 64 \
+                 segments per pipe, 4096 files; a transfer that finds \
                  no room takes the copy path and is counted (copy_fallbacks_registry_full), it \
                  is never an error. splicecow stats shows a domain's counters; splicecow stats \
                  --all lists the domains of the user.",
