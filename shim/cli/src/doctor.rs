@@ -3,6 +3,8 @@
 use crate::demo::{self, Case};
 use crate::location;
 use crate::DoctorArgs;
+use splicecow_registry::layout::SEGMENTS_PER_PIPE;
+use splicecow_registry::{env, Capacity};
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -30,7 +32,13 @@ fn fail(text: impl Into<String>) -> Check {
 
 /// Runs `splicecow doctor`; returns the exit status.
 pub fn main(args: DoctorArgs) -> i32 {
-    let mut checks = vec![hazard(), dev_shm(), proc_fd_reopen(), library()];
+    let mut checks = vec![
+        hazard(),
+        dev_shm(),
+        registry_size(),
+        proc_fd_reopen(),
+        library(),
+    ];
     if let Some(p) = &args.program {
         checks.extend(program(p));
     }
@@ -72,6 +80,25 @@ fn dev_shm() -> Check {
         Err(e) => fail(format!(
             "/dev/shm is not writable: {e} (splicecow run falls back to copy mode)"
         )),
+    }
+}
+
+/// (b') What a registry created from this environment holds and costs (a bad
+/// `SPLICECOW_REGISTRY_PIPES` fails the check: new domains would get the default).
+fn registry_size() -> Check {
+    let (c, warning) = Capacity::from_env();
+    let text = format!(
+        "a new domain's registry holds {} pipes ({SEGMENTS_PER_PIPE} segments each), {} \
+         files and {} mapping records: {} bytes of sparse /dev/shm (set {})",
+        c.pipes,
+        c.files,
+        c.maps,
+        c.regions().size,
+        env::REGISTRY_PIPES
+    );
+    match warning {
+        None => pass(text),
+        Some(w) => fail(format!("{w}: {text}")),
     }
 }
 

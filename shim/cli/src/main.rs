@@ -126,6 +126,10 @@ pub struct RunArgs {
     /// Make MAP_PRIVATE file mappings true snapshots (SPLICECOW_PRIVATE_SNAPSHOTS=1).
     #[arg(long)]
     pub private_snapshots: bool,
+    /// Pipe records of the registry if this run creates it (files: twice as many;
+    /// default $SPLICECOW_REGISTRY_PIPES, else 2048).
+    #[arg(long, value_name = "N", value_parser = parse_registry_pipes)]
+    pub registry_pipes: Option<u32>,
     /// The command to run and its arguments.
     #[arg(
         required = true,
@@ -169,6 +173,10 @@ fn parse_domain(s: &str) -> Result<String, String> {
     } else {
         Err("a domain is 1-64 characters of A-Z a-z 0-9 . _ - and does not start with '.'".into())
     }
+}
+
+fn parse_registry_pipes(s: &str) -> Result<u32, String> {
+    splicecow_registry::Capacity::parse_pipes(s)
 }
 
 /// Where `libsplicecow.so` is: `$SPLICECOW_LIB` if set (made absolute), else found by

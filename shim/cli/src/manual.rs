@@ -85,6 +85,16 @@ pub const ENVIRONMENT: &[Variable] = &[
                   the mapping shows it, and snapshot_timeouts counts it.",
     },
     Variable {
+        name: env::REGISTRY_PIPES,
+        meaning: "Pipe records of a domain's registry, read only by the process that creates \
+                  it (splicecow run, or the first preloaded process of a domain): a whole \
+                  number from 16 to 1048576, default 2048. The registry also gets twice as \
+                  many file records and half as many mapping records (at least 64); each pipe \
+                  record holds 64 segments. A registry that exists keeps its size. A bad value \
+                  prints one line and the default is used. splicecow run --registry-pipes \
+                  takes precedence.",
+    },
+    Variable {
         name: env::TEST_PAUSE,
         meaning: "For splicecow's own fault tests only: POINT:MICROSECONDS[,...] makes a \
                   process sleep at a point inside a registry update (record, commit, retire, \
@@ -140,6 +150,7 @@ pub const TOP: Page = Page {
         "SPLICECOW_LIB",
         "SPLICECOW_PRIVATE_SNAPSHOTS",
         "SPLICECOW_SNAPSHOT_TIMEOUT_MS",
+        "SPLICECOW_REGISTRY_PIPES",
         "SPLICECOW_TEST_PAUSE",
         "LD_PRELOAD",
     ],
@@ -208,6 +219,7 @@ pub const RUN: Page = Page {
         "SPLICECOW_MODE",
         "SPLICECOW_REPORT",
         "SPLICECOW_PRIVATE_SNAPSHOTS",
+        "SPLICECOW_REGISTRY_PIPES",
     ],
 };
 
@@ -298,7 +310,7 @@ pub const DOCTOR: Page = Page {
             meaning: "usage error",
         },
     ],
-    env: &["SPLICECOW_LIB"],
+    env: &["SPLICECOW_LIB", "SPLICECOW_REGISTRY_PIPES"],
 };
 
 /// `splicecow demo`.
@@ -721,10 +733,12 @@ pub fn library_page(version: &str, library: &str) -> String {
                  mode settles nothing for anyone else.",
             ),
             Block::Para(
-                "The registry is /dev/shm/splicecow-EUID-DOMAIN: fixed size (7.4 MiB, only \
-                 touched pages use memory), mode 0600, created exclusively, checked on open \
-                 (owner, type, mode, size, magic, layout version). It holds at most 2048 pipes \
-                 with live segments, 64 segments per pipe, 4096 files; a transfer that finds \
+                "The registry is /dev/shm/splicecow-EUID-DOMAIN: sized by the process that \
+                 creates it (7.4 MiB by default, only touched pages use memory; see \
+                 SPLICECOW_REGISTRY_PIPES), mode 0600, created exclusively, checked on open \
+                 (owner, type, mode, magic, layout version, size against the capacities it \
+                 records). By default it holds at most 2048 pipes with live segments, 64 \
+                 segments per pipe, 4096 files; a transfer that finds \
                  no room takes the copy path and is counted (copy_fallbacks_registry_full), it \
                  is never an error. splicecow stats shows a domain's counters; splicecow stats \
                  --all lists the domains of the user.",
@@ -789,6 +803,7 @@ pub fn library_page(version: &str, library: &str) -> String {
             "SPLICECOW_REPORT",
             "SPLICECOW_PRIVATE_SNAPSHOTS",
             "SPLICECOW_SNAPSHOT_TIMEOUT_MS",
+            "SPLICECOW_REGISTRY_PIPES",
             "SPLICECOW_TEST_PAUSE",
         ]))],
     );

@@ -2,7 +2,7 @@
 //! signals, wait for the last process of the domain and clean up.
 
 use crate::{library_path, stats, Mode, RunArgs, EXIT_CONFLICTS};
-use splicecow_registry::{env as names, registry_path, Registry};
+use splicecow_registry::{env as names, registry_path, Capacity, Registry};
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, ErrorKind};
@@ -30,8 +30,27 @@ pub fn main(args: RunArgs) -> i32 {
         && Path::new(&registry_path(&domain))
             .symlink_metadata()
             .is_ok();
-    let registry = match Registry::open_or_create(&domain) {
-        Ok(r) => Some(r),
+    let sized = || match args.registry_pipes {
+        Some(n) => Capacity::for_pipes(n),
+        None => {
+            let (capacity, warning) = Capacity::from_env();
+            if let Some(w) = warning {
+                eprintln!("splicecow: {w}");
+            }
+            capacity
+        }
+    };
+    let registry = match Registry::open_or_create_with(&domain, sized) {
+        Ok(r) => {
+            if let Some(n) = args.registry_pipes.filter(|&n| n != r.capacity().pipes) {
+                eprintln!(
+                    "splicecow: domain {domain} exists with {} pipe records; \
+                     --registry-pipes {n} does not resize it",
+                    r.capacity().pipes
+                );
+            }
+            Some(r)
+        }
         Err(e) => {
             eprintln!(
                 "splicecow: cannot set up the registry of domain {domain}: {e}; running {} in copy mode",

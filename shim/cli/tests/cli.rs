@@ -219,6 +219,7 @@ fn stats_json_inside_a_run_reads_the_runs_domain() {
         "files_in_use",
         "pipe_capacity",
         "file_capacity",
+        "map_capacity",
         "busy_pipes",
     ] {
         assert!(v[field].is_u64(), "{field} missing in {v}");
@@ -243,6 +244,102 @@ fn stats_prints_name_value_lines_and_run_stats_prints_them_at_exit() {
     let o = output(&["run", "--stats", "--", "true"]);
     assert!(o.status.success());
     assert!(stderr(&o).contains("\nbytes_copied: "), "{}", stderr(&o));
+}
+
+/// The `splicecow:` lines of `o`'s stderr.
+fn splicecow_lines(o: &Output) -> Vec<String> {
+    let err = stderr(o);
+    err.lines()
+        .filter(|l| l.starts_with("splicecow:"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn run_sizes_the_registry_it_creates() {
+    let o = output(&["run", "--registry-pipes", "32", "--stats", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    for line in [
+        "\npipe_capacity: 32\n",
+        "\nfile_capacity: 64\n",
+        "\nmap_capacity: 64\n",
+    ] {
+        assert!(err.contains(line), "{line:?} missing: {err}");
+    }
+    let mut cmd = splicecow(&["run", "--stats", "--", "true"]);
+    let o = cmd.env("SPLICECOW_REGISTRY_PIPES", "100").output().unwrap();
+    assert!(
+        stderr(&o).contains("\npipe_capacity: 100\n"),
+        "{}",
+        stderr(&o)
+    );
+    // Out of range on the command line: a usage error.
+    let o = output(&["run", "--registry-pipes", "15", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A domain that exists keeps its size.
+    let d = domain("sized");
+    let reg = Registry::open_or_create(&d).unwrap();
+    let o = output(&[
+        "run",
+        "--domain",
+        &d,
+        "--registry-pipes",
+        "64",
+        "--stats",
+        "--",
+        "true",
+    ]);
+    drop(reg);
+    Registry::unlink(&d).unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("\npipe_capacity: 2048\n"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        splicecow_lines(&o),
+        [format!(
+            "splicecow: domain {d} exists with 2048 pipe records; --registry-pipes 64 does not resize it"
+        )]
+    );
+}
+
+#[test]
+fn a_bad_registry_size_gives_one_line_and_the_default() {
+    for bad in ["banana", "0", "-5", "99999999999", "1048577"] {
+        let mut cmd = splicecow(&["run", "--stats", "--", "sh", "-c", "echo ran"]);
+        let o = cmd.env("SPLICECOW_REGISTRY_PIPES", bad).output().unwrap();
+        assert!(o.status.success(), "{bad}: {}", stderr(&o));
+        assert_eq!(stdout(&o), "ran\n", "{bad}");
+        assert_eq!(
+            splicecow_lines(&o),
+            [format!(
+                "splicecow: SPLICECOW_REGISTRY_PIPES={bad:?} is not a whole number from 16 \
+                 to 1048576; using 2048"
+            )],
+            "{bad}: {}",
+            stderr(&o)
+        );
+        assert!(stderr(&o).contains("\npipe_capacity: 2048\n"), "{bad}");
+    }
+    let mut cmd = splicecow(&["doctor"]);
+    let o = cmd.env("SPLICECOW_REGISTRY_PIPES", "0").output().unwrap();
+    assert!(
+        stdout(&o).contains("✗ SPLICECOW_REGISTRY_PIPES=\"0\" is not a whole number"),
+        "{}",
+        stdout(&o)
+    );
+    let o = output(&["doctor"]);
+    assert!(
+        stdout(&o).contains(
+            "✓ a new domain's registry holds 2048 pipes (64 segments each), 4096 files and \
+             1024 mapping records: 7747832 bytes of sparse /dev/shm"
+        ),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]

@@ -13,19 +13,23 @@ pub const LIB: &str = "SPLICECOW_LIB";
 pub const PRIVATE_SNAPSHOTS: &str = "SPLICECOW_PRIVATE_SNAPSHOTS";
 /// How long a mutator waits for another process to snapshot its private pages (ms).
 pub const SNAPSHOT_TIMEOUT_MS: &str = "SPLICECOW_SNAPSHOT_TIMEOUT_MS";
+/// Pipe records of a registry this process creates (files: twice as many); read only
+/// by the creator (see [`crate::layout::Capacity::from_env`]), never by a joiner.
+pub const REGISTRY_PIPES: &str = "SPLICECOW_REGISTRY_PIPES";
 /// Test pauses: `point:microseconds[,...]` (see [`crate::pause`]).
 pub const TEST_PAUSE: &str = "SPLICECOW_TEST_PAUSE";
 /// What every variable of splicecow's starts with.
 pub const PREFIX: &str = "SPLICECOW_";
 
 /// Every variable above, in the order the manual lists them.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     DOMAIN,
     MODE,
     REPORT,
     LIB,
     PRIVATE_SNAPSHOTS,
     SNAPSHOT_TIMEOUT_MS,
+    REGISTRY_PIPES,
     TEST_PAUSE,
 ];
 

@@ -71,7 +71,8 @@ pub struct IndexLayout {
 pub const INDEX_SIZE: usize = std::mem::size_of::<IndexLayout>();
 
 const INDEX: shm::Kind = shm::Kind {
-    size: INDEX_SIZE,
+    min_size: INDEX_SIZE,
+    max_size: INDEX_SIZE,
     magic: INDEX_MAGIC,
     version: INDEX_VERSION,
     steps: [
@@ -153,6 +154,8 @@ impl Index {
     fn open(create: bool) -> Result<Index, OpenError> {
         let mut path = index_path().into_bytes();
         path.push(0);
+        let mut fixed = shm::Fixed(INDEX_SIZE);
+        let create = create.then_some(&mut fixed as &mut dyn shm::Create);
         let mapping = shm::open(&path, &INDEX, create)?;
         let base = mapping.base() as *mut IndexLayout;
         Ok(Index {

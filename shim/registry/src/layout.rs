@@ -4,22 +4,18 @@
 //! records refer to each other by index, and every index read from shared memory is
 //! bounds-checked before use (a corrupt or hostile file must not make us crash).
 
+use std::mem::size_of;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// First eight bytes of an initialised registry: "SPLCCOW\x01".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SPLCCOW\x01");
 /// Bumped whenever the layout below changes; a registry of another version is refused.
-pub const LAYOUT_VERSION: u32 = 4;
-/// File records (files with in-flight segments or shared writable mappings).
-pub const MAX_FILES: usize = 4096;
-/// Pipe records (pipes that may hold page-cache pages of a domain's splices).
-pub const MAX_PIPES: usize = 2048;
-/// In-flight segments one pipe can track; adjacent ones are merged.
+pub const LAYOUT_VERSION: u32 = 5;
+/// In-flight segments one pipe can track; adjacent ones are merged. Fixed: a pipe
+/// record is one `repr(C)` struct.
 pub const SEGMENTS_PER_PIPE: usize = 64;
 /// Processes remembered as holding an fd to a pipe (tried first when settling).
 pub const HOLDERS_PER_PIPE: usize = 4;
-/// Records of (process, file) shared writable mappings, reclaimed when the process dies.
-pub const MAX_MAPS: usize = 1024;
 /// How far open addressing probes before a table counts as full.
 pub const MAX_PROBE: usize = 64;
 
@@ -51,7 +47,7 @@ impl FileKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Segment {
-    /// Index of the spliced file's record in [`Layout::files`].
+    /// Index of the spliced file's record in [`Regions::files`].
     pub file_slot: u32,
     /// Process that spliced the bytes.
     pub splicer_pid: i32,
@@ -91,7 +87,7 @@ pub struct PipeRecord {
     pub head: u32,
     /// Number of live segments in the ring.
     pub count: u32,
-    /// Index of this pipe in [`Layout::busy`] while it has live segments.
+    /// Index of this pipe in [`Regions::busy`] while it has live segments.
     pub busy_pos: u32,
     /// Keeps the size a multiple of 8.
     pub reserved: u32,
@@ -135,7 +131,7 @@ pub struct MapRecord {
     pub pid: i32,
     /// Number of its mappings.
     pub count: u32,
-    /// Index of the file's record in [`Layout::files`].
+    /// Index of the file's record in [`Regions::files`].
     pub file_slot: u32,
     /// [`MAP_SHARED_WRITABLE`] or [`MAP_PRIVATE_SNAPSHOT`].
     pub kind: u32,
@@ -258,7 +254,7 @@ pub struct Header {
     pub magic: AtomicU64,
     /// [`LAYOUT_VERSION`].
     pub layout_version: u32,
-    /// `size_of::<Layout>()` as computed by the creator.
+    /// The file's size as computed by the creator ([`Regions::size`]).
     pub layout_size: u32,
     /// The table lock: `pid << 32 | tid` of the holder, 0 when free.
     pub lock: AtomicU64,
@@ -272,45 +268,198 @@ pub struct Header {
     pub lock_takeovers: AtomicU64,
     /// `CLOCK_MONOTONIC` nanoseconds when the last sweep for stale records started.
     pub last_sweep_ns: AtomicU64,
-    /// Number of entries of [`Layout::busy`].
+    /// Number of entries of [`Regions::busy`].
     pub busy_pipes: AtomicU32,
     /// Where in the busy list the next sweep starts (sweeps are bounded).
     pub sweep_cursor: AtomicU32,
     /// The domain's mode (`1 +` its place in `env::Mode::ALL`; 0: not recorded yet).
     pub mode: AtomicU32,
-    /// Keeps the size a multiple of 8.
-    pub reserved: u32,
+    /// Pipe records ([`Capacity::pipes`]), fixed at creation.
+    pub capacity_pipes: u32,
+    /// File records ([`Capacity::files`]), fixed at creation.
+    pub capacity_files: u32,
+    /// Mapping records ([`Capacity::maps`]), fixed at creation.
+    pub capacity_maps: u32,
     /// Counters shown by `splicecow stats`.
     pub counters: Counters,
 }
 
-/// The whole shared-memory segment.
-#[repr(C)]
-pub struct Layout {
-    /// Header with lock, fast-path word and counters.
-    pub header: Header,
-    /// File table (open addressing by [`FileKey::home`]).
-    pub files: [FileRecord; MAX_FILES],
-    /// Tracked mappings per process, file and kind.
-    pub maps: [MapRecord; MAX_MAPS],
-    /// Snapshot request mailboxes.
-    pub mailboxes: [Mailbox; MAX_MAILBOXES],
-    /// Slots of the pipes that have live segments (the first `busy_pipes` entries), so
-    /// lookups never walk the whole pipe table.
-    pub busy: [u32; MAX_PIPES],
-    /// Pipe table (open addressing by [`FileKey::home`]).
-    pub pipes: [PipeRecord; MAX_PIPES],
-    /// The settle in progress.
-    pub journal: SettleJournal,
+/// How many records of each runtime-sized table a registry has: chosen by the process
+/// that creates the registry, stored in its [`Header`], and used by every process that
+/// maps it (a joiner never resizes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Pipe records: pipes with live segments at once (and the busy list's length).
+    pub pipes: u32,
+    /// File records: files with live segments or tracked mappings at once.
+    pub files: u32,
+    /// Per-process mapping records.
+    pub maps: u32,
 }
 
-/// Size in bytes of the shared-memory file.
-pub const LAYOUT_SIZE: usize = std::mem::size_of::<Layout>();
+/// Fewest pipe records a registry can be created with.
+pub const MIN_PIPES: u32 = 16;
+/// Most pipe records a registry can be created with (about 3.4 GB of sparse file).
+pub const MAX_PIPES: u32 = 1 << 20;
+/// Pipe records of a registry whose creator was not told otherwise.
+pub const DEFAULT_PIPES: u32 = 2048;
+/// Fewest mapping records (a small registry still serves a few mapping processes).
+const MIN_MAPS: u32 = 64;
+
+impl Capacity {
+    /// The sizes of a registry whose creator was not told otherwise: 2048 pipes, 4096
+    /// files, 1024 mapping records.
+    pub const DEFAULT: Capacity = Capacity::for_pipes(DEFAULT_PIPES);
+    /// The largest registry that can be created.
+    pub const LARGEST: Capacity = Capacity::for_pipes(MAX_PIPES);
+
+    /// `pipes` pipe records (clamped to [`MIN_PIPES`]`..=`[`MAX_PIPES`]), twice as many
+    /// file records, and half as many mapping records (at least 64).
+    pub const fn for_pipes(pipes: u32) -> Capacity {
+        let pipes = if pipes < MIN_PIPES {
+            MIN_PIPES
+        } else if pipes > MAX_PIPES {
+            MAX_PIPES
+        } else {
+            pipes
+        };
+        let maps = pipes / 2;
+        Capacity {
+            pipes,
+            files: 2 * pipes,
+            maps: if maps < MIN_MAPS { MIN_MAPS } else { maps },
+        }
+    }
+
+    /// Pipe records as given in `SPLICECOW_REGISTRY_PIPES` (surrounding blanks ignored):
+    /// a whole number from [`MIN_PIPES`] to [`MAX_PIPES`]; else what is wrong with it.
+    pub fn parse_pipes(value: &str) -> Result<u32, String> {
+        match value.trim().parse::<u64>() {
+            Ok(n) if (u64::from(MIN_PIPES)..=u64::from(MAX_PIPES)).contains(&n) => Ok(n as u32),
+            _ => Err(format!(
+                "{value:?} is not a whole number from {MIN_PIPES} to {MAX_PIPES}"
+            )),
+        }
+    }
+
+    /// The capacity a creator uses: from `value` (the `SPLICECOW_REGISTRY_PIPES` it was
+    /// given, if any), else [`Capacity::DEFAULT`]. A bad value gives the default and the
+    /// one-line warning to print (without the `splicecow: ` prefix).
+    pub fn from_setting(value: Option<&str>) -> (Capacity, Option<String>) {
+        match value
+            .filter(|v| !v.trim().is_empty())
+            .map(Capacity::parse_pipes)
+        {
+            None => (Capacity::DEFAULT, None),
+            Some(Ok(n)) => (Capacity::for_pipes(n), None),
+            Some(Err(e)) => (
+                Capacity::DEFAULT,
+                Some(format!(
+                    "{}={e}; using {DEFAULT_PIPES}",
+                    crate::env::REGISTRY_PIPES
+                )),
+            ),
+        }
+    }
+
+    /// [`Capacity::from_setting`] with this process's `SPLICECOW_REGISTRY_PIPES`.
+    pub fn from_env() -> (Capacity, Option<String>) {
+        let value = std::env::var_os(crate::env::REGISTRY_PIPES);
+        Capacity::from_setting(
+            value
+                .as_deref()
+                .map(|v| v.to_str().unwrap_or("(not UTF-8)")),
+        )
+    }
+
+    /// True when every table has at least one record and no more than
+    /// [`Capacity::LARGEST`] has: what a joiner accepts from a header.
+    pub fn is_valid(self) -> bool {
+        let most = Capacity::LARGEST;
+        (MIN_PIPES..=most.pipes).contains(&self.pipes)
+            && (1..=most.files).contains(&self.files)
+            && (1..=most.maps).contains(&self.maps)
+    }
+
+    /// Where each part of a registry of this capacity lies.
+    pub const fn regions(self) -> Regions {
+        let files = Region::after(size_of::<Header>(), self.files, size_of::<FileRecord>());
+        let maps = Region::after(files.end(), self.maps, size_of::<MapRecord>());
+        let mailboxes = Region::after(maps.end(), MAX_MAILBOXES as u32, size_of::<Mailbox>());
+        let busy = Region::after(mailboxes.end(), self.pipes, size_of::<u32>());
+        let pipes = Region::after(busy.end(), self.pipes, size_of::<PipeRecord>());
+        let journal = Region::after(pipes.end(), 1, size_of::<SettleJournal>());
+        Regions {
+            capacity: self,
+            files,
+            maps,
+            mailboxes,
+            busy,
+            pipes,
+            journal,
+            size: journal.end(),
+        }
+    }
+}
+
+/// One table of a registry: `len` records of `record` bytes from byte `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// First byte, from the start of the file (a multiple of 8).
+    pub offset: usize,
+    /// Number of records.
+    pub len: usize,
+    /// Bytes per record.
+    pub record: usize,
+}
+
+impl Region {
+    /// `len` records of `record` bytes, from the first multiple of 8 at or after `start`.
+    const fn after(start: usize, len: u32, record: usize) -> Region {
+        Region {
+            offset: start.next_multiple_of(8),
+            len: len as usize,
+            record,
+        }
+    }
+
+    /// One past the region's last byte.
+    pub const fn end(self) -> usize {
+        self.offset + self.len * self.record
+    }
+}
+
+/// Where the header's tables lie in a registry file of one [`Capacity`]: the header
+/// first, then the file table, the mapping records, the snapshot mailboxes, the busy
+/// list, the pipe table and the settle journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Regions {
+    /// The capacity the regions are computed from.
+    pub capacity: Capacity,
+    /// File table (open addressing by [`FileKey::home`]) of [`FileRecord`]s.
+    pub files: Region,
+    /// Tracked mappings per process, file and kind ([`MapRecord`]s).
+    pub maps: Region,
+    /// Snapshot request mailboxes ([`MAX_MAILBOXES`] [`Mailbox`]es).
+    pub mailboxes: Region,
+    /// Slots (`u32`) of the pipes that have live segments (the first
+    /// [`Header::busy_pipes`] entries), so lookups never walk the whole pipe table.
+    pub busy: Region,
+    /// Pipe table (open addressing by [`FileKey::home`]) of [`PipeRecord`]s.
+    pub pipes: Region,
+    /// The settle in progress (one [`SettleJournal`]).
+    pub journal: Region,
+    /// Size in bytes of the whole file.
+    pub size: usize,
+}
+
+/// Size in bytes of a registry of [`Capacity::DEFAULT`].
+pub const DEFAULT_SIZE: usize = Capacity::DEFAULT.regions().size;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::mem::{align_of, size_of};
+    use std::mem::align_of;
 
     /// Pins the layout: changing any of these needs a [`LAYOUT_VERSION`] bump.
     #[test]
@@ -330,17 +479,106 @@ mod tests {
             size_of::<SettleJournal>(),
             32 + 8 * JOURNAL_CHUNKS + JOURNAL_BYTES
         );
-        assert_eq!(size_of::<Header>(), 80 + 128);
-        assert_eq!(align_of::<Layout>(), 8);
+        assert_eq!(size_of::<Header>(), 88 + 128);
+        for align in [
+            align_of::<Header>(),
+            align_of::<FileRecord>(),
+            align_of::<MapRecord>(),
+            align_of::<Mailbox>(),
+            align_of::<PipeRecord>(),
+            align_of::<SettleJournal>(),
+        ] {
+            assert!(align <= 8, "regions are 8-aligned");
+        }
+    }
+
+    /// The regions follow each other, 8-aligned, without overlap, and the default
+    /// registry is the size the README and the design document give.
+    #[test]
+    fn regions_are_laid_out_in_order() {
+        let r = Capacity::DEFAULT.regions();
         assert_eq!(
-            LAYOUT_SIZE,
-            size_of::<Header>()
-                + 48 * MAX_FILES
-                + 32 * MAX_MAPS
-                + 56 * MAX_MAILBOXES
-                + 4 * MAX_PIPES
-                + size_of::<PipeRecord>() * MAX_PIPES
-                + size_of::<SettleJournal>()
+            Capacity::DEFAULT,
+            Capacity {
+                pipes: 2048,
+                files: 4096,
+                maps: 1024
+            }
+        );
+        assert_eq!(r.files.offset, size_of::<Header>());
+        assert_eq!(r.maps.offset, r.files.offset + 4096 * 48);
+        assert_eq!(r.mailboxes.offset, r.maps.offset + 1024 * 32);
+        assert_eq!(r.busy.offset, r.mailboxes.offset + MAX_MAILBOXES * 56);
+        assert_eq!(r.pipes.offset, r.busy.offset + 2048 * 4);
+        assert_eq!(r.journal.offset, r.pipes.offset + 2048 * 3144);
+        assert_eq!(r.size, r.journal.offset + size_of::<SettleJournal>());
+        assert_eq!(DEFAULT_SIZE, 7_747_832);
+        // An odd pipe count leaves the busy list unaligned: the pipe table is padded.
+        let odd = Capacity::for_pipes(17).regions();
+        assert_eq!(odd.busy.end() % 8, 4);
+        assert_eq!(odd.pipes.offset, odd.busy.end() + 4);
+        for c in [
+            Capacity::for_pipes(17),
+            Capacity::DEFAULT,
+            Capacity::LARGEST,
+        ] {
+            let r = c.regions();
+            let parts = [r.files, r.maps, r.mailboxes, r.busy, r.pipes, r.journal];
+            for pair in parts.windows(2) {
+                let [a, b] = pair else { unreachable!() };
+                assert!(a.end() <= b.offset && b.offset % 8 == 0, "{c:?}");
+            }
+        }
+        // The header's `layout_size` is a u32: the largest registry must fit.
+        assert!(Capacity::LARGEST.regions().size <= u32::MAX as usize);
+    }
+
+    #[test]
+    fn capacities_are_derived_clamped_and_parsed() {
+        assert_eq!(
+            Capacity::for_pipes(32),
+            Capacity {
+                pipes: 32,
+                files: 64,
+                maps: 64
+            }
+        );
+        assert_eq!(Capacity::for_pipes(1).pipes, MIN_PIPES);
+        assert_eq!(Capacity::for_pipes(u32::MAX).pipes, MAX_PIPES);
+        assert!(Capacity::LARGEST.is_valid() && Capacity::for_pipes(0).is_valid());
+        assert!(!Capacity {
+            maps: 0,
+            ..Capacity::DEFAULT
+        }
+        .is_valid());
+        assert!(!Capacity {
+            pipes: MAX_PIPES + 1,
+            ..Capacity::DEFAULT
+        }
+        .is_valid());
+        assert_eq!(Capacity::parse_pipes(" 32\n"), Ok(32));
+        for bad in [
+            "0",
+            "15",
+            "1048577",
+            "-1",
+            "lots",
+            "3.5",
+            "99999999999999999999",
+        ] {
+            assert!(Capacity::parse_pipes(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Capacity::from_setting(None), (Capacity::DEFAULT, None));
+        assert_eq!(Capacity::from_setting(Some("")), (Capacity::DEFAULT, None));
+        assert_eq!(
+            Capacity::from_setting(Some("64")),
+            (Capacity::for_pipes(64), None)
+        );
+        let (c, warning) = Capacity::from_setting(Some("0"));
+        assert_eq!(c, Capacity::DEFAULT);
+        assert_eq!(
+            warning.as_deref(),
+            Some("SPLICECOW_REGISTRY_PIPES=\"0\" is not a whole number from 16 to 1048576; using 2048")
         );
     }
 }

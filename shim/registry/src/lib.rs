@@ -1,8 +1,10 @@
-//! splicecow's registry: a fixed-size shared-memory table of in-flight spliced ranges.
+//! splicecow's registry: a shared-memory table of in-flight spliced ranges, sized when
+//! it is created (see [`Capacity`]).
 //!
 //! One registry serves one *domain* (the processes that protect each other). It lives in
 //! `/dev/shm/splicecow-<uid>-<domain>`, mode 0600, and is refused when it belongs to
-//! another user, is not a regular file, has another size or layout version.
+//! another user, is not a regular file, has another layout version, or a size other
+//! than the capacities in its header make.
 //! This crate knows nothing of hooks: the preload library, the CLI and the test harness
 //! all read and write it through the API below.
 
@@ -20,11 +22,11 @@ pub mod sys;
 pub mod tables;
 
 pub use journal::{InterruptedSettle, SettleState};
-pub use layout::{FileKey, Segment, LAYOUT_SIZE, LAYOUT_VERSION, MAGIC};
+pub use layout::{Capacity, FileKey, Segment, LAYOUT_VERSION, MAGIC};
 pub use tables::{FileSlot, Full, Intent, PipeSlot, SegmentInfo, Tables};
 
 pub use layout::Mailbox;
-use layout::{Header, Layout, MAX_FILES, MAX_PIPES};
+use layout::{FileRecord, Header, MapRecord, Region, Regions, MAX_MAILBOXES};
 use std::fmt;
 use std::sync::atomic::{fence, Ordering};
 
@@ -44,7 +46,8 @@ pub enum OpenError {
     Sys(&'static str, i32),
     /// The file is not a regular file owned by us with mode 0600.
     NotOurs,
-    /// The file has the wrong size or magic: not a splicecow registry of this layout.
+    /// The file has the wrong size, magic or capacities: not a splicecow registry of this
+    /// layout.
     Foreign,
     /// A splicecow registry of another layout version.
     Version(u32),
@@ -101,7 +104,9 @@ pub fn registry_path(domain: &str) -> String {
 pub struct Registry {
     /// Keeps the file mapped as long as the registry lives.
     _mapping: shm::Mapping,
-    base: *mut Layout,
+    base: *mut u8,
+    /// Where the tables lie, from the capacities in the header (validated on open).
+    regions: Regions,
     /// The domain's name.
     domain: String,
     /// The user index this domain's tables keep up to date, once joined.
@@ -110,7 +115,8 @@ pub struct Registry {
 
 /// The registry as a kind of shared file.
 const REGISTRY: shm::Kind = shm::Kind {
-    size: LAYOUT_SIZE,
+    min_size: std::mem::size_of::<Header>(),
+    max_size: Capacity::LARGEST.regions().size,
     magic: MAGIC,
     version: LAYOUT_VERSION,
     steps: [
@@ -121,6 +127,35 @@ const REGISTRY: shm::Kind = shm::Kind {
         "inspecting the registry",
     ],
 };
+
+/// The creator of a new registry: chooses its capacity (only now that the file is known
+/// to be new) and records it in the header.
+struct Creator<F: FnOnce() -> Capacity> {
+    choose: Option<F>,
+    chosen: Capacity,
+}
+
+impl<F: FnOnce() -> Capacity> shm::Create for Creator<F> {
+    fn size(&mut self) -> usize {
+        if let Some(choose) = self.choose.take() {
+            let c = choose();
+            self.chosen = if c.is_valid() { c } else { Capacity::DEFAULT };
+        }
+        self.chosen.regions().size
+    }
+
+    unsafe fn fill(&self, base: *mut u8) {
+        let h = base as *mut Header;
+        let c = self.chosen;
+        // SAFETY: the caller gives a new mapping of the chosen size, which starts with the
+        // header; nobody reads these plain fields before the magic is published.
+        unsafe {
+            std::ptr::addr_of_mut!((*h).capacity_pipes).write(c.pipes);
+            std::ptr::addr_of_mut!((*h).capacity_files).write(c.files);
+            std::ptr::addr_of_mut!((*h).capacity_maps).write(c.maps);
+        }
+    }
+}
 
 // SAFETY: the mapping is process-wide and never unmapped while a Registry exists; mutable
 // access only happens through `Guard`, which holds the cross-process lock.
@@ -201,36 +236,66 @@ pub struct Stats {
     pub pipes_in_use: u64,
     /// File records with live segments or mappings now (capacity [`Stats::file_capacity`]).
     pub files_in_use: u64,
-    /// Pipe records in the table.
+    /// Pipe records in the table (chosen when the registry was created).
     pub pipe_capacity: u64,
-    /// File records in the table.
+    /// File records in the table (same).
     pub file_capacity: u64,
+    /// Mapping records in the table (same).
+    pub map_capacity: u64,
     /// Pipes that hold live segments now.
     pub busy_pipes: u64,
 }
 
 impl Registry {
-    /// Opens the registry of `domain`, creating it (mode 0600, `O_EXCL`) if needed.
+    /// Opens the registry of `domain`, creating it (mode 0600, `O_EXCL`) of
+    /// [`Capacity::DEFAULT`] if needed.
     pub fn open_or_create(domain: &str) -> Result<Registry, OpenError> {
-        Self::open(domain, true)
+        Self::open_or_create_with(domain, || Capacity::DEFAULT)
+    }
+
+    /// Opens the registry of `domain`, creating it if needed with the capacity `choose`
+    /// gives (an invalid one: [`Capacity::DEFAULT`]). `choose` runs only when this call
+    /// creates the file: a registry that exists keeps the capacity it was created with.
+    pub fn open_or_create_with(
+        domain: &str,
+        choose: impl FnOnce() -> Capacity,
+    ) -> Result<Registry, OpenError> {
+        let mut creator = Creator {
+            choose: Some(choose),
+            chosen: Capacity::DEFAULT,
+        };
+        Self::open(domain, Some(&mut creator))
     }
 
     /// Opens the registry of `domain` only if it exists.
     pub fn open_existing(domain: &str) -> Result<Registry, OpenError> {
-        Self::open(domain, false)
+        Self::open(domain, None)
     }
 
-    fn open(domain: &str, create: bool) -> Result<Registry, OpenError> {
+    fn open(domain: &str, create: Option<&mut dyn shm::Create>) -> Result<Registry, OpenError> {
         if !valid_domain(domain) {
             return Err(OpenError::InvalidDomain);
         }
         let mut path = registry_path(domain).into_bytes();
         path.push(0);
         let mapping = shm::open(&path, &REGISTRY, create)?;
-        let base = mapping.base() as *mut Layout;
+        let base = mapping.base();
+        // SAFETY: the mapping holds at least a header (the kind's smallest size) whose
+        // capacities were written before the magic was published (and seen).
+        let h = unsafe { &*(base as *const Header) };
+        let capacity = Capacity {
+            pipes: h.capacity_pipes,
+            files: h.capacity_files,
+            maps: h.capacity_maps,
+        };
+        let regions = capacity.regions();
+        if !capacity.is_valid() || regions.size != mapping.size() {
+            return Err(OpenError::Foreign);
+        }
         Ok(Registry {
             _mapping: mapping,
             base,
+            regions,
             domain: domain.to_string(),
             index: std::sync::OnceLock::new(),
         })
@@ -293,11 +358,42 @@ impl Registry {
         self.index.get().copied()
     }
 
+    /// How many pipe, file and mapping records the registry has (fixed when it was
+    /// created).
+    pub fn capacity(&self) -> Capacity {
+        self.regions.capacity
+    }
+
+    /// Size in bytes of the registry file (sparse: only the pages touched use memory).
+    pub fn size(&self) -> usize {
+        self.regions.size
+    }
+
     /// The header: atomics readable without the lock.
     pub fn header(&self) -> &Header {
-        // SAFETY: base points to a live mapping of LAYOUT_SIZE bytes; the header holds
-        // only atomics and fields written before publication.
-        unsafe { &(*self.base).header }
+        // SAFETY: base points to a live mapping that starts with the header; the header
+        // holds only atomics and fields written before publication.
+        unsafe { &*(self.base as *const Header) }
+    }
+
+    /// A copy of record `i % region.len` of `region`, read without the lock: a volatile
+    /// read of plain integers that another process may be writing, so a torn value only
+    /// makes one lock-free answer conservatively wrong (the locked path is then taken).
+    fn snapshot<T: Copy>(&self, region: Region, i: usize) -> T {
+        debug_assert_eq!(region.record, std::mem::size_of::<T>());
+        let at = region.offset + (i % region.len.max(1)) * std::mem::size_of::<T>();
+        // SAFETY: `region` is one of the validated regions of this mapping, holding records
+        // of type T (all of whose bit patterns are valid), 8-aligned; `at` is inside it.
+        unsafe { std::ptr::read_volatile(self.base.add(at) as *const T) }
+    }
+
+    /// The snapshot mailboxes.
+    fn mailboxes(&self) -> &[Mailbox; MAX_MAILBOXES] {
+        // SAFETY: the mailbox region of this mapping holds MAX_MAILBOXES mailboxes, which
+        // hold only atomics.
+        unsafe {
+            &*(self.base.add(self.regions.mailboxes.offset) as *const [Mailbox; MAX_MAILBOXES])
+        }
     }
 
     /// Takes the table lock (taking it over from a dead holder if needed).
@@ -312,7 +408,11 @@ impl Registry {
             // SAFETY: the cross-process lock is held until the Guard drops, so no other
             // thread of any process accesses the tables meanwhile.
             tables: unsafe {
-                Tables::of(self.base, self.index().map(|i| (i, self.domain.as_str())))
+                Tables::of(
+                    self.base,
+                    &self.regions,
+                    self.index().map(|i| (i, self.domain.as_str())),
+                )
             },
         };
         if taken_over {
@@ -331,13 +431,10 @@ impl Registry {
     /// mappings. A false answer races only with calls that are concurrent anyway.
     pub fn file_may_be_tracked(&self, file: FileKey) -> bool {
         fence(Ordering::Acquire);
-        let home = file.home(MAX_FILES);
+        let files = self.regions.files;
+        let home = file.home(files.len);
         for k in 0..layout::MAX_PROBE {
-            let i = (home + k) % MAX_FILES;
-            // SAFETY: i < MAX_FILES; volatile reads of plain integers that another process
-            // may be writing: a torn value only makes this answer conservatively wrong for
-            // one call, and the lock-holding path is then taken.
-            let rec = unsafe { std::ptr::read_volatile(bounded::at(&(*self.base).files, i)) };
+            let rec: FileRecord = self.snapshot(files, home + k);
             if rec.key == file {
                 return rec.live_segments > 0
                     || rec.shared_writable_maps > 0
@@ -352,15 +449,12 @@ impl Registry {
 
     /// Mailbox number `index` (from [`Tables::claim_mailbox`]).
     pub fn mailbox(&self, index: usize) -> &Mailbox {
-        // SAFETY: the mapping lives as long as self; mailboxes hold only atomics.
-        unsafe { bounded::at(&(*self.base).mailboxes, index) }
+        bounded::at(self.mailboxes(), index)
     }
 
     /// The mailbox owned by `pid`, if any (lock-free: owners are published atomically).
     pub fn find_mailbox(&self, pid: i32) -> Option<&Mailbox> {
-        // SAFETY: as in `mailbox`.
-        let boxes = unsafe { &(*self.base).mailboxes };
-        boxes
+        self.mailboxes()
             .iter()
             .find(|m| m.owner_pid.load(Ordering::Relaxed) == pid as u32)
     }
@@ -380,11 +474,10 @@ impl Registry {
     /// File records with live segments or mappings now (a lock-free scan: a record
     /// changing meanwhile may be counted either way).
     fn files_in_use(&self) -> u64 {
-        (0..MAX_FILES)
+        let files = self.regions.files;
+        (0..files.len)
             .filter(|&i| {
-                // SAFETY: volatile read of plain integers another process may be
-                // writing (as in `file_may_be_tracked`); `at` keeps `i` in bounds.
-                let f = unsafe { std::ptr::read_volatile(bounded::at(&(*self.base).files, i)) };
+                let f: FileRecord = self.snapshot(files, i);
                 !f.key.is_empty()
                     && (f.live_segments > 0 || f.shared_writable_maps > 0 || f.private_maps > 0)
             })
@@ -394,12 +487,9 @@ impl Registry {
     /// Mappings of `kind` held by processes that are alive (a lock-free scan: records of
     /// processes that died stay until a sweep or a splice of their file reclaims them).
     fn live_maps(&self, kind: u32) -> u64 {
-        (0..layout::MAX_MAPS)
-            .map(|i| {
-                // SAFETY: volatile read of plain integers another process may be writing
-                // (as in `file_may_be_tracked`); `at` keeps `i` in bounds.
-                unsafe { std::ptr::read_volatile(bounded::at(&(*self.base).maps, i)) }
-            })
+        let maps = self.regions.maps;
+        (0..maps.len)
+            .map(|i| self.snapshot::<MapRecord>(maps, i))
             .filter(|m| m.pid != 0 && m.kind == kind && sys::process_alive(m.pid))
             .map(|m| u64::from(m.count))
             .sum()
@@ -434,8 +524,9 @@ impl Registry {
             files_in_use: self.files_in_use(),
             retired_stale: r(&c.retired_stale),
             sweeps: r(&c.sweeps),
-            pipe_capacity: MAX_PIPES as u64,
-            file_capacity: MAX_FILES as u64,
+            pipe_capacity: u64::from(self.regions.capacity.pipes),
+            file_capacity: u64::from(self.regions.capacity.files),
+            map_capacity: u64::from(self.regions.capacity.maps),
             busy_pipes: busy,
         }
     }
@@ -571,6 +662,86 @@ mod tests {
             t.push_segment(p, intent(key(2), 10_000, 5)),
             Err(Full::Segments)
         );
+    }
+
+    #[test]
+    fn a_small_registry_is_full_at_its_capacity_and_joiners_keep_it() {
+        let domain = format!("unit-{}-small", std::process::id());
+        let _ = Registry::unlink(&domain);
+        let reg = Registry::open_or_create_with(&domain, || Capacity::for_pipes(32)).unwrap();
+        assert_eq!(reg.capacity(), Capacity::for_pipes(32));
+        assert_eq!(reg.size(), Capacity::for_pipes(32).regions().size);
+        let asked = std::cell::Cell::new(false);
+        let joiner = Registry::open_or_create_with(&domain, || {
+            asked.set(true);
+            Capacity::LARGEST
+        })
+        .unwrap();
+        Registry::unlink(&domain).unwrap();
+        assert!(!asked.get(), "a joiner does not choose a capacity");
+        assert_eq!(joiner.capacity(), reg.capacity());
+        let (mut t, _) = reg.lock();
+        for ino in 1..=32 {
+            let p = t.pipe_or_insert(key(1000 + ino)).unwrap();
+            t.push_segment(p, intent(key(ino), 0, 10)).unwrap();
+            t.commit(p, 10);
+        }
+        assert_eq!(t.pipe_or_insert(key(2000)), Err(Full::Pipes));
+        assert_eq!(t.busy_pipes().count(), 32);
+        assert!(!t.repair(), "a full small table is consistent");
+        drop(t);
+        let s = joiner.stats();
+        assert_eq!(
+            (s.pipe_capacity, s.file_capacity, s.map_capacity),
+            (32, 64, 64)
+        );
+        assert_eq!((s.pipes_in_use, s.files_in_use), (32, 32));
+        assert!(joiner.file_may_be_tracked(key(32)));
+    }
+
+    #[test]
+    fn a_header_that_does_not_match_the_file_size_is_refused() {
+        use std::os::unix::fs::FileExt;
+        let domain = format!("unit-{}-capacities", std::process::id());
+        let path = registry_path(&domain);
+        let _ = std::fs::remove_file(&path);
+        drop(Registry::open_or_create_with(&domain, || Capacity::for_pipes(64)).unwrap());
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let at = |field: usize, v: u32| f.write_all_at(&v.to_ne_bytes(), field as u64).unwrap();
+        let pipes = std::mem::offset_of!(Header, capacity_pipes);
+        let files = std::mem::offset_of!(Header, capacity_files);
+        // More tables than the file holds, fewer, none, and absurdly many: all refused,
+        // none read out of bounds.
+        for (field, value) in [
+            (pipes, 4096),
+            (pipes, 65),
+            (files, 1 << 30),
+            (files, 1),
+            (pipes, 0),
+            (pipes, u32::MAX),
+        ] {
+            at(field, value);
+            assert_eq!(
+                Registry::open_existing(&domain).err(),
+                Some(OpenError::Foreign),
+                "field at {field} = {value}"
+            );
+            at(pipes, 64);
+            at(files, 128);
+        }
+        assert_eq!(
+            Registry::open_existing(&domain).unwrap().capacity(),
+            Capacity::for_pipes(64)
+        );
+        // A file grown past what the header says is refused too.
+        f.set_len(Capacity::for_pipes(64).regions().size as u64 + 4096)
+            .unwrap();
+        assert_eq!(
+            Registry::open_existing(&domain).err(),
+            Some(OpenError::Foreign)
+        );
+        drop(f);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

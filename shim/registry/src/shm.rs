@@ -2,8 +2,10 @@
 //! handshake for all of them. A file lives in `/dev/shm`, mode 0600; its creator makes it
 //! with `O_EXCL`, sizes it, fills its preamble and publishes the magic last; an opener
 //! refuses a file that is not a regular file of this user without group/other access,
-//! has another size, magic or layout version, and waits a little for a creator that is
-//! still between `O_EXCL` and publishing.
+//! has a size out of the kind's range or other than its preamble says, another magic or
+//! layout version, and waits a little for a creator that is still between `O_EXCL` and
+//! publishing. What the size must be beyond that (a registry's depends on the capacities
+//! in its header) the kind's user checks.
 
 use crate::{sys, OpenError};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +26,10 @@ pub struct Preamble {
 
 /// What a kind of shared file is, and how its errors are worded.
 pub struct Kind {
-    /// Its size in bytes.
-    pub size: usize,
+    /// The smallest size in bytes a file of the kind can have.
+    pub min_size: usize,
+    /// The largest (at most `u32::MAX`: the preamble stores the size in 32 bits).
+    pub max_size: usize,
     /// Its magic.
     pub magic: u64,
     /// Its layout version.
@@ -52,7 +56,37 @@ impl Drop for Mapping {
     }
 }
 
+/// What the creator of a new file decides and writes.
+pub trait Create {
+    /// The new file's size, within the kind's range (called once: the file is new).
+    fn size(&mut self) -> usize;
+
+    /// Fills what the kind keeps beyond the preamble in the new file, before the magic
+    /// is published.
+    ///
+    /// # Safety
+    /// `base` is a new, zero-filled mapping of [`Create::size`] bytes (clamped to the
+    /// kind's range) that nobody else reads yet.
+    unsafe fn fill(&self, base: *mut u8);
+}
+
+/// A creator of files of one fixed size that need nothing but the preamble.
+pub struct Fixed(pub usize);
+
+impl Create for Fixed {
+    fn size(&mut self) -> usize {
+        self.0
+    }
+
+    unsafe fn fill(&self, _base: *mut u8) {}
+}
+
 impl Mapping {
+    /// The mapping's size in bytes (the file's).
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// The mapping's first byte.
     pub fn base(&self) -> *mut u8 {
         self.base
@@ -64,14 +98,19 @@ impl Mapping {
     }
 }
 
-/// Opens the shared file at `path` (NUL-terminated) of `kind`, creating it when `create`.
-pub fn open(path: &[u8], kind: &Kind, create: bool) -> Result<Mapping, OpenError> {
+/// Opens the shared file at `path` (NUL-terminated) of `kind`, creating it with `create`
+/// when given and the file does not exist.
+pub fn open(
+    path: &[u8],
+    kind: &Kind,
+    create: Option<&mut dyn Create>,
+) -> Result<Mapping, OpenError> {
     let [creating, opening, ..] = kind.steps;
     let base_flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    if create {
+    if let Some(create) = create {
         match sys::open(path, base_flags | libc::O_CREAT | libc::O_EXCL, 0o600) {
             Ok(fd) => {
-                let r = initialise(fd, kind);
+                let r = initialise(fd, kind, create);
                 sys::close(fd);
                 return r;
             }
@@ -90,23 +129,23 @@ pub fn open(path: &[u8], kind: &Kind, create: bool) -> Result<Mapping, OpenError
     r
 }
 
-/// Creator's half of the handshake: size, map, fill the preamble, publish the magic.
-fn initialise(fd: i32, kind: &Kind) -> Result<Mapping, OpenError> {
+/// Creator's half of the handshake: size, map, fill the preamble and what `create` adds,
+/// publish the magic.
+fn initialise(fd: i32, kind: &Kind, create: &mut dyn Create) -> Result<Mapping, OpenError> {
     let [_, _, sizing, mapping, _] = kind.steps;
-    sys::ftruncate(fd, kind.size as u64).map_err(|e| OpenError::Sys(sizing, e))?;
-    let base =
-        sys::mmap_rw(kind.size, libc::MAP_SHARED, fd).map_err(|e| OpenError::Sys(mapping, e))?;
-    let m = Mapping {
-        base,
-        size: kind.size,
-    };
+    let size = create.size().clamp(kind.min_size, kind.max_size);
+    sys::ftruncate(fd, size as u64).map_err(|e| OpenError::Sys(sizing, e))?;
+    let base = sys::mmap_rw(size, libc::MAP_SHARED, fd).map_err(|e| OpenError::Sys(mapping, e))?;
+    let m = Mapping { base, size };
     // SAFETY: the file is new (O_EXCL) and zero-filled; nobody reads these plain fields
     // before the magic is published with Release below.
     unsafe {
         let p = base as *mut Preamble;
         (*p).layout_version = kind.version;
-        (*p).layout_size = kind.size as u32;
+        (*p).layout_size = size as u32;
     }
+    // SAFETY: as above; the mapping is `size` bytes.
+    unsafe { create.fill(base) };
     m.preamble().magic.store(kind.magic, Ordering::Release);
     Ok(m)
 }
@@ -117,7 +156,7 @@ fn attach(fd: i32, kind: &Kind) -> Result<Mapping, OpenError> {
     let deadline = sys::monotonic_ns() + PUBLISH_WAIT_NS;
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::syscall(libc::SYS_geteuid) } as u32;
-    loop {
+    let size = loop {
         let st = sys::fstat(fd).map_err(|e| OpenError::Sys(inspecting, e))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG
             || st.st_uid != euid
@@ -125,8 +164,9 @@ fn attach(fd: i32, kind: &Kind) -> Result<Mapping, OpenError> {
         {
             return Err(OpenError::NotOurs);
         }
-        if st.st_size as usize == kind.size {
-            break;
+        let size = st.st_size as usize;
+        if (kind.min_size..=kind.max_size).contains(&size) {
+            break size;
         }
         // Size 0: a creator between O_EXCL and ftruncate. Wait for it, unless the file
         // is old (its creator died there): then refuse at once.
@@ -136,13 +176,9 @@ fn attach(fd: i32, kind: &Kind) -> Result<Mapping, OpenError> {
             return Err(OpenError::Foreign);
         }
         sys::sleep_ns(1_000_000);
-    }
-    let base =
-        sys::mmap_rw(kind.size, libc::MAP_SHARED, fd).map_err(|e| OpenError::Sys(mapping, e))?;
-    let m = Mapping {
-        base,
-        size: kind.size,
     };
+    let base = sys::mmap_rw(size, libc::MAP_SHARED, fd).map_err(|e| OpenError::Sys(mapping, e))?;
+    let m = Mapping { base, size };
     loop {
         let magic = m.preamble().magic.load(Ordering::Acquire);
         if magic == kind.magic {
@@ -157,7 +193,7 @@ fn attach(fd: i32, kind: &Kind) -> Result<Mapping, OpenError> {
     if p.layout_version != kind.version {
         return Err(OpenError::Version(p.layout_version));
     }
-    if p.layout_size as usize != kind.size {
+    if p.layout_size as usize != size {
         return Err(OpenError::Foreign);
     }
     Ok(m)

@@ -2,7 +2,7 @@
 //! (see [`crate::Registry::lock`]) and treats the shared bytes as untrusted: indices are
 //! bounds-checked, so a corrupt registry gives wrong answers, never a crash.
 
-use crate::bounded::{at, at_mut, prefix};
+use crate::bounded::{at, at_mut, prefix, Table};
 use crate::index::Index;
 use crate::layout::*;
 use crate::pause::{self, Point};
@@ -12,36 +12,43 @@ use std::sync::atomic::Ordering;
 /// the header, which holds only atomics (and fields fixed at creation) and stays shared.
 pub struct Tables<'a> {
     pub(crate) header: &'a Header,
-    pub(crate) files: &'a mut [FileRecord; MAX_FILES],
-    pub(crate) maps: &'a mut [MapRecord; MAX_MAPS],
+    pub(crate) files: Table<'a, FileRecord>,
+    pub(crate) maps: Table<'a, MapRecord>,
     pub(crate) mailboxes: &'a [Mailbox; MAX_MAILBOXES],
-    pub(crate) busy: &'a mut [u32; MAX_PIPES],
-    pub(crate) pipes: &'a mut [PipeRecord; MAX_PIPES],
+    pub(crate) busy: Table<'a, u32>,
+    pub(crate) pipes: Table<'a, PipeRecord>,
     pub(crate) journal: &'a mut SettleJournal,
     /// The user index and this domain's name in it, when the registry joined one.
     pub(crate) index: Option<(&'a Index, &'a str)>,
 }
 
 impl<'a> Tables<'a> {
-    /// Splits a mapped layout into the shared header and the tables, without ever making
-    /// a unique reference to the header (other threads and processes read it meanwhile).
+    /// Splits a mapped registry into the shared header and the tables, without ever
+    /// making a unique reference to the header (other threads and processes read it
+    /// meanwhile).
     ///
     /// # Safety
-    /// `base` points to a live mapping of a whole [`Layout`], and the caller holds the
-    /// table lock for `'a`: nobody else touches the tables meanwhile.
-    pub(crate) unsafe fn of(base: *mut Layout, index: Option<(&'a Index, &'a str)>) -> Tables<'a> {
-        use std::ptr::addr_of_mut;
-        // SAFETY: every field is a disjoint part of the mapping; the header is only ever
-        // shared, the rest is exclusive to the lock holder (see above).
+    /// `base` points to a live mapping of `regions.size` bytes laid out as `regions` says,
+    /// every capacity in `regions` is at least 1 ([`Capacity::is_valid`]), and the caller
+    /// holds the table lock for `'a`: nobody else touches the tables meanwhile.
+    pub(crate) unsafe fn of(
+        base: *mut u8,
+        regions: &Regions,
+        index: Option<(&'a Index, &'a str)>,
+    ) -> Tables<'a> {
+        // SAFETY: the regions are disjoint parts of the mapping, 8-aligned, each holding
+        // `len >= 1` records (all-zero bytes are valid for every record type); the header
+        // is only ever shared, the rest is exclusive to the lock holder (see above).
         unsafe {
+            let part = |r: Region| base.add(r.offset);
             Tables {
-                header: &*addr_of_mut!((*base).header),
-                files: &mut *addr_of_mut!((*base).files),
-                maps: &mut *addr_of_mut!((*base).maps),
-                mailboxes: &*addr_of_mut!((*base).mailboxes),
-                busy: &mut *addr_of_mut!((*base).busy),
-                pipes: &mut *addr_of_mut!((*base).pipes),
-                journal: &mut *addr_of_mut!((*base).journal),
+                header: &*(base as *const Header),
+                files: Table::from_raw(part(regions.files).cast(), regions.files.len),
+                maps: Table::from_raw(part(regions.maps).cast(), regions.maps.len),
+                mailboxes: &*(part(regions.mailboxes) as *const [Mailbox; MAX_MAILBOXES]),
+                busy: Table::from_raw(part(regions.busy).cast(), regions.busy.len),
+                pipes: Table::from_raw(part(regions.pipes).cast(), regions.pipes.len),
+                journal: &mut *(part(regions.journal) as *mut SettleJournal),
                 index,
             }
         }
@@ -63,25 +70,26 @@ pub struct PipeSlot(u32);
 pub struct FileSlot(u32);
 
 impl PipeSlot {
-    /// The slot with index `i` (taken modulo the table size: always in bounds).
+    /// The slot with index `i` (every access takes it modulo the table's length: a slot
+    /// read from a corrupt registry is a wrong record, never out of bounds).
     pub fn new(i: usize) -> PipeSlot {
-        PipeSlot((i % MAX_PIPES) as u32)
+        PipeSlot(i as u32)
     }
 
     /// The slot's index in the pipe table.
     pub fn index(self) -> usize {
-        self.0 as usize % MAX_PIPES
+        self.0 as usize
     }
 }
 
 impl FileSlot {
     fn new(i: usize) -> FileSlot {
-        FileSlot((i % MAX_FILES) as u32)
+        FileSlot(i as u32)
     }
 
     /// The slot's index in the file table.
     pub fn index(self) -> usize {
-        self.0 as usize % MAX_FILES
+        self.0 as usize
     }
 }
 
@@ -130,24 +138,24 @@ fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_end: u64) -> bool {
 impl Tables<'_> {
     /// The record of `key` in the file table, if it has one.
     pub fn find_file(&self, key: FileKey) -> Option<FileSlot> {
-        find(key, MAX_FILES, |i| at(self.files, i).key).map(FileSlot::new)
+        find(key, self.files.len(), |i| self.files.at(i).key).map(FileSlot::new)
     }
 
     /// The record of `key` in the file table, made if it has none.
     pub fn file_or_insert(&mut self, key: FileKey) -> Result<FileSlot, Full> {
         let files = &mut self.files;
-        let found = probe(key, MAX_FILES, |i| {
+        let found = probe(key, files.len(), |i| {
             (
-                at(files, i).key,
-                at(files, i).live_segments == 0
-                    && at(files, i).shared_writable_maps == 0
-                    && at(files, i).private_maps == 0,
+                files.at(i).key,
+                files.at(i).live_segments == 0
+                    && files.at(i).shared_writable_maps == 0
+                    && files.at(i).private_maps == 0,
             )
         });
         match found {
             Probe::Found(i) => Ok(FileSlot::new(i)),
             Probe::Free(i) => {
-                *at_mut(files, i) = FileRecord {
+                *files.at_mut(i) = FileRecord {
                     key,
                     ..Default::default()
                 };
@@ -159,19 +167,19 @@ impl Tables<'_> {
 
     /// The record of pipe `key`, if it has one.
     pub fn find_pipe(&self, key: FileKey) -> Option<PipeSlot> {
-        find(key, MAX_PIPES, |i| at(self.pipes, i).key).map(PipeSlot::new)
+        find(key, self.pipes.len(), |i| self.pipes.at(i).key).map(PipeSlot::new)
     }
 
     /// The record of pipe `key`, made (empty) if it has none.
     pub fn pipe_or_insert(&mut self, key: FileKey) -> Result<PipeSlot, Full> {
         let pipes = &mut self.pipes;
-        let found = probe(key, MAX_PIPES, |i| {
-            (at(pipes, i).key, at(pipes, i).count == 0)
+        let found = probe(key, pipes.len(), |i| {
+            (pipes.at(i).key, pipes.at(i).count == 0)
         });
         match found {
             Probe::Found(i) => Ok(PipeSlot::new(i)),
             Probe::Free(i) => {
-                let p = at_mut(pipes, i);
+                let p = pipes.at_mut(i);
                 p.key = key;
                 p.bytes_in = 0;
                 p.head = 0;
@@ -190,17 +198,17 @@ impl Tables<'_> {
 
     /// The record of pipe `slot`.
     pub fn pipe(&self, slot: PipeSlot) -> &PipeRecord {
-        at(self.pipes, slot.index())
+        self.pipes.at(slot.index())
     }
 
     /// The record of file `slot`.
     pub fn file(&self, slot: FileSlot) -> &FileRecord {
-        at(self.files, slot.index())
+        self.files.at(slot.index())
     }
 
     /// Remembers that `pid` holds the pipe as `fd` (most recent first).
     pub fn add_holder(&mut self, slot: PipeSlot, pid: i32, fd: i32) {
-        let holders = &mut at_mut(self.pipes, slot.index()).holders;
+        let holders = &mut self.pipes.at_mut(slot.index()).holders;
         let new = Holder { pid, fd };
         if *at(holders, 0) == new {
             return;
@@ -224,7 +232,7 @@ impl Tables<'_> {
 
     /// Forgets that `pid` holds the pipe as `fd` (it closed it).
     pub fn remove_holder(&mut self, slot: PipeSlot, pid: i32, fd: i32) {
-        let holders = &mut at_mut(self.pipes, slot.index()).holders;
+        let holders = &mut self.pipes.at_mut(slot.index()).holders;
         let gone = Holder { pid, fd };
         let mut kept = [Holder::default(); HOLDERS_PER_PIPE];
         for (cell, h) in kept.iter_mut().zip(holders.iter().filter(|h| **h != gone)) {
@@ -270,7 +278,7 @@ impl Tables<'_> {
         }
         let fslot = self.file_or_insert(file)?.index();
         let now = crate::sys::realtime_ns();
-        let p = at_mut(self.pipes, slot.index());
+        let p = self.pipes.at_mut(slot.index());
         let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
         if count > 0 {
             let last = at_mut(&mut p.segments, p.head as usize + count - 1);
@@ -281,7 +289,7 @@ impl Tables<'_> {
                 && last.reported == 0
             {
                 last.len += len;
-                let f = at_mut(self.files, fslot);
+                let f = self.files.at_mut(fslot);
                 f.seg_hi = f.seg_hi.max(file_off.saturating_add(len));
                 return Ok(());
             }
@@ -303,13 +311,13 @@ impl Tables<'_> {
         p.count = count as u32 + 1;
         pause::at(Point::Record);
         self.update_busy(slot);
-        if at(self.files, fslot).live_segments == 0 {
+        if self.files.at(fslot).live_segments == 0 {
             // Known to the user's other domains before any of them can see it.
             if let Some((index, domain)) = self.index {
                 index.add(file, domain);
             }
         }
-        let f = at_mut(self.files, fslot);
+        let f = self.files.at_mut(fslot);
         let end = file_off.saturating_add(len);
         (f.seg_lo, f.seg_hi) = if f.live_segments == 0 {
             (file_off, end)
@@ -327,13 +335,13 @@ impl Tables<'_> {
     pub fn commit(&mut self, slot: PipeSlot, moved: u64) {
         let end = self.pipe(slot).bytes_in.wrapping_add(moved);
         self.truncate_stream(slot, end);
-        at_mut(self.pipes, slot.index()).bytes_in = end;
+        self.pipes.at_mut(slot.index()).bytes_in = end;
     }
 
     /// Drops or trims segments that lie at or beyond stream position `end`.
     fn truncate_stream(&mut self, slot: PipeSlot, end: u64) {
         loop {
-            let p = at_mut(self.pipes, slot.index());
+            let p = self.pipes.at_mut(slot.index());
             let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
             if count == 0 {
                 self.update_busy(slot);
@@ -357,7 +365,7 @@ impl Tables<'_> {
     /// so everything before `bytes_in - pending` was read. With writers the shim does not
     /// know, `pending` is larger and this keeps more than needed, never less.
     pub fn prune(&mut self, slot: PipeSlot, pending: u64) {
-        let p = at(self.pipes, slot.index());
+        let p = self.pipes.at(slot.index());
         if pending == 0 {
             self.retire_all(slot);
             return;
@@ -369,7 +377,7 @@ impl Tables<'_> {
     /// Retires every segment before stream position `pos`, trimming one that straddles it.
     pub fn retire_before(&mut self, slot: PipeSlot, pos: u64) {
         loop {
-            let p = at_mut(self.pipes, slot.index());
+            let p = self.pipes.at_mut(slot.index());
             let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
             if count == 0 {
                 self.update_busy(slot);
@@ -398,7 +406,7 @@ impl Tables<'_> {
 
     /// Retires every segment of pipe `slot` (its bytes no longer live in the page cache).
     pub fn retire_all(&mut self, slot: PipeSlot) {
-        let p = at_mut(self.pipes, slot.index());
+        let p = self.pipes.at_mut(slot.index());
         let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
         let head = p.head as usize;
         p.head = 0;
@@ -407,7 +415,7 @@ impl Tables<'_> {
             pause::at(Point::Retire);
         }
         for i in 0..count {
-            let fslot = at(&at(self.pipes, slot.index()).segments, head + i).file_slot;
+            let fslot = at(&self.pipes.at(slot.index()).segments, head + i).file_slot;
             self.release_file_ref(fslot as usize);
         }
         self.update_busy(slot);
@@ -415,21 +423,22 @@ impl Tables<'_> {
 
     /// Keeps pipe `slot`'s membership in the busy list in line with its segment count.
     fn update_busy(&mut self, slot: PipeSlot) {
-        let slot = slot.index();
-        let n = (self.header.busy_pipes.load(Ordering::Relaxed) as usize).min(MAX_PIPES);
-        let pos = at(self.pipes, slot).busy_pos as usize;
-        let member = pos < n && *at(self.busy, pos) as usize == slot;
-        let busy = at(self.pipes, slot).count > 0;
-        if busy && !member && n < MAX_PIPES {
-            *at_mut(self.busy, n) = slot as u32;
-            at_mut(self.pipes, slot).busy_pos = n as u32;
+        let cap = self.pipes.len();
+        let slot = slot.index() % cap;
+        let n = (self.header.busy_pipes.load(Ordering::Relaxed) as usize).min(cap);
+        let pos = self.pipes.at(slot).busy_pos as usize;
+        let member = pos < n && *self.busy.at(pos) as usize == slot;
+        let busy = self.pipes.at(slot).count > 0;
+        if busy && !member && n < cap {
+            *self.busy.at_mut(n) = slot as u32;
+            self.pipes.at_mut(slot).busy_pos = n as u32;
             self.header
                 .busy_pipes
                 .store(n as u32 + 1, Ordering::Relaxed);
         } else if !busy && member {
-            let last = *at(self.busy, n - 1) as usize % MAX_PIPES;
-            *at_mut(self.busy, pos) = last as u32;
-            at_mut(self.pipes, last).busy_pos = pos as u32;
+            let last = *self.busy.at(n - 1) as usize % cap;
+            *self.busy.at_mut(pos) = last as u32;
+            self.pipes.at_mut(last).busy_pos = pos as u32;
             self.header
                 .busy_pipes
                 .store(n as u32 - 1, Ordering::Relaxed);
@@ -437,7 +446,7 @@ impl Tables<'_> {
     }
 
     fn release_file_ref(&mut self, fslot: usize) {
-        let f = at_mut(self.files, fslot);
+        let f = self.files.at_mut(fslot);
         f.live_segments = f.live_segments.saturating_sub(1);
         let (gone, key) = (f.live_segments == 0, f.key);
         let live = &self.header.live_segments;
@@ -472,7 +481,7 @@ impl Tables<'_> {
         };
         let live = self
             .find_file(key)
-            .is_some_and(|f| at(self.files, f.index()).live_segments > 0);
+            .is_some_and(|f| self.files.at(f.index()).live_segments > 0);
         if !live {
             index.remove(key, domain);
         }
@@ -496,7 +505,7 @@ impl Tables<'_> {
             if lo >= hi {
                 continue;
             }
-            let key = at(self.files, s.file_slot as usize).key;
+            let key = self.files.at(s.file_slot as usize).key;
             let intent = Intent {
                 file: key,
                 file_off: s.file_off + (lo - s.stream_pos),
@@ -520,14 +529,14 @@ impl Tables<'_> {
         let Some(fslot) = self.find_file(file).map(FileSlot::index) else {
             return;
         };
-        let f = at(self.files, fslot);
+        let f = self.files.at(fslot);
         if f.live_segments == 0 || !overlaps(f.seg_lo, f.seg_hi.saturating_sub(f.seg_lo), off, end)
         {
             return;
         }
         for &pipe_slot in self.busy_slots() {
             let pipe_slot = PipeSlot::new(pipe_slot as usize);
-            let p = at(self.pipes, pipe_slot.index());
+            let p = self.pipes.at(pipe_slot.index());
             let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
             for index in 0..count {
                 let s = *at(&p.segments, p.head as usize + index);
@@ -567,7 +576,7 @@ impl Tables<'_> {
         let Some(fslot) = self.find_file(file).map(FileSlot::index) else {
             return;
         };
-        let p = at_mut(self.pipes, slot.index());
+        let p = self.pipes.at_mut(slot.index());
         let count = (p.count as usize).min(SEGMENTS_PER_PIPE);
         for i in 0..count {
             let s = at_mut(&mut p.segments, p.head as usize + i);
@@ -629,19 +638,19 @@ impl Tables<'_> {
         let free = |maps: &[MapRecord]| maps.iter().position(|m| m.pid == 0);
         let i = match found {
             Some(i) => i,
-            None if delta > 0 => match free(self.maps.as_slice()) {
+            None if delta > 0 => match free(&self.maps) {
                 Some(i) => i,
                 None => {
                     // Full: records of processes that died are free.
                     self.reclaim_dead_maps();
-                    free(self.maps.as_slice()).ok_or(Full::Maps)?
+                    free(&self.maps).ok_or(Full::Maps)?
                 }
             },
             None => return Ok(()),
         };
         let maps = &mut self.maps;
         let old = if found.is_some() {
-            *at(maps, i)
+            *maps.at(i)
         } else {
             MapRecord {
                 lo: u64::MAX,
@@ -649,7 +658,7 @@ impl Tables<'_> {
             }
         };
         let count = old.count.saturating_add_signed(delta);
-        *at_mut(maps, i) = if count == 0 {
+        *maps.at_mut(i) = if count == 0 {
             MapRecord::default()
         } else {
             let (lo, hi) = if delta > 0 {
@@ -671,7 +680,7 @@ impl Tables<'_> {
     }
 
     fn adjust_file_maps(&mut self, kind: u32, fslot: usize, diff: i64) {
-        let f = at_mut(self.files, fslot);
+        let f = self.files.at_mut(fslot);
         let h = &self.header;
         let (field, total) = if kind == MAP_PRIVATE_SNAPSHOT {
             (&mut f.private_maps, &h.private_maps)
@@ -686,8 +695,8 @@ impl Tables<'_> {
 
     /// Frees map record `i` (its process died or exec'd).
     fn drop_map_record(&mut self, i: usize) {
-        let m = *at(self.maps, i);
-        *at_mut(self.maps, i) = MapRecord::default();
+        let m = *self.maps.at(i);
+        *self.maps.at_mut(i) = MapRecord::default();
         self.adjust_file_maps(m.kind, m.file_slot as usize, -(m.count as i64));
     }
 
@@ -697,16 +706,16 @@ impl Tables<'_> {
         let Some(fslot) = self.find_file(file).map(FileSlot::index) else {
             return false;
         };
-        if at(self.files, fslot).shared_writable_maps == 0 {
+        if self.files.at(fslot).shared_writable_maps == 0 {
             return false;
         }
-        for i in 0..MAX_MAPS {
-            let m = *at(self.maps, i);
+        for i in 0..self.maps.len() {
+            let m = *self.maps.at(i);
             if m.pid != 0 && m.file_slot as usize == fslot && !crate::sys::process_alive(m.pid) {
                 self.drop_map_record(i);
             }
         }
-        at(self.files, fslot).shared_writable_maps > 0
+        self.files.at(fslot).shared_writable_maps > 0
     }
 
     /// Calls `each(pid)` for every live process with a private snapshot mapping of
@@ -721,11 +730,11 @@ impl Tables<'_> {
         let Some(fslot) = self.find_file(file).map(FileSlot::index) else {
             return;
         };
-        if at(self.files, fslot).private_maps == 0 {
+        if self.files.at(fslot).private_maps == 0 {
             return;
         }
-        for i in 0..MAX_MAPS {
-            let m = *at(self.maps, i);
+        for i in 0..self.maps.len() {
+            let m = *self.maps.at(i);
             if m.pid == 0 || m.kind != MAP_PRIVATE_SNAPSHOT || m.file_slot as usize != fslot {
                 continue;
             }
@@ -741,8 +750,8 @@ impl Tables<'_> {
     /// returns how many.
     pub fn reclaim_dead_maps(&mut self) -> usize {
         let mut freed = 0;
-        for i in 0..MAX_MAPS {
-            let m = *at(self.maps, i);
+        for i in 0..self.maps.len() {
+            let m = *self.maps.at(i);
             if m.pid != 0 && !crate::sys::process_alive(m.pid) {
                 self.drop_map_record(i);
                 freed += 1;
@@ -753,8 +762,8 @@ impl Tables<'_> {
 
     /// Drops every mapping record and the mailbox of `pid` (its mappings are gone: `exec`).
     pub fn drop_maps(&mut self, pid: i32) {
-        for i in 0..MAX_MAPS {
-            if at(self.maps, i).pid == pid && pid != 0 {
+        for i in 0..self.maps.len() {
+            if self.maps.at(i).pid == pid && pid != 0 {
                 self.drop_map_record(i);
             }
         }
@@ -772,7 +781,7 @@ impl Tables<'_> {
 
     fn busy_slots(&self) -> &[u32] {
         let n = self.header.busy_pipes.load(Ordering::Relaxed) as usize;
-        prefix(self.busy, n)
+        self.busy.prefix(n)
     }
 
     /// Claims a snapshot mailbox for `pid` (its own if it has one, else a free one or
@@ -847,8 +856,8 @@ impl Tables<'_> {
         }
         let (mut live, mut busy) = (0u64, 0usize);
         let mut dropped = false;
-        for slot in 0..MAX_PIPES {
-            let p = at_mut(self.pipes, slot);
+        for slot in 0..self.pipes.len() {
+            let p = self.pipes.at_mut(slot);
             if p.key.is_empty() {
                 continue;
             }
@@ -861,13 +870,13 @@ impl Tables<'_> {
             for i in 0..p.count as usize {
                 let s = *at(&p.segments, p.head as usize + i);
                 let f = s.file_slot as usize;
-                if f >= MAX_FILES || at(self.files, f).key.is_empty() || s.len == 0 {
+                if f >= self.files.len() || self.files.at(f).key.is_empty() || s.len == 0 {
                     dropped = true;
                     continue;
                 }
                 *at_mut(&mut p.segments, p.head as usize + kept) = s;
                 kept += 1;
-                let rec = at_mut(self.files, f);
+                let rec = self.files.at_mut(f);
                 let end = s.file_off.saturating_add(s.len);
                 (rec.seg_lo, rec.seg_hi) = if rec.live_segments == 0 {
                     (s.file_off, end)
@@ -879,7 +888,7 @@ impl Tables<'_> {
             p.count = kept as u32;
             live += kept as u64;
             if kept > 0 {
-                *at_mut(self.busy, busy) = slot as u32;
+                *self.busy.at_mut(busy) = slot as u32;
                 p.busy_pos = busy as u32;
                 busy += 1;
             }
@@ -890,12 +899,12 @@ impl Tables<'_> {
                 continue;
             }
             let f = m.file_slot as usize;
-            if f >= MAX_FILES || at(self.files, f).key.is_empty() || m.count == 0 {
+            if f >= self.files.len() || self.files.at(f).key.is_empty() || m.count == 0 {
                 *m = MapRecord::default();
                 dropped = true;
                 continue;
             }
-            let rec = at_mut(self.files, f);
+            let rec = self.files.at_mut(f);
             if m.kind == MAP_PRIVATE_SNAPSHOT {
                 rec.private_maps += m.count;
                 private += u64::from(m.count);

@@ -78,9 +78,6 @@ struct Unreached {
     bytes_in: u64,
 }
 
-/// Most rounds of [`PIPES_PER_SWEEP`] pipes one sweep runs (a full pipe table).
-const MAX_ROUNDS: usize = 8;
-
 /// One round's working memory, kept out of the stack of the thread that happens to
 /// sweep (hooks run on stacks of any size).
 struct Scratch {
@@ -135,8 +132,10 @@ fn run(reg: &Registry) {
     // Mapping records of processes that died (a killed mapper cannot drop its own).
     settle::lock(reg).reclaim_dead_maps();
     let busy = reg.header().busy_pipes.load(Ordering::Relaxed) as usize;
+    // At most as many rounds as a full pipe table of this registry needs.
+    let max_rounds = (reg.capacity().pipes as usize).div_ceil(PIPES_PER_SWEEP);
     let mut looked = 0;
-    for _ in 0..MAX_ROUNDS {
+    for _ in 0..max_rounds {
         looked += round(reg, scratch);
         if looked >= busy {
             break;

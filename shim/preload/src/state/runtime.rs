@@ -3,7 +3,7 @@
 //! constructor calls a hook before ours ran). Initialising never takes the table lock.
 
 pub use splicecow_registry::env::Mode;
-use splicecow_registry::{env as names, Registry, DEFAULT_DOMAIN};
+use splicecow_registry::{env as names, Capacity, Registry, DEFAULT_DOMAIN};
 use std::sync::OnceLock;
 
 /// The process's view of its domain.
@@ -99,7 +99,15 @@ fn init() -> Runtime {
     let registry = if mode == Mode::Off {
         None
     } else {
-        match Registry::open_or_create(&domain) {
+        // Only the domain's first process sizes its registry (and warns of a bad size).
+        let sized = || {
+            let (capacity, warning) = Capacity::from_env();
+            if let Some(w) = warning {
+                warn(&w);
+            }
+            capacity
+        };
+        match Registry::open_or_create_with(&domain, sized) {
             Ok(r) => Some(r),
             Err(e) => {
                 let fallback = if mode == Mode::Detect {
