@@ -34,6 +34,7 @@ fn fail(text: impl Into<String>) -> Check {
 pub fn main(args: DoctorArgs) -> i32 {
     let mut checks = vec![
         hazard(),
+        kernel_copy(),
         dev_shm(),
         registry_size(),
         proc_fd_reopen(),
@@ -64,6 +65,15 @@ fn hazard() -> Check {
             demo::scratch_dir().display()
         )),
         Err(e) => fail(format!("could not run the hazard reproducer: {e}")),
+    }
+}
+
+/// (a') Whether this kernel already copies on splice (then the library stands down).
+fn kernel_copy() -> Check {
+    if splicecow_registry::sys::kernel_copies_on_splice() {
+        pass("this kernel copies on splice: new domains stand down (kernel_copies_on_splice: 1)")
+    } else {
+        pass("this kernel hands pipes page-cache pages on splice: splicecow protects them")
     }
 }
 

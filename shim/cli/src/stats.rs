@@ -5,7 +5,7 @@ use splicecow_registry::{OpenError, Registry, Stats, DEFAULT_DOMAIN};
 use std::time::Duration;
 
 /// The counters and fill levels of `s`, named as the fields of [`Stats`].
-pub fn fields(s: &Stats) -> [(&'static str, u64); 26] {
+pub fn fields(s: &Stats) -> [(&'static str, u64); 27] {
     [
         ("splices", s.splices),
         ("bytes_zero_copy", s.bytes_zero_copy),
@@ -39,6 +39,7 @@ pub fn fields(s: &Stats) -> [(&'static str, u64); 26] {
         ("file_capacity", s.file_capacity),
         ("map_capacity", s.map_capacity),
         ("busy_pipes", s.busy_pipes),
+        ("kernel_copies_on_splice", s.kernel_copies_on_splice),
     ]
 }
 

@@ -221,9 +221,12 @@ fn stats_json_inside_a_run_reads_the_runs_domain() {
         "file_capacity",
         "map_capacity",
         "busy_pipes",
+        "kernel_copies_on_splice",
     ] {
         assert!(v[field].is_u64(), "{field} missing in {v}");
     }
+    // This kernel hands pipes page-cache pages (the scenario tests show the hazard).
+    assert_eq!(v["kernel_copies_on_splice"], 0, "{v}");
     assert!(v["pipe_capacity"].as_u64().unwrap() > 0);
     assert!(v["registry_fill"].is_f64(), "{v}");
 }
@@ -335,7 +338,7 @@ fn a_bad_registry_size_gives_one_line_and_the_default() {
     assert!(
         stdout(&o).contains(
             "✓ a new domain's registry holds 2048 pipes (64 segments each), 4096 files and \
-             1024 mapping records: 7747832 bytes of sparse /dev/shm"
+             1024 mapping records: 7747840 bytes of sparse /dev/shm"
         ),
         "{}",
         stdout(&o)

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// First eight bytes of an initialised registry: "SPLCCOW\x01".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SPLCCOW\x01");
 /// Bumped whenever the layout below changes; a registry of another version is refused.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// In-flight segments one pipe can track; adjacent ones are merged. Fixed: a pipe
 /// record is one `repr(C)` struct.
 pub const SEGMENTS_PER_PIPE: usize = 64;
@@ -280,6 +280,10 @@ pub struct Header {
     pub capacity_files: u32,
     /// Mapping records ([`Capacity::maps`]), fixed at creation.
     pub capacity_maps: u32,
+    /// Non-zero when the kernel was found to copy on splice (see
+    /// [`crate::sys::kernel_copies_on_splice`]): splices then need no protection, and the
+    /// library stands down. Written by the creator before the magic.
+    pub kernel_copies: AtomicU32,
     /// Counters shown by `splicecow stats`.
     pub counters: Counters,
 }
@@ -479,7 +483,7 @@ mod tests {
             size_of::<SettleJournal>(),
             32 + 8 * JOURNAL_CHUNKS + JOURNAL_BYTES
         );
-        assert_eq!(size_of::<Header>(), 88 + 128);
+        assert_eq!(size_of::<Header>(), 96 + 128);
         for align in [
             align_of::<Header>(),
             align_of::<FileRecord>(),
@@ -512,7 +516,7 @@ mod tests {
         assert_eq!(r.pipes.offset, r.busy.offset + 2048 * 4);
         assert_eq!(r.journal.offset, r.pipes.offset + 2048 * 3144);
         assert_eq!(r.size, r.journal.offset + size_of::<SettleJournal>());
-        assert_eq!(DEFAULT_SIZE, 7_747_832);
+        assert_eq!(DEFAULT_SIZE, 7_747_840);
         // An odd pipe count leaves the busy list unaligned: the pipe table is padded.
         let odd = Capacity::for_pipes(17).regions();
         assert_eq!(odd.busy.end() % 8, 4);

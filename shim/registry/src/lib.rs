@@ -28,7 +28,7 @@ pub use tables::{FileSlot, Full, Intent, PipeSlot, SegmentInfo, Tables};
 pub use layout::Mailbox;
 use layout::{FileRecord, Header, MapRecord, Region, Regions, MAX_MAILBOXES};
 use std::fmt;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 /// The domain joined by processes that have no `SPLICECOW_DOMAIN`.
 pub const DEFAULT_DOMAIN: &str = "default";
@@ -153,6 +153,8 @@ impl<F: FnOnce() -> Capacity> shm::Create for Creator<F> {
             std::ptr::addr_of_mut!((*h).capacity_pipes).write(c.pipes);
             std::ptr::addr_of_mut!((*h).capacity_files).write(c.files);
             std::ptr::addr_of_mut!((*h).capacity_maps).write(c.maps);
+            let copies = u32::from(sys::kernel_copies_on_splice());
+            std::ptr::addr_of_mut!((*h).kernel_copies).write(AtomicU32::new(copies));
         }
     }
 }
@@ -244,6 +246,9 @@ pub struct Stats {
     pub map_capacity: u64,
     /// Pipes that hold live segments now.
     pub busy_pipes: u64,
+    /// 1 when the kernel was found to copy on splice when the registry was created
+    /// (the library then stands down), else 0.
+    pub kernel_copies_on_splice: u64,
 }
 
 impl Registry {
@@ -496,6 +501,13 @@ impl Registry {
     }
 
     /// Counters and fill levels.
+    /// True when the creator found that this kernel copies on splice: nothing needs
+    /// protecting (see [`sys::kernel_copies_on_splice`]).
+    pub fn kernel_copies_on_splice(&self) -> bool {
+        self.header().kernel_copies.load(Ordering::Relaxed) != 0
+    }
+
+    /// Counters, fill levels and capacities now.
     pub fn stats(&self) -> Stats {
         let h = self.header();
         let c = &h.counters;
@@ -527,6 +539,7 @@ impl Registry {
             pipe_capacity: u64::from(self.regions.capacity.pipes),
             file_capacity: u64::from(self.regions.capacity.files),
             map_capacity: u64::from(self.regions.capacity.maps),
+            kernel_copies_on_splice: u64::from(self.kernel_copies_on_splice()),
             busy_pipes: busy,
         }
     }

@@ -276,3 +276,53 @@ pub fn sleep_ns(ns: u64) {
     // SAFETY: ts is valid; no remainder is requested.
     unsafe { libc::syscall(libc::SYS_nanosleep, &ts as *const libc::timespec, 0usize) };
 }
+
+/// True when this kernel copies the bytes a file→pipe `splice` moves, instead of
+/// handing the pipe references to the page cache (a change proposed upstream): one page
+/// of a fresh memfd is spliced into a fresh pipe, the memfd is then overwritten, and the
+/// pipe's reader gets the old byte only if the kernel copied. Any failure answers false
+/// (protect as usual).
+pub fn kernel_copies_on_splice() -> bool {
+    const PAGE: usize = 4096;
+    // SAFETY: memfd_create reads the NUL-terminated name.
+    let m = unsafe {
+        libc::syscall(
+            libc::SYS_memfd_create,
+            c"splicecow-probe".as_ptr(),
+            libc::MFD_CLOEXEC,
+        )
+    };
+    if m < 0 {
+        return false;
+    }
+    let m = m as c_int;
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: pipe2 writes two fds into `fds`.
+    if unsafe { libc::syscall(libc::SYS_pipe2, fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        close(m);
+        return false;
+    }
+    let old = [b'o'; PAGE];
+    let mut got = [0u8; PAGE];
+    let mut off: i64 = 0;
+    // SAFETY: our own buffers and fds; the offset pointer is our local.
+    let copied = unsafe {
+        libc::syscall(libc::SYS_pwrite64, m, old.as_ptr(), PAGE, 0) == PAGE as c_long
+            && libc::syscall(
+                libc::SYS_splice,
+                m,
+                &mut off as *mut i64,
+                fds[1],
+                0usize,
+                PAGE,
+                libc::SPLICE_F_NONBLOCK,
+            ) == PAGE as c_long
+            && libc::syscall(libc::SYS_pwrite64, m, [b'n'; 1].as_ptr(), 1usize, 0) == 1
+            && libc::syscall(libc::SYS_read, fds[0], got.as_mut_ptr(), PAGE) == PAGE as c_long
+            && got[0] == b'o'
+    };
+    close(m);
+    close(fds[0]);
+    close(fds[1]);
+    copied
+}

@@ -162,10 +162,14 @@ fn init() -> Runtime {
 }
 
 impl Runtime {
-    /// The registry when the mode tracks splices (protect or detect).
+    /// The registry when the mode tracks splices (protect or detect) and the kernel
+    /// does not already copy on splice (then there is nothing to protect).
     pub fn tracking(&self) -> Option<&Registry> {
         match self.mode {
-            Mode::Protect | Mode::Detect => self.registry.as_ref(),
+            Mode::Protect | Mode::Detect => self
+                .registry
+                .as_ref()
+                .filter(|r| !r.kernel_copies_on_splice()),
             Mode::Copy | Mode::Off => None,
         }
     }
