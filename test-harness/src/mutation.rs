@@ -259,6 +259,19 @@ impl Target {
         })
     }
 
+    /// The file open at `fd` (the caller's, kept open while this lives), known by no
+    /// path: only the kinds that act through the descriptor apply.
+    pub fn fd(fd: RawFd) -> Target {
+        Target {
+            path: CString::default(),
+            fd,
+            _owned: None,
+            src: None,
+            src_fd: -1,
+            map: None,
+        }
+    }
+
     /// Everything `kind` needs made before the splice, as the scenarios make it: a side
     /// file of one block of `B`s ([`crate::side_path`]) to copy from, the early shared
     /// mapping of the first block.

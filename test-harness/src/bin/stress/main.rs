@@ -153,13 +153,17 @@ use status::*;
 use workers::*;
 
 use clap::Parser;
+use clap::ValueEnum;
 use serde::Serialize;
+use splicecow_test_harness::mutation::{apply, Applied, Edit, Target};
 use splicecow_test_harness::rng::Rng;
 use splicecow_test_harness::sys::{
     cpath, errno, file_size, monotonic_ns, open_raw, pread_up_to, pwrite_all, read_up_to,
     splice_range,
 };
-use splicecow_test_harness::{library_path, pattern_byte, run_with_timeout, temp_path, TempDomain};
+use splicecow_test_harness::{
+    library_path, pattern_byte, run_with_timeout, temp_path, value_name, Mutation, TempDomain,
+};
 
 // ---------------------------------------------------------------------------------------
 // Options

@@ -168,15 +168,6 @@ impl<'a> Ctx<'a> {
         self.slot.end();
     }
 
-    pub(crate) fn expect_ret(&mut self, what: &str, k: usize, ret: isize, want: isize) {
-        if ret != want {
-            let e = io::Error::last_os_error();
-            self.fail(C_ERRORS, || {
-                format!("{what} on f{k} returned {ret} (expected {want}): {e}")
-            });
-        }
-    }
-
     pub(crate) fn model_write(&self, k: usize, off: usize, bytes: &[u8]) {
         let _ = self.model[k].write_all_at(bytes, off as u64);
     }
@@ -216,6 +207,42 @@ impl<'a> Ctx<'a> {
         self.mutation(k, |c, fd, size| c.random_change(k, fd, size));
     }
 
+    /// Applies `edit` to file `k` (open at `fd`, lock held) with the harness's one
+    /// [`apply`], publishing the mutation as this thread's operation; returns what the
+    /// call returned, or `None` (counted as an error) when it failed or returned other
+    /// than `want` (`None`: any count).
+    pub(crate) fn change(
+        &mut self,
+        k: usize,
+        fd: RawFd,
+        edit: &Edit,
+        want: Option<i64>,
+    ) -> Option<i64> {
+        self.slot.begin_mutation(edit.kind);
+        let side = self.side_fd.as_raw_fd();
+        let res = Target::new(&data_path(&self.dir, k), Some(fd))
+            .and_then(|t| apply(&mut t.source(side), edit));
+        let what = value_name(&edit.kind);
+        match res {
+            Ok(Applied::Done(r)) if want.is_none_or(|w| w == r) => Some(r),
+            Ok(Applied::Done(r)) => {
+                let e = io::Error::last_os_error();
+                self.fail(C_ERRORS, || {
+                    format!("{what} on f{k} returned {r} (expected {want:?}): {e}")
+                });
+                None
+            }
+            Ok(Applied::Unsupported) => {
+                self.fail(C_ERRORS, || format!("{what} on f{k}: not supported"));
+                None
+            }
+            Err(e) => {
+                self.fail(C_ERRORS, || format!("f{k}: {e}"));
+                None
+            }
+        }
+    }
+
     /// `pwrite` of `len` random bytes at `off` into file `k` (lock held), and the same
     /// into the model.
     pub(crate) fn pwrite_random(
@@ -226,42 +253,51 @@ impl<'a> Ctx<'a> {
         off: usize,
         len: usize,
     ) {
-        let mut buf = vec![0u8; len];
-        self.rng.fill(&mut buf);
-        self.slot.begin(Op::Pwrite);
-        // SAFETY: buf holds len bytes.
-        let r = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, off as libc::off_t) };
-        self.expect_ret("pwrite", k, r, len as isize);
-        self.model_write(k, off, &buf);
+        let edit = self.random_write(Mutation::Pwrite, off, len);
+        self.change(k, fd, &edit, Some(len as i64));
+        self.model_write(k, off, &edit.data);
         if off > size {
             self.model_zero(k, size, off - size);
         }
     }
 
-    /// `open(O_TRUNC)` of file `k` (lock held), then `len` bytes of fresh content written
-    /// in chunks; the model follows.
+    /// `kind` putting `len` random bytes at `off`.
+    pub(crate) fn random_write(&mut self, kind: Mutation, off: usize, len: usize) -> Edit {
+        let mut data = vec![0u8; len];
+        self.rng.fill(&mut data);
+        Edit {
+            kind,
+            off: off as u64,
+            len: 0,
+            data,
+            src_off: 0,
+        }
+    }
+
+    /// `kind` acting on `len` bytes at `off` (ranges, truncations, copies).
+    pub(crate) fn ranged(kind: Mutation, off: usize, len: usize) -> Edit {
+        Edit {
+            kind,
+            off: off as u64,
+            len: len as u64,
+            data: Vec::new(),
+            src_off: 0,
+        }
+    }
+
+    /// `open(O_TRUNC)` of file `k` (lock held), then `len` bytes of fresh content
+    /// written; the model follows.
     pub(crate) fn rewrite_truncated(&mut self, k: usize, len: usize) {
         let salt = self.rng.next() as usize;
         let content: Vec<u8> = (0..len).map(|i| pattern_byte(i + salt % 100_000)).collect();
-        self.slot.begin(Op::OpenTrunc);
-        match open_raw(&data_path(&self.dir, k), libc::O_WRONLY | libc::O_TRUNC) {
-            Ok(w) => {
-                self.model_set_len(k, 0);
-                let mut done = 0;
-                while done < len {
-                    let n = (len - done).min(self.rng.range(4096, 262144));
-                    // SAFETY: content[done..done+n] is readable.
-                    let r =
-                        unsafe { libc::write(w.as_raw_fd(), content.as_ptr().add(done).cast(), n) };
-                    self.expect_ret("write(after O_TRUNC)", k, r, n as isize);
-                    if r <= 0 {
-                        break;
-                    }
-                    done += r as usize;
-                }
-                self.model_write(k, 0, &content[..done]);
-            }
-            Err(e) => self.fail(C_ERRORS, || format!("open(O_TRUNC) f{k}: {e}")),
+        let fd = self.data[k].as_raw_fd();
+        let edit = Edit {
+            data: content,
+            ..Ctx::ranged(Mutation::OpenTrunc, 0, 0)
+        };
+        if self.change(k, fd, &edit, Some(0)).is_some() {
+            self.model_set_len(k, 0);
+            self.model_write(k, 0, &edit.data);
         }
     }
 
@@ -277,64 +313,26 @@ impl<'a> Ctx<'a> {
                 let len = small.min(max.saturating_sub(off)).max(1);
                 self.pwrite_random(k, fd, size, off, len);
             }
-            15..=24 => {
-                let len = small.min(max.saturating_sub(off)).max(1);
-                let mut buf = vec![0u8; len];
-                self.rng.fill(&mut buf);
-                self.slot.begin(Op::Write);
-                // SAFETY: plain lseek + write of our buffer.
-                let r = unsafe {
-                    libc::lseek(fd, off as libc::off_t, libc::SEEK_SET);
-                    libc::write(fd, buf.as_ptr().cast(), len)
+            15..=32 => {
+                let (kind, least) = if pick <= 24 {
+                    (Mutation::Write, 1)
+                } else {
+                    (Mutation::Pwritev, 2)
                 };
-                self.expect_ret("write", k, r, len as isize);
-                self.model_write(k, off, &buf);
-            }
-            25..=32 => {
-                let len = small.min(max.saturating_sub(off)).max(2);
-                let mut buf = vec![0u8; len];
-                self.rng.fill(&mut buf);
-                let cut = self.rng.range(1, len - 1);
-                let iov = [
-                    libc::iovec {
-                        iov_base: buf.as_mut_ptr().cast(),
-                        iov_len: cut,
-                    },
-                    libc::iovec {
-                        iov_base: buf[cut..].as_mut_ptr().cast(),
-                        iov_len: len - cut,
-                    },
-                ];
-                self.slot.begin(Op::Pwritev);
-                // SAFETY: both iovecs point into buf.
-                let r = unsafe { libc::pwritev(fd, iov.as_ptr(), 2, off as libc::off_t) };
-                self.expect_ret("pwritev", k, r, len as isize);
-                self.model_write(k, off, &buf);
+                let len = small.min(max.saturating_sub(off)).max(least);
+                let edit = self.random_write(kind, off, len);
+                self.change(k, fd, &edit, Some(len as i64));
+                self.model_write(k, off, &edit.data);
             }
             33..=42 if size > 0 => {
                 let off = off.min(size - 1);
                 let len = self.rng.range(1, 131072).min(size - off);
-                let zero = pick >= 38;
-                self.slot
-                    .begin(if zero { Op::ZeroRange } else { Op::PunchHole });
-                let mode = if zero {
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+                let kind = if pick >= 38 {
+                    Mutation::ZeroRange
                 } else {
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+                    Mutation::PunchHole
                 };
-                // SAFETY: fallocate on our fd.
-                let r =
-                    unsafe { libc::fallocate(fd, mode, off as libc::off_t, len as libc::off_t) };
-                self.expect_ret(
-                    if zero {
-                        "fallocate(ZERO_RANGE)"
-                    } else {
-                        "fallocate(PUNCH_HOLE)"
-                    },
-                    k,
-                    r as isize,
-                    0,
-                );
+                self.change(k, fd, &Ctx::ranged(kind, off, len), Some(0));
                 self.model_zero(k, off, len);
             }
             43..=49 if size > 3 * 4096 => {
@@ -343,17 +341,12 @@ impl<'a> Ctx<'a> {
                 let nblk = self.rng.range(1, 16).min((size - at - 1) / 4096).max(1);
                 let len = nblk * 4096;
                 if at + len < size {
-                    self.slot.begin(Op::Collapse);
-                    // SAFETY: fallocate on our fd.
-                    let r = unsafe {
-                        libc::fallocate(
-                            fd,
-                            libc::FALLOC_FL_COLLAPSE_RANGE,
-                            at as libc::off_t,
-                            len as libc::off_t,
-                        )
-                    };
-                    self.expect_ret("fallocate(COLLAPSE_RANGE)", k, r as isize, 0);
+                    self.change(
+                        k,
+                        fd,
+                        &Ctx::ranged(Mutation::CollapseRange, at, len),
+                        Some(0),
+                    );
                     let tail = self.model_read(k, at + len, size - at - len);
                     self.model_write(k, at, &tail);
                     self.model_set_len(k, size - len);
@@ -363,17 +356,7 @@ impl<'a> Ctx<'a> {
                 let at = self.rng.below(size / 4096) * 4096;
                 let len = self.rng.range(1, 16) * 4096;
                 if size + len <= max {
-                    self.slot.begin(Op::Insert);
-                    // SAFETY: fallocate on our fd.
-                    let r = unsafe {
-                        libc::fallocate(
-                            fd,
-                            libc::FALLOC_FL_INSERT_RANGE,
-                            at as libc::off_t,
-                            len as libc::off_t,
-                        )
-                    };
-                    self.expect_ret("fallocate(INSERT_RANGE)", k, r as isize, 0);
+                    self.change(k, fd, &Ctx::ranged(Mutation::InsertRange, at, len), Some(0));
                     let tail = self.model_read(k, at, size - at);
                     self.model_write(k, at + len, &tail);
                     self.model_zero(k, at, len);
@@ -382,23 +365,14 @@ impl<'a> Ctx<'a> {
             57..=64 => {
                 let down = self.rng.below(size + 1);
                 let up = self.rng.range(down, size.max(down));
-                self.slot.begin(Op::TruncDownUp);
-                // SAFETY: ftruncate on our fd.
-                let r = unsafe { libc::ftruncate(fd, down as libc::off_t) };
-                self.expect_ret("ftruncate(down)", k, r as isize, 0);
-                self.model_set_len(k, down);
-                // SAFETY: as above.
-                let r = unsafe { libc::ftruncate(fd, up as libc::off_t) };
-                self.expect_ret("ftruncate(up)", k, r as isize, 0);
-                self.model_set_len(k, up);
+                for to in [down, up] {
+                    self.change(k, fd, &Ctx::ranged(Mutation::Ftruncate, 0, to), Some(0));
+                    self.model_set_len(k, to);
+                }
             }
             65..=70 => {
                 let to = self.rng.range(size / 2, (size + 65536).min(max));
-                self.slot.begin(Op::TruncatePath);
-                let c = cpath(&data_path(&self.dir, k)).expect("path without NUL");
-                // SAFETY: c is a valid path.
-                let r = unsafe { libc::truncate(c.as_ptr(), to as libc::off_t) };
-                self.expect_ret("truncate", k, r as isize, 0);
+                self.change(k, fd, &Ctx::ranged(Mutation::Truncate, 0, to), Some(0));
                 self.model_set_len(k, to);
             }
             71..=74 => {
@@ -408,31 +382,9 @@ impl<'a> Ctx<'a> {
             75..=84 if size > 0 => {
                 let off = off.min(size - 1);
                 let len = small.min(size - off);
-                let mut buf = vec![0u8; len];
-                self.rng.fill(&mut buf);
-                self.slot.begin(Op::MmapStore);
-                // SAFETY: a fresh shared mapping of our file, checked below.
-                let p = unsafe {
-                    libc::mmap(
-                        std::ptr::null_mut(),
-                        size,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_SHARED,
-                        fd,
-                        0,
-                    )
-                };
-                if p == libc::MAP_FAILED {
-                    let e = io::Error::last_os_error();
-                    self.fail(C_ERRORS, || format!("mmap(MAP_SHARED) f{k}: {e}"));
-                } else {
-                    // SAFETY: [off, off+len) lies inside the size-byte mapping (and the
-                    // file, which cannot shrink: we hold its lock).
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(buf.as_ptr(), p.cast::<u8>().add(off), len);
-                        libc::munmap(p, size);
-                    }
-                    self.model_write(k, off, &buf);
+                let edit = self.random_write(Mutation::MmapSharedStore, off, len);
+                if self.change(k, fd, &edit, Some(0)).is_some() {
+                    self.model_write(k, off, &edit.data);
                 }
             }
             _ => {
@@ -441,18 +393,12 @@ impl<'a> Ctx<'a> {
                     .min(SIDE_LEN - soff)
                     .min(max.saturating_sub(off))
                     .max(1);
-                let (mut so, mut o) = (soff as i64, off as i64);
-                self.slot.begin(Op::CopyFileRange);
-                // SAFETY: both offsets point to our locals.
-                let r = unsafe {
-                    libc::copy_file_range(self.side_fd.as_raw_fd(), &mut so, fd, &mut o, len, 0)
+                let edit = Edit {
+                    src_off: soff as u64,
+                    ..Ctx::ranged(Mutation::CopyFileRange, off, len)
                 };
-                if r < 0 {
-                    let e = io::Error::last_os_error();
-                    self.fail(C_ERRORS, || format!("copy_file_range into f{k}: {e}"));
-                } else {
-                    let r = r as usize;
-                    let bytes = self.side[soff..soff + r].to_vec();
+                if let Some(r) = self.change(k, fd, &edit, None) {
+                    let bytes = self.side[soff..soff + r as usize].to_vec();
                     if off > size {
                         self.model_zero(k, size, off - size);
                     }

@@ -97,18 +97,6 @@ pub(crate) enum Op {
     Tee,
     PipeToPipe,
     Header,
-    Pwrite,
-    Write,
-    Pwritev,
-    PunchHole,
-    ZeroRange,
-    Collapse,
-    Insert,
-    TruncDownUp,
-    TruncatePath,
-    OpenTrunc,
-    MmapStore,
-    CopyFileRange,
     ModelCheck,
     OpenFifo,
     ConsumeRead,
@@ -119,7 +107,7 @@ pub(crate) enum Op {
     RelayForward,
 }
 
-pub(crate) const OP_NAMES: [&str; 29] = [
+pub(crate) const OP_NAMES: [&str; 17] = [
     "idle",
     "flock",
     "splice(off)",
@@ -129,18 +117,6 @@ pub(crate) const OP_NAMES: [&str; 29] = [
     "tee",
     "splice(pipe->pipe)",
     "write(header)",
-    "pwrite",
-    "write",
-    "pwritev",
-    "punch-hole",
-    "zero-range",
-    "collapse-range",
-    "insert-range",
-    "ftruncate-down-up",
-    "truncate(path)",
-    "open(O_TRUNC)+rewrite",
-    "mmap-store",
-    "copy_file_range",
     "model-check",
     "open-fifo",
     "read(pipe)",
@@ -151,8 +127,20 @@ pub(crate) const OP_NAMES: [&str; 29] = [
     "splice(relay buffer->channel)",
 ];
 
-pub(crate) fn op_name(code: u64) -> &'static str {
-    OP_NAMES.get(code as usize).copied().unwrap_or("?")
+/// The status code of a thread inside mutation `m`: after every [`Op`]'s.
+pub(crate) fn mutation_code(m: Mutation) -> u64 {
+    OP_NAMES.len() as u64 + m as u64
+}
+
+/// The name of status code `code`: an [`Op`]'s, or a mutation's (its command-line name).
+pub(crate) fn op_name(code: u64) -> String {
+    match OP_NAMES.get(code as usize) {
+        Some(name) => name.to_string(),
+        None => (code as usize)
+            .checked_sub(OP_NAMES.len())
+            .and_then(|i| Mutation::value_variants().get(i))
+            .map_or_else(|| "?".to_string(), value_name),
+    }
 }
 
 /// The mapped status page.
@@ -238,9 +226,15 @@ impl<'a> Slot<'a> {
         Slot { st, idx }
     }
     pub(crate) fn begin(&self, op: Op) {
-        self.st
-            .slot(self.idx, S_OP)
-            .store(op as u64, Ordering::Relaxed);
+        self.begin_code(op as u64);
+    }
+    /// Publishes that this thread is inside mutation `m`.
+    pub(crate) fn begin_mutation(&self, m: Mutation) {
+        self.begin_code(mutation_code(m));
+    }
+    /// Publishes status code `code` (see [`op_name`]) and when it began.
+    pub(crate) fn begin_code(&self, code: u64) {
+        self.st.slot(self.idx, S_OP).store(code, Ordering::Relaxed);
         self.st
             .slot(self.idx, S_OP_START)
             .store(monotonic_ns(), Ordering::Relaxed);

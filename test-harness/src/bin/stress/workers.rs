@@ -64,11 +64,11 @@ pub(crate) fn torn_update_attempt(ctx: &mut Ctx, k: usize, point: &str) {
         let _ = read_up_to(r.as_raw_fd(), len);
     }
     let op = match point {
-        "retire" => Op::PunchHole,
-        "settle" => Op::Pwrite,
-        _ => Op::Splice,
+        "retire" => mutation_code(Mutation::PunchHole),
+        "settle" => mutation_code(Mutation::Pwrite),
+        _ => Op::Splice as u64,
     };
-    ctx.slot.begin(op);
+    ctx.slot.begin_code(op);
     let done = match point {
         "record" => splice_range(fd, second, w.as_raw_fd(), len) > 0,
         "commit" => splice_range(fd, QUIET_FILE_LEN, w.as_raw_fd(), len) == 0,
@@ -95,16 +95,8 @@ pub(crate) fn retire_by_hole(fd: RawFd, r: RawFd, off: usize, len: usize) {
 
 /// `fallocate(PUNCH_HOLE | KEEP_SIZE)` of `[off, off + len)`; whether it succeeded.
 pub(crate) fn punch_hole(fd: RawFd, off: usize, len: usize) -> bool {
-    // SAFETY: fallocate on our fd; plain integer arguments.
-    let r = unsafe {
-        libc::fallocate(
-            fd,
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    r == 0
+    let edit = Ctx::ranged(Mutation::PunchHole, off, len);
+    apply(&mut Target::fd(fd), &edit).is_ok_and(|a| a == Applied::Done(0))
 }
 
 /// The check each quiet-victim incarnation starts with, as a later process of a domain
