@@ -41,6 +41,7 @@ use worker::*;
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
+use splicecow_registry::env::{self as names, Mode};
 use splicecow_test_harness::sys::{os_err, read_exact_fd, write_all_fd, Res};
 use splicecow_test_harness::{
     find_program, library_path, pipe, run_with_timeout, strip_shim_env, target_dir, TempDomain,
@@ -248,8 +249,7 @@ fn create_data_file(path: &Path, len: usize) -> Res<File> {
 /// Runs `splicecow stats --json` for the worker's domain (if any) and returns its
 /// `live_segments`, or -1 when unknown.
 fn live_segments_now() -> i64 {
-    let (Some(cli), Ok(domain)) = (std::env::var_os(CLI_ENV), std::env::var("SPLICECOW_DOMAIN"))
-    else {
+    let (Some(cli), Ok(domain)) = (std::env::var_os(CLI_ENV), std::env::var(names::DOMAIN)) else {
         return -1;
     };
     let mut cmd = Command::new(cli);
@@ -301,13 +301,13 @@ impl Ctx {
         if shim != Shim::Off {
             let d = domain.expect("shimmed worker needs a domain");
             cmd.env("LD_PRELOAD", &self.lib)
-                .env("SPLICECOW_DOMAIN", d.name())
+                .env(names::DOMAIN, d.name())
                 .env(
-                    "SPLICECOW_MODE",
+                    names::MODE,
                     if shim == Shim::Copy {
-                        "copy"
+                        Mode::Copy.name()
                     } else {
-                        "protect"
+                        Mode::Protect.name()
                     },
                 );
         }

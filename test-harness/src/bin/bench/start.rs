@@ -41,7 +41,7 @@ pub(crate) fn section_start(ctx: &Ctx, plan: &Plan) -> Res<Value> {
             strip_shim_env(&mut cmd);
             if which == 1 || (which == 2 && !run_ok) {
                 cmd.env("LD_PRELOAD", &ctx.lib)
-                    .env("SPLICECOW_DOMAIN", domain.name());
+                    .env(names::DOMAIN, domain.name());
             }
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())

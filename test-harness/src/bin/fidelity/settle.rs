@@ -1,6 +1,7 @@
 //! `settle`, `hold-pipe-table`, `reader` and `pump`: settles of awkward pipes.
 
 use super::*;
+use splicecow_registry::env as names;
 
 /// A settle case ready for the mutation: the pipe the reader will read, the bytes it
 /// must deliver, and every other fd to close before the reader starts.
@@ -207,7 +208,7 @@ pub(crate) fn settle(case: SettleCase, mutated: bool, same_process: bool) -> Res
 
 /// `fidelity hold-pipe-table`.
 pub(crate) fn hold_pipe_table() -> Res<()> {
-    let domain = std::env::var("SPLICECOW_DOMAIN").map_err(|_| "SPLICECOW_DOMAIN is not set")?;
+    let domain = std::env::var(names::DOMAIN).map_err(|_| "SPLICECOW_DOMAIN is not set")?;
     let file =
         TempFile::with_pattern("fidelity-hold", 4096).map_err(|e| Error::from(e.to_string()))?;
     let fd = open_with(file.path(), false, true)?;

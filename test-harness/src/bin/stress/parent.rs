@@ -2,6 +2,7 @@
 //! watchdog that finds hangs.
 
 use super::*;
+use splicecow_registry::env as names;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -203,7 +204,7 @@ impl Parent {
         });
         if let Some(point) = pause_point {
             cmd.env(
-                "SPLICECOW_TEST_PAUSE",
+                names::TEST_PAUSE,
                 format!("{}:{}", PAUSE_POINTS[point], self.args.pause_us),
             );
             cmd.arg("--pause-point").arg(PAUSE_POINTS[point]);
