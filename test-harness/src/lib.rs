@@ -17,6 +17,13 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use splicecow_registry::env as names;
+
+pub mod mutation;
+pub mod rng;
+pub mod sys;
+
+pub use mutation::{Family, Mutation, Mutator};
 
 /// Size of the file every scenario splices from: 256 KiB.
 pub const FILE_LEN: usize = 256 * 1024;
@@ -24,18 +31,7 @@ pub const FILE_LEN: usize = 256 * 1024;
 /// Default number of bytes a scenario splices: one default-sized pipe (64 KiB).
 pub const DEFAULT_SPLICE_LEN: usize = 64 * 1024;
 
-/// Byte `i` of a scenario file: `(i*7 + i/4096) % 251`.
-///
-/// 251 is prime and does not divide 4096, so every page holds a different sequence and
-/// a byte moved, duplicated, zeroed or taken from another page shows as a mismatch.
-pub fn pattern_byte(i: usize) -> u8 {
-    ((i * 7 + i / 4096) % 251) as u8
-}
-
-/// The first `len` bytes of the scenario pattern (see [`pattern_byte`]).
-pub fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(pattern_byte).collect()
-}
+pub use splicecow_registry::pattern::{pattern, pattern_byte};
 
 /// Creates (or replaces) `path` holding the first `len` bytes of the pattern.
 ///
@@ -186,7 +182,7 @@ impl Protection {
     pub fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
         strip_shim_env(cmd);
         if let Protection::Protected { lib, domain } = self {
-            cmd.env("LD_PRELOAD", lib).env("SPLICECOW_DOMAIN", domain);
+            cmd.env("LD_PRELOAD", lib).env(names::DOMAIN, domain);
         }
         cmd
     }
@@ -196,7 +192,7 @@ impl Protection {
 pub fn strip_shim_env(cmd: &mut Command) -> &mut Command {
     cmd.env_remove("LD_PRELOAD");
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SPLICECOW_") {
+        if key.to_string_lossy().starts_with(names::PREFIX) {
             cmd.env_remove(&key);
         }
     }
@@ -226,9 +222,7 @@ impl TempDomain {
 
     /// Path of the domain's registry: `/dev/shm/splicecow-<uid>-<domain>`.
     pub fn shm_path(&self) -> PathBuf {
-        // SAFETY: getuid has no preconditions and cannot fail.
-        let uid = unsafe { libc::getuid() };
-        PathBuf::from(format!("/dev/shm/splicecow-{uid}-{}", self.name))
+        registry_file(&self.name)
     }
 
     /// A [`Protection::Protected`] for this domain with library `lib`.
@@ -263,12 +257,12 @@ pub fn target_dir() -> PathBuf {
 /// Locates `libsplicecow.so`: `$SPLICECOW_LIB`, else `target/release`, else
 /// `target/debug`. The error says how to build it.
 pub fn library_path() -> Result<PathBuf, String> {
-    if let Some(lib) = std::env::var_os("SPLICECOW_LIB") {
+    if let Some(lib) = std::env::var_os(names::LIB) {
         let lib = PathBuf::from(lib);
         return if lib.is_file() {
             Ok(lib)
         } else {
-            Err(format!("SPLICECOW_LIB={} does not exist", lib.display()))
+            Err(format!("{}={} does not exist", names::LIB, lib.display()))
         };
     }
     let target = target_dir();
@@ -429,122 +423,6 @@ pub enum Api {
     Tee,
     /// `splice` file -> pipe A, `splice` A -> P (what uutils `cat` does).
     SplicePipe,
-}
-
-/// Which process applies the mutation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mutator {
-    /// The splicing process itself (fd-based mutations use the spliced fd).
-    Same,
-    /// A separate process (the scenario binary re-executed with `--do-mutation`).
-    Other,
-}
-
-/// A way of changing the file after its bytes were spliced. Every kind overlaps the
-/// spliced range `0..size`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mutation {
-    /// No mutation: the control run.
-    None,
-    /// `pwrite` 16 `B`s at offset 100.
-    Pwrite,
-    /// `pwrite64` 16 `B`s at offset 100.
-    Pwrite64,
-    /// `lseek(100)` then `write` 16 `B`s.
-    Write,
-    /// `lseek(100)` then `writev` of two 8-byte buffers.
-    Writev,
-    /// `pwritev` of two 8-byte buffers at offset 100.
-    Pwritev,
-    /// `pwritev64` at offset 100.
-    Pwritev64,
-    /// `pwritev2` (flags 0) at offset 100.
-    Pwritev2,
-    /// `pwritev64v2` (flags 0) at offset 100.
-    Pwritev64v2,
-    /// `fallocate(PUNCH_HOLE|KEEP_SIZE, 0, size)`.
-    PunchHole,
-    /// `fallocate64(PUNCH_HOLE|KEEP_SIZE, 0, size)`.
-    PunchHole64,
-    /// `fallocate(ZERO_RANGE, 0, size)`.
-    ZeroRange,
-    /// `fallocate(COLLAPSE_RANGE, 32768, 4096)` (at offset 0 nothing shows: whole folios
-    /// are dropped from the page cache, not zeroed).
-    CollapseRange,
-    /// `fallocate(INSERT_RANGE, 32768, 4096)` (see `collapse-range`).
-    InsertRange,
-    /// `ftruncate(fd, 30000)`.
-    Ftruncate,
-    /// `ftruncate64(fd, 30000)`.
-    Ftruncate64,
-    /// `ftruncate(fd, 0)`.
-    Ftruncate0,
-    /// `truncate(path, 30000)`.
-    Truncate,
-    /// `truncate64(path, 30000)`.
-    Truncate64,
-    /// `open(path, O_WRONLY|O_TRUNC)`.
-    OpenTrunc,
-    /// `open64(path, O_WRONLY|O_TRUNC)`.
-    Open64Trunc,
-    /// `openat(AT_FDCWD, path, O_WRONLY|O_TRUNC)`.
-    OpenatTrunc,
-    /// `openat64(AT_FDCWD, path, O_WRONLY|O_TRUNC)`.
-    Openat64Trunc,
-    /// `creat(path)`.
-    Creat,
-    /// `creat64(path)`.
-    Creat64,
-    /// `fopen(path, "w")` then `fclose`.
-    FopenW,
-    /// `fopen64(path, "w")` then `fclose`.
-    Fopen64W,
-    /// `freopen(path, "w", stream)` then `fclose`.
-    FreopenW,
-    /// `freopen64(path, "w", stream)` then `fclose`.
-    Freopen64W,
-    /// `mmap(MAP_SHARED, PROT_WRITE)` after the splice, store 16 `B`s at 100.
-    MmapSharedStore,
-    /// A `MAP_SHARED` writable mapping made *before* the splice, stored to after.
-    MmapEarlyStore,
-    /// `copy_file_range` of 16 bytes from another file to offset 100.
-    CopyFileRange,
-    /// `sendfile` of 16 bytes from another file to offset 100 (via `lseek`).
-    SendfileInto,
-    /// `splice` of 16 bytes from a fresh pipe to `off_out` 100.
-    SpliceInto,
-    /// `ioctl(FICLONE)` from another file (unsupported on ext4).
-    Ficlone,
-    /// `fopen(path, "r+")`, `fseek(100)`, `fwrite` 16 `B`s, `fclose`.
-    StdioFwrite,
-    /// Like `stdio-fwrite` with `fputs`.
-    StdioFputs,
-    /// Like `stdio-fwrite` with `fprintf`.
-    StdioFprintf,
-}
-
-/// Which way a mutation reaches the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// No change at all.
-    Nothing,
-    /// A call on the file itself: write, fallocate, truncate, a truncating open.
-    FileCall,
-    /// Another path: shared mappings, copies into the file, clone ioctls, stdio.
-    OtherPath,
-}
-
-impl Mutation {
-    /// The way this mutation reaches the file.
-    pub fn family(self) -> Family {
-        use Mutation::*;
-        match self {
-            None => Family::Nothing,
-            MmapSharedStore | MmapEarlyStore | CopyFileRange | SendfileInto | SpliceInto
-            | Ficlone | StdioFwrite | StdioFputs | StdioFprintf => Family::OtherPath,
-            _ => Family::FileCall,
-        }
-    }
 }
 
 /// The command-line name of a [`clap::ValueEnum`] value (`punch-hole`, `splice-pipe`...).
@@ -928,17 +806,17 @@ impl Lines {
 /// Path of the registry of `domain` for this user: `/dev/shm/splicecow-<uid>-<domain>`
 /// (what [`TempDomain::shm_path`] is for a domain the test did not name itself).
 pub fn registry_file(domain: &str) -> PathBuf {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    PathBuf::from(format!("/dev/shm/splicecow-{uid}-{domain}"))
+    PathBuf::from(splicecow_registry::registry_path(domain))
 }
 
 /// The fresh domain (`run-<pid>-<nanos>`) of the `splicecow run` process `run_pid`, found
 /// in `/dev/shm` (where `splicecow stats --all` finds it too) once its registry exists;
 /// `None` when none appeared within `timeout`.
 pub fn run_domain_of(run_pid: u32, timeout: Duration) -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let prefix = format!("splicecow-{}-run-{run_pid}-", unsafe { libc::geteuid() });
+    let prefix = registry_file(&format!("run-{run_pid}-"))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let deadline = Instant::now() + timeout;
     loop {
         let found = std::fs::read_dir("/dev/shm").ok().and_then(|dir| {

@@ -41,6 +41,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use splicecow_registry::env as names;
 use splicecow_test_harness::{
     cli_path, compare, compile_c, counter, domain_stats, find_program, library_path, pattern, pipe,
     python3, run_domain_of, strip_shim_env, wait_for_fionread, wait_for_stats, Comparison,
@@ -233,17 +234,17 @@ impl Place {
                     domain: domain.clone(),
                 }
                 .apply(&mut cmd)
-                .env("SPLICECOW_MODE", mode)
+                .env(names::MODE, mode)
                 .args(args);
                 if let Some(r) = report {
-                    cmd.env("SPLICECOW_REPORT", r);
+                    cmd.env(names::REPORT, r);
                 }
                 cmd
             }
             Place::Run { mode } => {
                 let mut cmd = Command::new(cli());
                 strip_shim_env(&mut cmd)
-                    .env("SPLICECOW_LIB", lib())
+                    .env(names::LIB, lib())
                     .args(["run", "--mode", mode]);
                 if let Some(r) = report {
                     cmd.arg("--report").arg(r);

@@ -19,6 +19,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use splicecow_registry::env::{self as names, Mode};
 use splicecow_test_harness::{
     domain_stats, library_path, parallel, pattern, run_piped, run_with_timeout, strip_shim_env,
     wait_with_timeout, Protection, SettleReport, TempDomain,
@@ -153,7 +154,7 @@ impl ShimSide {
     fn fidelity(&self, args: &[&str]) -> Command {
         let mut cmd = fidelity(args, &self.domain.protection(&lib()));
         if self.shimmed == Shimmed::CopyMode {
-            cmd.env("SPLICECOW_MODE", "copy");
+            cmd.env(names::MODE, Mode::Copy.name());
         }
         cmd
     }
@@ -491,7 +492,7 @@ fn pump(domain: &TempDomain, mode: Option<&str>) -> serde_json::Value {
     let len = PUMP_LEN.to_string();
     let mut producer = fidelity(&["pump", "--len", &len], &domain.protection(&lib()));
     if let Some(mode) = mode {
-        producer.env("SPLICECOW_MODE", mode);
+        producer.env(names::MODE, mode);
     }
     let mut cat = Command::new("cat");
     strip_shim_env(&mut cat);
@@ -612,7 +613,7 @@ fn bad_environment_gives_one_line_and_exact_output() {
     failures.extend(one_warning(
         "SPLICECOW_MODE=garbage",
         d.name(),
-        &[("SPLICECOW_MODE", "garbage")],
+        &[(names::MODE, "garbage")],
     ));
     failures.extend(one_warning("SPLICECOW_DOMAIN=../x", "../x", &[]));
     failures.extend(one_warning("200-char domain", &"d".repeat(200), &[]));

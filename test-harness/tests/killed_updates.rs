@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use splicecow_registry::env as names;
 use splicecow_test_harness::{
     compare, counter, domain_stats, ensure_pipe_capacity, library_path, pattern, pipe, python3,
     run_with_timeout, wait_for_pause, wait_with_timeout, Protection, TempDomain, TempFile,
@@ -130,7 +131,7 @@ impl Run<'_> {
     /// Returns whether it was killed at the pause.
     fn victim(&self, point: &str, args: &[String]) -> bool {
         let mut cmd = self.helper(args);
-        cmd.env("SPLICECOW_TEST_PAUSE", format!("{point}:{PAUSE_US}"))
+        cmd.env(names::TEST_PAUSE, format!("{point}:{PAUSE_US}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -46,6 +46,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use splicecow_registry::env as names;
 use splicecow_test_harness::{
     compare, compile_c, counter, domain_stats, library_path, parallel, pattern, pipe,
     run_with_timeout, strip_shim_env, wait_with_timeout, KillOnDrop, Lines, Protection, ScratchDir,
@@ -1142,7 +1143,7 @@ const REFUSED: &[&str] = &[
 fn refused(case: &str, prot: &Protection, mode: Option<&str>, files: (&Path, &Path)) -> String {
     let mut cmd = helper_cmd(prot, &["copy-errno", case, arg(files.0), arg(files.1)]);
     if let Some(mode) = mode {
-        cmd.env("SPLICECOW_MODE", mode);
+        cmd.env(names::MODE, mode);
     }
     let out = run_with_timeout(&mut cmd, Duration::from_secs(5)).expect("spawn helper");
     match out.status {

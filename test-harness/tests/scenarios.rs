@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
+use splicecow_registry::env as names;
 use splicecow_test_harness::{
     all_values, compare, domain_stats, find_program, inode, library_path, pipe, queued_in_pipes_of,
     run_piped, run_with_timeout, strip_shim_env, target_dir, value_name, wait_for_fionread,
@@ -528,7 +529,7 @@ fn settler_killed_mid_settle(protection: &Protection, file: &Path) -> (usize, us
         protection,
         PWRITE,
         &[path.clone(), "100".into()],
-        &[("SPLICECOW_TEST_PAUSE", "settle:3000000")],
+        &[(names::TEST_PAUSE, "settle:3000000")],
     );
     thread::sleep(Duration::from_millis(700));
     victim.kill().unwrap();

@@ -15,6 +15,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use splicecow_registry::env as names;
 use splicecow_test_harness::{
     domain_stats, library_path, parallel, run_with_timeout, wait_with_timeout, Protection,
     TempDomain, TempFile, FILE_LEN,
@@ -52,7 +53,7 @@ fn snapshot(args: &[&str], env: Env) -> Command {
         Env::Snapshots(d) => d
             .protection(&lib())
             .apply(&mut cmd)
-            .env("SPLICECOW_PRIVATE_SNAPSHOTS", "1"),
+            .env(names::PRIVATE_SNAPSHOTS, "1"),
     };
     cmd
 }
@@ -383,11 +384,7 @@ fn stopped_owner_times_out() {
     let domain = TempDomain::new();
     let mut owner = Owner::start(file.path(), &domain);
     owner.signal(libc::SIGSTOP);
-    let (rep, took) = mutate(
-        file.path(),
-        &domain,
-        &[("SPLICECOW_SNAPSHOT_TIMEOUT_MS", "200")],
-    );
+    let (rep, took) = mutate(file.path(), &domain, &[(names::SNAPSHOT_TIMEOUT_MS, "200")]);
     let ms = rep["elapsed_ms"].as_f64().unwrap_or(-1.0);
     assert!((150.0..2000.0).contains(&ms), "waited {ms} ms: {rep}");
     assert!(took < Duration::from_secs(5), "{took:?}");

@@ -1,7 +1,7 @@
 //! Torture tests: a 30 s random stress run with SIGKILL fault injection, and
 //! the signal, fork, spawn, exec, thread and early-constructor cases.
 //!
-//! Every protected program here is the `stress` binary (its `torture` subcommands) or a
+//! Every protected program here is the `torture` binary (one subcommand a case) or a
 //! tiny C program compiled with `gcc` at test time, run with `libsplicecow.so`
 //! preloaded in a fresh domain. The library comes from `$SPLICECOW_LIB`, else
 //! `target/release`, else `target/debug`: run `cargo build --release` first. The whole
@@ -19,16 +19,17 @@ use splicecow_test_harness::{
 };
 
 const STRESS: &str = env!("CARGO_BIN_EXE_stress");
+const TORTURE: &str = env!("CARGO_BIN_EXE_torture");
 
 /// The preloadable library, or a failure that says how to build it.
 fn lib() -> PathBuf {
     library_path().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `stress torture ARGS...`, protected in `domain`.
+/// `torture ARGS...`, protected in `domain`.
 fn torture(domain: &TempDomain, args: &[&str]) -> Command {
-    let mut cmd = Command::new(STRESS);
-    cmd.arg("torture").args(args);
+    let mut cmd = Command::new(TORTURE);
+    cmd.args(args);
     domain.protection(&lib()).apply(&mut cmd);
     cmd
 }
@@ -191,7 +192,7 @@ fn write_from_sigalrm_handler_inside_hooks() {
         &format!(
             "SIGALRM handler writes (100 µs timer) while the main thread splices and pwrites \
              (stats {stats}); reproduce: LD_PRELOAD=target/release/libsplicecow.so \
-             SPLICECOW_DOMAIN=x target/release/stress torture sigalrm --dir DIR --secs 3"
+             SPLICECOW_DOMAIN=x target/release/torture sigalrm --dir DIR --secs 3"
         ),
         &out,
     );
@@ -339,8 +340,7 @@ int main(int argc, char **argv) {
     );
     let mut cmd = Command::new(&prog);
     cmd.args([
-        STRESS,
-        "torture",
+        TORTURE,
         "child",
         "--file",
         file.path(),

@@ -6,6 +6,7 @@
 use crate::library_path;
 use clap::ValueEnum;
 use splicecow_registry::env::{self as names, Mode};
+use splicecow_registry::pattern::pattern;
 use splicecow_registry::Registry;
 use std::ffi::CString;
 use std::io::{Error, Write};
@@ -73,11 +74,6 @@ pub fn scratch_dir() -> PathBuf {
     } else {
         std::env::temp_dir()
     }
-}
-
-/// Content of the demo file: byte `i` is `(i*7 + i/4096) % 251`, so offsets differ.
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| ((i * 7 + i / 4096) % 251) as u8).collect()
 }
 
 /// Removes the scratch file when the case ends, however it ends.

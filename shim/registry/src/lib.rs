@@ -16,6 +16,7 @@ pub mod index;
 pub mod journal;
 pub mod layout;
 pub mod lock;
+pub mod pattern;
 pub mod pause;
 mod shm;
 pub mod sys;

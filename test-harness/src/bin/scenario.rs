@@ -12,32 +12,21 @@
 //! 3 unsupported, 2 error); `--handshake` makes it prepare, print `ready`, and wait for a
 //! line on stdin before mutating.
 
-use std::ffi::CString;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
+use splicecow_test_harness::mutation::{apply, Applied, Edit, Target};
+use splicecow_test_harness::sys::{check, os_err, Res};
 use splicecow_test_harness::{
     compare, ensure_pipe_capacity, pattern, pipe, run_with_stdin, side_path, strip_shim_env,
     temp_path, value_name, write_pattern_file, Api, Mutation, Mutator, ScenarioReport,
     DEFAULT_SPLICE_LEN, FILE_LEN,
 };
 
-/// Where in-range writes land and how many bytes they write.
-const WRITE_OFF: usize = 100;
-const WRITE_LEN: usize = 16;
-/// Length truncating mutations cut the file to (inside the first 64 KiB).
-const TRUNC_LEN: libc::off_t = 30000;
-/// Length of collapse/insert ranges (one block).
-const BLOCK: libc::off_t = 4096;
-/// Where collapse/insert ranges start: block-aligned but inside the first 64 KiB, so the
-/// page-cache truncation they do starts in the middle of a (large) folio. At offset 0
-/// whole folios are just dropped from the cache and the pipe keeps the old bytes.
-const SHIFT_OFF: libc::off_t = 32768;
 /// How long the consumer may take.
 const CONSUMER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -69,320 +58,13 @@ struct Args {
     handshake: bool,
 }
 
-/// A setup error: reported on stderr, exit status 2.
-type Res<T> = Result<T, String>;
-
-fn os_err(what: &str) -> String {
-    format!("{what}: {}", io::Error::last_os_error())
-}
-
-/// Checks a libc return value: negative means failure (errno is set).
-fn check(ret: impl Into<i64>, what: &str) -> Res<i64> {
-    let ret = ret.into();
-    if ret < 0 {
-        Err(os_err(what))
-    } else {
-        Ok(ret)
-    }
-}
-
-fn cpath(path: &Path) -> Res<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())
-}
-
 fn open_rdwr(path: &Path) -> Res<OwnedFd> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map(OwnedFd::from)
-        .map_err(|e| format!("open {}: {e}", path.display()))
-}
-
-/// Whether a mutation happened or is not supported on this system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Applied {
-    Done,
-    Unsupported,
-}
-
-/// A mutation ready to be applied: files opened, mappings made.
-struct Prepared {
-    kind: Mutation,
-    path: PathBuf,
-    cpath: CString,
-    /// The file's fd: the spliced one (same process) or one opened here.
-    fd: RawFd,
-    _owned_fd: Option<OwnedFd>,
-    /// Companion file with `B`s, for copy-into mutations.
-    src: Option<OwnedFd>,
-    /// An early `MAP_SHARED` writable mapping (address, length).
-    map: Option<(*mut libc::c_void, usize)>,
-    size: usize,
-}
-
-/// A buffer of `B`s as long as every in-range write.
-static BS: [u8; WRITE_LEN] = [b'B'; WRITE_LEN];
-
-impl Prepared {
-    /// Prepares `kind` on `path`; `fd` is the spliced fd when mutating in-process.
-    fn new(kind: Mutation, path: &Path, fd: Option<RawFd>, size: usize) -> Res<Prepared> {
-        let (fd, owned) = match fd {
-            Some(fd) => (fd, None),
-            None => {
-                let owned = open_rdwr(path)?;
-                (owned.as_raw_fd(), Some(owned))
-            }
-        };
-        let src = match kind {
-            Mutation::CopyFileRange | Mutation::SendfileInto | Mutation::Ficlone => {
-                let side = side_path(path);
-                std::fs::write(&side, [b'B'; BLOCK as usize])
-                    .map_err(|e| format!("write {}: {e}", side.display()))?;
-                let f = std::fs::File::open(&side).map_err(|e| e.to_string())?;
-                Some(OwnedFd::from(f))
-            }
-            _ => None,
-        };
-        let mut prepared = Prepared {
-            kind,
-            path: path.to_path_buf(),
-            cpath: cpath(path)?,
-            fd,
-            _owned_fd: owned,
-            src,
-            map: None,
-            size,
-        };
-        if kind == Mutation::MmapEarlyStore {
-            prepared.map = Some(map_shared(fd)?);
-        }
-        Ok(prepared)
-    }
-
-    fn src_fd(&self) -> RawFd {
-        self.src.as_ref().map_or(-1, |s| s.as_raw_fd())
-    }
-
-    /// Applies the mutation.
-    fn apply(&mut self) -> Res<Applied> {
-        use Mutation::*;
-        let fd = self.fd;
-        let p = self.cpath.as_ptr();
-        let off = WRITE_OFF as libc::off_t;
-        let buf = BS.as_ptr().cast::<libc::c_void>();
-        let half = WRITE_LEN / 2;
-        let iov = [
-            libc::iovec {
-                iov_base: BS.as_ptr() as *mut libc::c_void,
-                iov_len: half,
-            },
-            libc::iovec {
-                iov_base: BS[half..].as_ptr() as *mut libc::c_void,
-                iov_len: half,
-            },
-        ];
-        let range = self.size as libc::off_t;
-        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        let name = value_name(&self.kind);
-        // SAFETY: (whole match) every call gets a valid open fd (or -1, which fails
-        // cleanly), NUL-terminated paths that outlive the call, and buffers/iovecs that
-        // point into the static `BS` with lengths inside it; returned FILE*s and
-        // mappings are checked before use and released exactly once.
-        let ret: i64 = unsafe {
-            match self.kind {
-                None => 0,
-                Pwrite => libc::pwrite(fd, buf, WRITE_LEN, off) as i64,
-                Pwrite64 => libc::pwrite64(fd, buf, WRITE_LEN, off) as i64,
-                Write => {
-                    check(libc::lseek(fd, off, libc::SEEK_SET), "lseek")?;
-                    libc::write(fd, buf, WRITE_LEN) as i64
-                }
-                Writev => {
-                    check(libc::lseek(fd, off, libc::SEEK_SET), "lseek")?;
-                    libc::writev(fd, iov.as_ptr(), 2) as i64
-                }
-                Pwritev => libc::pwritev(fd, iov.as_ptr(), 2, off) as i64,
-                Pwritev64 => libc::pwritev64(fd, iov.as_ptr(), 2, off) as i64,
-                Pwritev2 => libc::pwritev2(fd, iov.as_ptr(), 2, off, 0) as i64,
-                Pwritev64v2 => libc::pwritev64v2(fd, iov.as_ptr(), 2, off, 0) as i64,
-                PunchHole => libc::fallocate(fd, punch, 0, range).into(),
-                PunchHole64 => libc::fallocate64(fd, punch, 0, range).into(),
-                ZeroRange => libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 0, range).into(),
-                CollapseRange => {
-                    libc::fallocate(fd, libc::FALLOC_FL_COLLAPSE_RANGE, SHIFT_OFF, BLOCK).into()
-                }
-                InsertRange => {
-                    libc::fallocate(fd, libc::FALLOC_FL_INSERT_RANGE, SHIFT_OFF, BLOCK).into()
-                }
-                Ftruncate => libc::ftruncate(fd, TRUNC_LEN).into(),
-                Ftruncate64 => libc::ftruncate64(fd, TRUNC_LEN).into(),
-                Ftruncate0 => libc::ftruncate(fd, 0).into(),
-                Truncate => libc::truncate(p, TRUNC_LEN).into(),
-                Truncate64 => libc::truncate64(p, TRUNC_LEN).into(),
-                OpenTrunc => close_fd(libc::open(p, libc::O_WRONLY | libc::O_TRUNC)),
-                Open64Trunc => close_fd(libc::open64(p, libc::O_WRONLY | libc::O_TRUNC)),
-                OpenatTrunc => close_fd(libc::openat(
-                    libc::AT_FDCWD,
-                    p,
-                    libc::O_WRONLY | libc::O_TRUNC,
-                )),
-                Openat64Trunc => close_fd(libc::openat64(
-                    libc::AT_FDCWD,
-                    p,
-                    libc::O_WRONLY | libc::O_TRUNC,
-                )),
-                Creat => close_fd(libc::creat(p, 0o644)),
-                Creat64 => close_fd(libc::creat64(p, 0o644)),
-                FopenW => close_file(libc::fopen(p, c"w".as_ptr())),
-                Fopen64W => close_file(libc::fopen64(p, c"w".as_ptr())),
-                FreopenW | Freopen64W => {
-                    let stream = libc::fopen(c"/dev/null".as_ptr(), c"r".as_ptr());
-                    if stream.is_null() {
-                        return Err(os_err("fopen /dev/null"));
-                    }
-                    let re = if self.kind == FreopenW {
-                        libc::freopen(p, c"w".as_ptr(), stream)
-                    } else {
-                        libc::freopen64(p, c"w".as_ptr(), stream)
-                    };
-                    close_file(re)
-                }
-                MmapSharedStore => {
-                    let (addr, len) = map_shared(fd)?;
-                    store_and_unmap(addr, len)
-                }
-                MmapEarlyStore => {
-                    let (addr, len) = self.map.take().ok_or("mapping not prepared")?;
-                    store_and_unmap(addr, len)
-                }
-                CopyFileRange => {
-                    let mut off_in: libc::loff_t = 0;
-                    let mut off_out: libc::loff_t = off;
-                    libc::copy_file_range(
-                        self.src_fd(),
-                        &mut off_in,
-                        fd,
-                        &mut off_out,
-                        WRITE_LEN,
-                        0,
-                    ) as i64
-                }
-                SendfileInto => {
-                    check(libc::lseek(fd, off, libc::SEEK_SET), "lseek")?;
-                    let mut off_in: libc::off_t = 0;
-                    libc::sendfile(fd, self.src_fd(), &mut off_in, WRITE_LEN) as i64
-                }
-                SpliceInto => {
-                    let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
-                    check(
-                        libc::write(w.as_raw_fd(), buf, WRITE_LEN) as i64,
-                        "write pipe",
-                    )?;
-                    let mut off_out: libc::loff_t = off;
-                    libc::splice(
-                        r.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        fd,
-                        &mut off_out,
-                        WRITE_LEN,
-                        0,
-                    ) as i64
-                }
-                Ficlone => libc::ioctl(fd, libc::FICLONE, self.src_fd()).into(),
-                StdioFwrite | StdioFputs | StdioFprintf => {
-                    let f = libc::fopen(p, c"r+".as_ptr());
-                    if f.is_null() {
-                        return Err(os_err("fopen r+"));
-                    }
-                    if libc::fseek(f, WRITE_OFF as libc::c_long, libc::SEEK_SET) != 0 {
-                        return Err(os_err("fseek"));
-                    }
-                    let r = match self.kind {
-                        StdioFwrite => libc::fwrite(buf, 1, WRITE_LEN, f) as i64 - 1,
-                        StdioFputs => libc::fputs(c"BBBBBBBBBBBBBBBB".as_ptr(), f).into(),
-                        _ => libc::fprintf(f, c"%s".as_ptr(), c"BBBBBBBBBBBBBBBB".as_ptr()).into(),
-                    };
-                    check(r, "stdio write")?;
-                    close_file(f)
-                }
-            }
-        };
-        if ret < 0 {
-            let err = io::Error::last_os_error();
-            let unsupported = matches!(
-                err.raw_os_error(),
-                Some(libc::EOPNOTSUPP | libc::EXDEV | libc::ENOTTY | libc::ENOSYS)
-            ) || (self.kind == Ficlone
-                && err.raw_os_error() == Some(libc::EINVAL));
-            if unsupported {
-                return Ok(Applied::Unsupported);
-            }
-            return Err(format!("{name} on {}: {err}", self.path.display()));
-        }
-        Ok(Applied::Done)
-    }
-}
-
-impl Drop for Prepared {
-    fn drop(&mut self) {
-        if let Some((addr, len)) = self.map.take() {
-            // SAFETY: (addr, len) is a mapping made by map_shared and not yet unmapped.
-            unsafe { libc::munmap(addr, len) };
-        }
-    }
-}
-
-/// Closes an fd returned by an opening call; passes a failure (-1) through.
-fn close_fd(fd: libc::c_int) -> i64 {
-    if fd < 0 {
-        return -1;
-    }
-    // SAFETY: fd was just opened by us and is closed exactly once.
-    unsafe { libc::close(fd) }.into()
-}
-
-/// Closes a stream returned by `fopen`/`freopen`; a null stream is a failure (-1).
-fn close_file(f: *mut libc::FILE) -> i64 {
-    if f.is_null() {
-        return -1;
-    }
-    // SAFETY: f is a live stream opened by us and is closed exactly once.
-    unsafe { libc::fclose(f) }.into()
-}
-
-/// Maps the first page of `fd` `MAP_SHARED` and writable.
-fn map_shared(fd: RawFd) -> Res<(*mut libc::c_void, usize)> {
-    let len = BLOCK as usize;
-    // SAFETY: a fresh mapping chosen by the kernel; fd is an open regular file at
-    // least one page long.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if addr == libc::MAP_FAILED {
-        return Err(os_err("mmap"));
-    }
-    Ok((addr, len))
-}
-
-/// Stores 16 `B`s at offset 100 of a mapping, then unmaps it.
-///
-/// # Safety
-/// `(addr, len)` must be a live writable mapping of at least one page, not used again.
-unsafe fn store_and_unmap(addr: *mut libc::c_void, len: usize) -> i64 {
-    // SAFETY: the caller guarantees the mapping is live, writable and one page long,
-    // so bytes 100..116 are inside it.
-    unsafe {
-        std::ptr::copy_nonoverlapping(BS.as_ptr(), addr.cast::<u8>().add(WRITE_OFF), WRITE_LEN);
-        libc::munmap(addr, len).into()
-    }
+        .map_err(|e| format!("open {}: {e}", path.display()).into())
 }
 
 /// Moves up to `len` bytes with `step` (returns bytes moved, 0 at EOF) until done.
@@ -502,7 +184,7 @@ impl OtherMutator {
         if line.trim() != "ready" {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("mutator did not get ready (said {line:?})"));
+            return Err(format!("mutator did not get ready (said {line:?})").into());
         }
         Ok(OtherMutator { child })
     }
@@ -519,16 +201,16 @@ impl OtherMutator {
             .wait()
             .map_err(|e| format!("wait mutator: {e}"))?;
         match status.code() {
-            Some(0) => Ok(Applied::Done),
+            Some(0) => Ok(Applied::Done(0)),
             Some(3) => Ok(Applied::Unsupported),
-            _ => Err(format!("mutator failed: {status}")),
+            _ => Err(format!("mutator failed: {status}").into()),
         }
     }
 }
 
 /// `--do-mutation`: apply one mutation (optionally after a handshake) and exit.
 fn do_mutation(kind: Mutation, path: &Path, size: usize, handshake: bool) -> Res<Applied> {
-    let mut prepared = Prepared::new(kind, path, None, size)?;
+    let mut target = Target::new(path, None)?.prepare(kind, path)?;
     if handshake {
         let mut out = io::stdout().lock();
         writeln!(out, "ready")
@@ -539,7 +221,7 @@ fn do_mutation(kind: Mutation, path: &Path, size: usize, handshake: bool) -> Res
             .read_line(&mut line)
             .map_err(|e| format!("handshake: {e}"))?;
     }
-    prepared.apply()
+    apply(&mut target, &Edit::standard(kind, size))
 }
 
 /// Reads the pipe's content with an unshimmed `cat` (it starts only now).
@@ -550,7 +232,7 @@ fn consume(read_end: OwnedFd) -> Res<Vec<u8>> {
         .map_err(|e| format!("spawn cat: {e}"))?;
     match out.status {
         Some(s) if s.success() => Ok(out.stdout),
-        _ => Err(format!("consumer cat failed: {}", out.describe())),
+        _ => Err(format!("consumer cat failed: {}", out.describe()).into()),
     }
 }
 
@@ -569,19 +251,19 @@ fn run_scenario(
     ensure_pipe_capacity(&pw, size).map_err(|e| format!("F_SETPIPE_SZ: {e}"))?;
 
     enum Pending {
-        Same(Prepared),
+        Same(Target),
         Other(OtherMutator),
     }
     let pending = match mutator {
         Mutator::Same => {
-            Pending::Same(Prepared::new(mutation, path, Some(file.as_raw_fd()), size)?)
+            Pending::Same(Target::new(path, Some(file.as_raw_fd()))?.prepare(mutation, path)?)
         }
         Mutator::Other => Pending::Other(OtherMutator::start(mutation, path, size)?),
     };
 
     let spliced = feed_pipe(api, file.as_raw_fd(), pw.as_raw_fd(), size)?;
     let applied = match pending {
-        Pending::Same(mut p) => p.apply()?,
+        Pending::Same(mut t) => apply(&mut t, &Edit::standard(mutation, size))?,
         Pending::Other(m) => m.run()?,
     };
     drop(pw);
@@ -610,7 +292,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         };
         return match do_mutation(kind, &path, args.size, args.handshake) {
-            Ok(Applied::Done) => ExitCode::SUCCESS,
+            Ok(Applied::Done(_)) => ExitCode::SUCCESS,
             Ok(Applied::Unsupported) => ExitCode::from(3),
             Err(e) => {
                 eprintln!("scenario --do-mutation: {e}");

@@ -19,33 +19,29 @@
 //! Exit status: 0 when the subcommand ran (the caller judges the output), 2 on setup
 //! errors (message on stderr).
 
-use std::ffi::CString;
 use std::io::{self, BufRead, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use serde::Serialize;
+use splicecow_test_harness::mutation::{apply, Applied, Edit, Target};
+use splicecow_test_harness::sys::{check, open_raw, page_size, pwrite_all};
 use splicecow_test_harness::{
-    pattern, pattern_byte, pipe, value_name, wait_with_timeout, TempFile, FILE_LEN,
+    pattern, pattern_byte, pipe, value_name, wait_with_timeout, Mutation, Mutator, TempFile,
+    FILE_LEN,
 };
 
 /// Bytes a `pwrite`-like mutation writes.
 const SMALL: usize = 16;
 /// Offset of `pwrite`-like mutations (unless `--at`).
 const AT: u64 = 100;
-/// Length `ftruncate`/`truncate` cut the file to.
-const TRUNC_LEN: u64 = 30000;
 /// Range punch/zero mutations cover: `0..64 KiB`.
-const HOLE_LEN: i64 = 64 * 1024;
-/// Where collapse/insert range act, and how much.
-const SHIFT_AT: i64 = 32768;
-const SHIFT_LEN: i64 = 4096;
+const HOLE_LEN: usize = 64 * 1024;
 /// Offset of the owner's own store in `--own-write`.
 const OWN_AT: usize = 5000;
 /// How long a `fork-race` child, which only `_exit`s, may take.
@@ -66,7 +62,7 @@ enum Cmd {
     Diff {
         /// Mutations applied in order (repeatable).
         #[arg(long, value_enum, required = true)]
-        mutation: Vec<Mut>,
+        mutation: Vec<Mutation>,
         /// Which process mutates.
         #[arg(long, value_enum, default_value = "other")]
         mutator: Mutator,
@@ -104,7 +100,7 @@ enum Cmd {
         touch_kib: usize,
         /// The mutation made from another process after the RSS is measured.
         #[arg(long, value_enum, default_value = "pwrite")]
-        mutation: Mut,
+        mutation: Mutation,
     },
     /// Forks children that exit at once while another process mutates; prints JSON.
     ForkRace {
@@ -122,7 +118,7 @@ enum Cmd {
         file: PathBuf,
         /// Mutations applied in order after the `--pwrites` (repeatable).
         #[arg(long, value_enum)]
-        mutation: Vec<Mut>,
+        mutation: Vec<Mutation>,
         /// Offset of `pwrite`/`write`/`mmap-shared-store`.
         #[arg(long, default_value_t = AT)]
         at: u64,
@@ -133,42 +129,6 @@ enum Cmd {
         #[arg(long, default_value_t = FILE_LEN)]
         len: usize,
     },
-}
-
-/// Which process mutates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Mutator {
-    /// The owner of the mapping itself.
-    Same,
-    /// This binary re-executed (`mutate`) with the same environment.
-    Other,
-}
-
-/// A change to the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Mut {
-    /// `pwrite` 16 `B`s at `--at`.
-    Pwrite,
-    /// `lseek(--at)` and `write` 16 `B`s.
-    Write,
-    /// `fallocate(PUNCH_HOLE|KEEP_SIZE, 0, 64 KiB)`.
-    PunchHole,
-    /// `fallocate(ZERO_RANGE, 0, 64 KiB)`.
-    ZeroRange,
-    /// `fallocate(COLLAPSE_RANGE, 32 KiB, 4 KiB)`.
-    CollapseRange,
-    /// `fallocate(INSERT_RANGE, 32 KiB, 4 KiB)`.
-    InsertRange,
-    /// `ftruncate(fd, 30000)`.
-    Ftruncate,
-    /// `truncate(path, 30000)`.
-    Truncate,
-    /// `open(O_WRONLY|O_TRUNC)`, then other content written (the file's length).
-    OpenTrunc,
-    /// `fopen(path, "w")`, then other content `fwrite`n (the file's length).
-    FopenW,
-    /// `mmap(MAP_SHARED, PROT_WRITE)` of the page at `--at`, 16 `B`s stored at `--at`.
-    MmapSharedStore,
 }
 
 /// What a reader found in a private mapping.
@@ -275,156 +235,45 @@ fn print_json(v: &impl Serialize) -> io::Result<()> {
     out.flush()
 }
 
-fn cpath(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
-}
-
-/// `ret` as an `io::Result`: errors when negative.
-fn check_ret(ret: i64, what: &str) -> io::Result<i64> {
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
-    } else {
-        Ok(ret)
-    }
-}
-
-fn open_raw(path: &Path, flags: i32) -> io::Result<OwnedFd> {
-    let c = cpath(path)?;
-    // SAFETY: c is a NUL-terminated path; the mode argument is read only with O_CREAT.
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
-    check_ret(fd as i64, "open")?;
-    // SAFETY: open succeeded, so fd is open and owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Content other than the pattern at every byte (`255 - pattern`, and the pattern stays
 /// below 251).
 fn other_content(len: usize) -> Vec<u8> {
     (0..len).map(|i| 255 - pattern_byte(i)).collect()
 }
 
-fn pwrite_all(fd: &OwnedFd, buf: &[u8], off: u64) -> io::Result<()> {
-    // SAFETY: buf is valid for buf.len() bytes.
-    let n = unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), off as i64) };
-    check_ret(n as i64, "pwrite")?;
-    if n as usize != buf.len() {
-        return Err(io::Error::other(format!("short pwrite: {n}")));
+/// Applies one mutation to `path` (a fresh descriptor each time): writes and stores of
+/// 16 `B`s at `at`, holes and zeroed ranges over the first 64 KiB, a truncating open
+/// followed by other content (`len` bytes); the rest as [`Edit::standard`] places them.
+fn apply_at(path: &Path, m: Mutation, at: u64, len: usize) -> io::Result<()> {
+    let mut edit = Edit::standard(m, HOLE_LEN);
+    if m.writes_at_offset() {
+        edit.off = at;
+    } else if edit.data.is_empty() {
+        edit.data = other_content(len);
     }
-    Ok(())
-}
-
-/// Applies one mutation to `path` (a fresh descriptor each time).
-fn apply(path: &Path, m: Mut, at: u64, len: usize) -> io::Result<()> {
-    let small = [b'B'; SMALL];
-    match m {
-        Mut::Pwrite => pwrite_all(&open_raw(path, libc::O_WRONLY)?, &small, at),
-        Mut::Write => {
-            let fd = open_raw(path, libc::O_WRONLY)?;
-            check_ret(
-                // SAFETY: plain lseek on an fd we own.
-                unsafe { libc::lseek(fd.as_raw_fd(), at as i64, libc::SEEK_SET) },
-                "lseek",
-            )?;
-            // SAFETY: small is valid for its length.
-            let n = unsafe { libc::write(fd.as_raw_fd(), small.as_ptr().cast(), SMALL) };
-            check_ret(n as i64, "write").map(drop)
-        }
-        Mut::PunchHole | Mut::ZeroRange | Mut::CollapseRange | Mut::InsertRange => {
-            let fd = open_raw(path, libc::O_WRONLY)?;
-            let (mode, off, n) = match m {
-                Mut::PunchHole => (
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    0,
-                    HOLE_LEN,
-                ),
-                Mut::ZeroRange => (libc::FALLOC_FL_ZERO_RANGE, 0, HOLE_LEN),
-                Mut::CollapseRange => (libc::FALLOC_FL_COLLAPSE_RANGE, SHIFT_AT, SHIFT_LEN),
-                _ => (libc::FALLOC_FL_INSERT_RANGE, SHIFT_AT, SHIFT_LEN),
-            };
-            // SAFETY: fallocate touches no memory of ours.
-            let r = unsafe { libc::fallocate(fd.as_raw_fd(), mode, off, n) };
-            check_ret(r as i64, "fallocate").map(drop)
-        }
-        Mut::Ftruncate => {
-            let fd = open_raw(path, libc::O_WRONLY)?;
-            // SAFETY: ftruncate touches no memory of ours.
-            let r = unsafe { libc::ftruncate(fd.as_raw_fd(), TRUNC_LEN as i64) };
-            check_ret(r as i64, "ftruncate").map(drop)
-        }
-        Mut::Truncate => {
-            let c = cpath(path)?;
-            // SAFETY: c is a NUL-terminated path.
-            let r = unsafe { libc::truncate(c.as_ptr(), TRUNC_LEN as i64) };
-            check_ret(r as i64, "truncate").map(drop)
-        }
-        Mut::OpenTrunc => {
-            let fd = open_raw(path, libc::O_WRONLY | libc::O_TRUNC)?;
-            pwrite_all(&fd, &other_content(len), 0)
-        }
-        Mut::FopenW => {
-            let c = cpath(path)?;
-            // SAFETY: both strings are NUL-terminated.
-            let f = unsafe { libc::fopen(c.as_ptr(), c"w".as_ptr()) };
-            if f.is_null() {
-                return Err(io::Error::last_os_error());
-            }
-            let data = other_content(len);
-            // SAFETY: data is valid for len bytes; f is an open stream, closed once.
-            let (n, r) = unsafe {
-                (
-                    libc::fwrite(data.as_ptr().cast(), 1, len, f),
-                    libc::fclose(f),
-                )
-            };
-            if n != len || r != 0 {
-                return Err(io::Error::other(format!("fwrite {n}, fclose {r}")));
-            }
-            Ok(())
-        }
-        Mut::MmapSharedStore => {
-            let fd = open_raw(path, libc::O_RDWR)?;
-            let page = page_size() as u64;
-            let base = at / page * page;
-            // SAFETY: a fresh shared mapping of one page of our fd.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    page as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    fd.as_raw_fd(),
-                    base as i64,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: the page is mapped writable; the 16 bytes stay inside it for the
-            // offsets used here (`at % page + 16 <= page`); unmapped once.
-            unsafe {
-                let dst = (p as *mut u8).add((at - base) as usize);
-                std::ptr::copy_nonoverlapping(small.as_ptr(), dst, SMALL);
-                libc::munmap(p, page as usize);
-            }
-            Ok(())
-        }
+    let mut target = Target::new(path, None)?.prepare(m, path)?;
+    match apply(&mut target, &edit)? {
+        Applied::Done(_) => Ok(()),
+        Applied::Unsupported => Err(io::Error::other(format!(
+            "{}: not supported here",
+            value_name(&m)
+        ))),
     }
 }
 
 /// The `mutate` subcommand: `pwrites` spread pwrites, then `muts` in order.
-fn mutate(path: &Path, muts: &[Mut], at: u64, pwrites: usize, len: usize) -> MutateReport {
+fn mutate(path: &Path, muts: &[Mutation], at: u64, pwrites: usize, len: usize) -> MutateReport {
     let t0 = Instant::now();
     let mut errors = Vec::new();
     for i in 0..pwrites {
         let off = (i as u64 * 4999) % (FILE_LEN - SMALL) as u64;
-        if let Err(e) = apply(path, Mut::Pwrite, off, len) {
+        if let Err(e) = apply_at(path, Mutation::Pwrite, off, len) {
             errors.push(format!("pwrite {off}: {e}"));
         }
         thread::sleep(Duration::from_millis(1));
     }
     for &m in muts {
-        if let Err(e) = apply(path, m, at, len) {
+        if let Err(e) = apply_at(path, m, at, len) {
             errors.push(format!("{}: {e}", value_name(&m)));
         }
     }
@@ -437,7 +286,7 @@ fn mutate(path: &Path, muts: &[Mut], at: u64, pwrites: usize, len: usize) -> Mut
 /// Runs this binary's `mutate` with the inherited environment; returns its JSON report.
 fn run_mutator(
     path: &Path,
-    muts: &[Mut],
+    muts: &[Mutation],
     at: u64,
     pwrites: usize,
 ) -> io::Result<serde_json::Value> {
@@ -461,16 +310,6 @@ fn run_mutator(
         out.read_line(&mut line)?;
     }
     serde_json::from_str(&line).map_err(|e| io::Error::other(format!("mutator: {e}: {line:?}")))
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no memory effects.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as usize
-    } else {
-        4096
-    }
 }
 
 /// A private file mapping, unmapped on drop.
@@ -534,7 +373,7 @@ impl Mapping {
         let (r, w) = pipe()?;
         // SAFETY: the child only reads memory, writes to a pipe and `_exit`s.
         let pid = unsafe { libc::fork() };
-        check_ret(pid as i64, "fork")?;
+        check(pid as i64, "fork")?;
         if pid == 0 {
             let mut mismatched = 0u64;
             let mut first = u64::MAX;
@@ -605,7 +444,7 @@ fn wait_child(pid: libc::pid_t, timeout: Duration) -> io::Result<i32> {
         let mut status = 0;
         // SAFETY: waits for our own child without blocking.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        check_ret(r as i64, "waitpid")?;
+        check(r as i64, "waitpid")?;
         if r == pid {
             return Ok(status);
         }
@@ -661,7 +500,7 @@ fn fork_loop(forks: usize) -> io::Result<(usize, Vec<String>)> {
     while done < forks {
         // SAFETY: the child calls only _exit.
         let pid = unsafe { libc::fork() };
-        check_ret(pid as i64, "fork")?;
+        check(pid as i64, "fork")?;
         if pid == 0 {
             // SAFETY: leaves the copied process at once.
             unsafe { libc::_exit(0) };
@@ -685,7 +524,7 @@ fn expected_byte(i: usize, own_write: bool) -> u8 {
 }
 
 fn diff(
-    muts: &[Mut],
+    muts: &[Mutation],
     mutator: Mutator,
     at: u64,
     own_write: bool,
@@ -776,7 +615,7 @@ fn threads_case(threads: usize, pwrites: usize) -> io::Result<()> {
                 })
             })
             .collect();
-        let mutator = run_mutator(file.path(), &[Mut::Ftruncate], AT, pwrites);
+        let mutator = run_mutator(file.path(), &[Mutation::Ftruncate], AT, pwrites);
         mutator_done.store(true, Ordering::Release);
         let deadline = Instant::now() + Duration::from_secs(5);
         while after.load(Ordering::Relaxed) < 2 * threads as u64 && Instant::now() < deadline {
@@ -839,15 +678,15 @@ fn rss() -> io::Result<[u64; 5]> {
     Ok(v)
 }
 
-fn huge(size_mib: usize, touch_kib: usize, mutation: Mut) -> io::Result<()> {
+fn huge(size_mib: usize, touch_kib: usize, mutation: Mutation) -> io::Result<()> {
     let size = size_mib << 20;
     let touch = (touch_kib << 10).min(size);
     let far = (size / 2) as u64;
     let file = TempFile::adopt(splicecow_test_harness::temp_path("snaphuge"));
     {
         let fd = open_raw(file.path(), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC)?;
-        pwrite_all(&fd, &pattern(touch), 0)?;
-        check_ret(
+        pwrite_all(fd.as_raw_fd(), &pattern(touch), 0)?;
+        check(
             // SAFETY: ftruncate touches no memory of ours.
             unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) } as i64,
             "ftruncate",
@@ -858,7 +697,7 @@ fn huge(size_mib: usize, touch_kib: usize, mutation: Mut) -> io::Result<()> {
     let before = rss()?;
     let m1 = run_mutator(file.path(), &[mutation], AT, 0)?;
     let after_touched = rss()?;
-    let m2 = run_mutator(file.path(), &[Mut::Pwrite], far, 0)?;
+    let m2 = run_mutator(file.path(), &[Mutation::Pwrite], far, 0)?;
     let after_untouched = rss()?;
     let far = far as usize;
     let check = map.check(&[(0, touch), (far, far + SMALL)], |i| {
