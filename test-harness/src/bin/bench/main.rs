@@ -23,6 +23,7 @@
 //! Missed goals are reported, never an error: the exit status is non-zero only when a
 //! measurement could not be made.
 
+mod calls;
 mod close;
 mod conflict;
 mod hook;
@@ -31,6 +32,7 @@ mod start;
 mod throughput;
 mod worker;
 
+use calls::*;
 use close::*;
 use conflict::*;
 use hook::*;
@@ -82,8 +84,8 @@ struct Cli {
     /// Do not pin the throughput writer/reader to CPUs 0/1.
     #[arg(long)]
     no_pin: bool,
-    /// Run only these sections (comma-separated: throughput, hook, conflict, scale,
-    /// start), e.g. when profiling.
+    /// Run only these sections (comma-separated: throughput, hook, close, calls,
+    /// conflict, scale, start), e.g. when profiling.
     #[arg(long, value_name = "LIST")]
     only: Option<String>,
     #[command(subcommand)]
@@ -410,6 +412,10 @@ struct Plan {
     scale_iters: usize,
     scale_reps: usize,
     start_runs: usize,
+    /// Bytes each thread moves per run of the per-call section.
+    calls_bytes: usize,
+    /// Repetitions of the per-call section.
+    calls_reps: usize,
     /// Sections to run (`--only`); all when `None`.
     only: Option<String>,
 }
@@ -439,6 +445,8 @@ impl Plan {
                 scale_iters: 300,
                 scale_reps: 1,
                 start_runs: 20,
+                calls_bytes: 256 * MIB,
+                calls_reps: 3,
                 only: None,
             }
         } else {
@@ -455,6 +463,8 @@ impl Plan {
                 scale_iters: 2000,
                 scale_reps: 3,
                 start_runs: 50,
+                calls_bytes: 1024 * MIB,
+                calls_reps: 5,
                 only: None,
             }
         }
@@ -545,10 +555,11 @@ fn run_all(ctx: &Ctx, plan: &Plan, args: &[String]) -> Res<Value> {
     println!("  (medians of alternating repetitions; ratios are medians of per-repetition ratios)");
     let t0 = Instant::now();
     type Section = fn(&Ctx, &Plan) -> Res<Value>;
-    let mut sections: [(&str, Section, Value); 6] = [
+    let mut sections: [(&str, Section, Value); 7] = [
         ("throughput", section_throughput, Value::Null),
         ("hook", section_hook, Value::Null),
         ("close", section_close, Value::Null),
+        ("calls", section_calls, Value::Null),
         ("conflict", section_conflict, Value::Null),
         ("scale", section_scale, Value::Null),
         ("start", section_start, Value::Null),
@@ -558,12 +569,13 @@ fn run_all(ctx: &Ctx, plan: &Plan, args: &[String]) -> Res<Value> {
             *out = run(ctx, plan)?;
         }
     }
-    let [throughput, hook, close, conflict, scale, start] = sections.map(|(_, _, v)| v);
+    let [throughput, hook, close, calls, conflict, scale, start] = sections.map(|(_, _, v)| v);
     println!("\ntotal time {:.1} s", t0.elapsed().as_secs_f64());
     Ok(json!({
         "date": date, "kernel": kernel, "nproc": nproc, "cpu": cpu, "command": command,
         "quick": plan.file_len < 512 * MIB,
-        "throughput": throughput, "hook": hook, "close": close, "conflict": conflict,
+        "throughput": throughput, "hook": hook, "close": close, "calls": calls,
+        "conflict": conflict,
         "scale": scale, "start": start,
     }))
 }

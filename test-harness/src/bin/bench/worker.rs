@@ -35,6 +35,22 @@ pub(crate) fn worker_main(args: &[String]) -> Res<Option<Value>> {
             .map(Some)
         }
         "close" => worker_close(arg(args, 1, "ops")?, arg(args, 2, "busy")?).map(Some),
+        "calls" => {
+            let how: String = arg(args, 1, "how")?;
+            let dir: String = arg(args, 5, "dir")?;
+            worker_calls(
+                &how,
+                arg(args, 2, "chunk")?,
+                arg(args, 3, "iters")?,
+                arg(args, 4, "threads")?,
+                Path::new(&dir),
+            )
+            .map(Some)
+        }
+        "streamer" => {
+            let file: String = arg(args, 1, "file")?;
+            worker_streamer(Path::new(&file)).map(|()| None)
+        }
         "peer" => {
             let dir: String = arg(args, 2, "dir")?;
             worker_peer(arg(args, 1, "live")?, Path::new(&dir)).map(|()| None)

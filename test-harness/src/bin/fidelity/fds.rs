@@ -169,6 +169,56 @@ pub(crate) fn battery_fds(b: &mut Battery) -> Res<()> {
         )?;
         libc::close_range(uh0, uh1, 0);
 
+        // libc's own closes of what the program holds, which the fd identity cache hooks.
+        b.case("closedir.open_dir", || {
+            let d = libc::opendir(c"/".as_ptr());
+            if d.is_null() {
+                return -2;
+            }
+            libc::closedir(d).into()
+        })?;
+        b.case("endmntent.mount_table", || {
+            let m = libc::setmntent(c"/proc/self/mounts".as_ptr(), c"r".as_ptr());
+            if m.is_null() {
+                return -2;
+            }
+            libc::endmntent(m).into()
+        })?;
+        b.case("freopen.missing_path", || {
+            let f = libc::fopen(c"/proc/self/stat".as_ptr(), c"r".as_ptr());
+            if f.is_null() {
+                return -2;
+            }
+            // A failed freopen closes the stream.
+            i64::from(libc::freopen(c"/nonexistent/x".as_ptr(), c"r".as_ptr(), f).is_null())
+        })?;
+        b.case("freopen.same_file", || {
+            let f = libc::fopen(c"/proc/self/stat".as_ptr(), c"r".as_ptr());
+            if f.is_null() {
+                return -2;
+            }
+            let g = libc::freopen(std::ptr::null(), c"r".as_ptr(), f);
+            let ok = i64::from(g == f);
+            if !g.is_null() {
+                libc::fclose(g);
+            }
+            ok
+        })?;
+        b.case("unshare.bad_flags", || libc::unshare(-1).into())?;
+        b.case("unshare.files", || libc::unshare(libc::CLONE_FILES).into())?;
+        b.case("fork_without_handlers", || {
+            extern "C" {
+                fn _Fork() -> libc::pid_t;
+            }
+            let pid = _Fork();
+            if pid == 0 {
+                libc::_exit(7);
+            }
+            let mut st = 0;
+            let waited = libc::waitpid(pid, &mut st, 0) == pid;
+            i64::from(waited && libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 7)
+        })?;
+
         for (name, fc) in fcntls {
             let n = |c: &str| format!("{name}.{c}");
             let (pr, pw) = b.loaded_pipe(0)?; // its flags and size change
