@@ -531,7 +531,13 @@ fn settler_killed_mid_settle(protection: &Protection, file: &Path) -> (usize, us
         &[path.clone(), "100".into()],
         &[(names::TEST_PAUSE, "settle:3000000")],
     );
-    thread::sleep(Duration::from_millis(700));
+    // Unprotected, nothing pauses: the victim just finishes.
+    let paused = splicecow_test_harness::wait_for_pause(&mut victim, Duration::from_secs(10))
+        .expect("watch the victim");
+    assert!(
+        paused || matches!(protection, Protection::Unprotected),
+        "the mutator never reached its pause in the settle"
+    );
     victim.kill().unwrap();
     victim.wait().unwrap();
     // Anyone taking the registry lock next finishes the interrupted settle.
