@@ -106,6 +106,14 @@ impl Drop for Scratch {
     }
 }
 
+/// The JSON report `stress --json` printed as its last stdout line.
+fn json_report(out: &RunOutput) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {}", out.describe()))
+}
+
 #[test]
 fn stress_30s_with_faults() {
     let out = run(
@@ -122,10 +130,7 @@ fn stress_30s_with_faults() {
             .arg(lib()),
         120,
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    let report: serde_json::Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("no JSON report ({e}): {}", out.describe()));
+    let report = json_report(&out);
     let n = |k: &str| report[k].as_u64().unwrap_or(u64::MAX);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
@@ -176,6 +181,46 @@ fn stress_30s_with_faults() {
         out.status.is_some_and(|s| s.success()),
         "stress failed: {context}"
     );
+}
+
+/// The long-lived profile for 25 s: one domain whose pipes are created and closed all
+/// the time (some filled by children that exit, some closed unread, through `close`,
+/// `dup2` and `close_range`), with mutations of the spliced files: the tables never come
+/// near full, no file->pipe call finds the registry full, no byte differs, and once the
+/// workers stopped a sweep leaves no segment live.
+#[test]
+fn long_lived_profile_25s_tables_never_fill() {
+    let out = run(
+        Command::new(STRESS)
+            .args([
+                "--profile",
+                "long-lived",
+                "--duration",
+                "25",
+                "--workers",
+                "4",
+                "--json",
+            ])
+            .arg("--lib")
+            .arg(lib()),
+        120,
+    );
+    let report = json_report(&out);
+    let context = format!(
+        "report {report} (reproduce: target/release/stress --profile long-lived --duration 25 \
+         --workers 4 --seed {}): {}",
+        report["seed"],
+        out.describe()
+    );
+    assert_eq!(report["passed"], true, "{context}");
+    assert_eq!(report["copy_fallbacks_registry_full"], 0, "{context}");
+    assert_eq!(report["live_segments_after_sweep"], 0, "{context}");
+    assert_eq!(report["counts"]["mismatches"], 0, "{context}");
+    assert!(
+        report["counts"]["pipes"].as_u64() > Some(10_000),
+        "too few pipes: {context}"
+    );
+    assert!(out.status.is_some_and(|s| s.success()), "{context}");
 }
 
 #[test]

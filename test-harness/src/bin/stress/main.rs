@@ -131,6 +131,7 @@ use std::time::{Duration, Instant};
 mod children;
 mod consumer;
 mod log;
+mod long_lived;
 mod model;
 mod parent;
 mod producer;
@@ -143,6 +144,7 @@ mod workers;
 use children::*;
 use consumer::*;
 use log::*;
+use long_lived::*;
 use model::*;
 use parent::*;
 use producer::*;
@@ -178,6 +180,11 @@ use splicecow_test_harness::{
                   # reproduce a run's random choices"
 )]
 struct RunArgs {
+    /// What the run exercises: the model-checked workload with fault injection, or one
+    /// long-lived domain whose pipes are created and closed all the time (`--workers`:
+    /// its threads; `--duration`, `--files`, `--file-size`, `--seed` apply).
+    #[arg(long, value_enum, default_value = "model")]
+    profile: Profile,
     /// Stop after this many seconds (default 30 unless --ops is given).
     #[arg(long)]
     duration: Option<f64>,
@@ -245,6 +252,15 @@ struct RunArgs {
     /// `/proc/<consumer>/fd/<n>`), or a random choice per generation.
     #[arg(long, value_parser = ["mixed", "fifo", "anon"], default_value = "mixed")]
     pipes: String,
+}
+
+/// The workloads of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Profile {
+    /// fsx-style model-checked random stress with optional fault injection.
+    Model,
+    /// One domain, pipes created and closed all the time; the tables must never fill.
+    LongLived,
 }
 
 /// Options of `stress worker` (internal).
@@ -329,18 +345,32 @@ fn pipe_capacity(fd: RawFd) -> usize {
     }
 }
 
+/// The options of an internal subcommand: the command line without its name.
+fn internal<A: Parser>(mut argv: Vec<std::ffi::OsString>) -> A {
+    argv.remove(1);
+    A::parse_from(argv)
+}
+
 fn main() -> ExitCode {
-    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match argv.get(1).and_then(|a| a.to_str()) {
-        Some("worker") => {
-            argv.remove(1);
-            worker_main(WorkerArgs::parse_from(argv))
+        Some("worker") => worker_main(internal(argv)),
+        Some("probe") => probe_main(internal(argv)),
+        Some("long-lived-worker") => long_lived_worker(internal(argv)),
+        Some("long-lived-child") => long_lived_child(internal(argv)),
+        Some("long-lived-poke") => match argv.get(3) {
+            Some(file) if argv.get(2).is_some_and(|a| a == "--file") => {
+                long_lived_poke(Path::new(file))
+            }
+            _ => ExitCode::from(2),
+        },
+        _ => {
+            let args = RunArgs::parse();
+            match args.profile {
+                Profile::Model => run(args),
+                Profile::LongLived => run_long_lived(&args),
+            }
         }
-        Some("probe") => {
-            argv.remove(1);
-            probe_main(ProbeArgs::parse_from(argv))
-        }
-        _ => run(RunArgs::parse()),
     }
 }
 
