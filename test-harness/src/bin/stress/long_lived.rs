@@ -11,7 +11,6 @@
 //! workers stopped and one more mutating call let a sweep run, segments stayed live.
 
 use super::*;
-use splicecow_registry::layout;
 use splicecow_test_harness::{counter, domain_stats};
 use std::os::fd::IntoRawFd;
 use std::sync::atomic::AtomicBool;
@@ -473,7 +472,9 @@ fn long_lived(args: &RunArgs) -> io::Result<bool> {
         }
     }
 
-    let (max_pipes, max_files) = (layout::MAX_PIPES, layout::MAX_FILES);
+    // The domain's own table sizes (chosen when its registry was created).
+    let capacity = |name| counter(&last, name).map_or(usize::MAX, |c| c as usize);
+    let (max_pipes, max_files) = (capacity("pipe_capacity"), capacity("file_capacity"));
     let near = |used: u64, cap: usize| used * 100 > cap as u64 * NEAR_FULL_PERCENT;
     let mut failures = Vec::new();
     if status.is_none() {
@@ -498,13 +499,13 @@ fn long_lived(args: &RunArgs) -> io::Result<bool> {
             peak.registry_full
         ));
     }
-    if near(peak.pipes, layout::MAX_PIPES) {
+    if near(peak.pipes, max_pipes) {
         failures.push(format!(
             "the pipe table came near full: {} of {max_pipes}",
             peak.pipes
         ));
     }
-    if near(peak.files, layout::MAX_FILES) {
+    if near(peak.files, max_files) {
         failures.push(format!(
             "the file table came near full: {} of {max_files}",
             peak.files
