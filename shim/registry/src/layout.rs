@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// First eight bytes of an initialised registry: "SPLCCOW\x01".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SPLCCOW\x01");
 /// Bumped whenever the layout below changes; a registry of another version is refused.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 /// In-flight segments one pipe can track; adjacent ones are merged. Fixed: a pipe
 /// record is one `repr(C)` struct.
 pub const SEGMENTS_PER_PIPE: usize = 64;
@@ -91,6 +91,10 @@ pub struct PipeRecord {
     pub busy_pos: u32,
     /// Keeps the size a multiple of 8.
     pub reserved: u32,
+    /// Lock owner id (`pid << 32 | tid`) of the thread whose kernel call is putting
+    /// bytes into this pipe while the table lock is free (0: none). Set and cleared
+    /// under the lock; while it is set nobody else changes the record or the pipe.
+    pub call_owner: u64,
     /// Processes that held an fd to this pipe when they spliced into it.
     pub holders: [Holder; HOLDERS_PER_PIPE],
     /// The ring of segments.
@@ -473,7 +477,7 @@ mod tests {
         assert_eq!(size_of::<Holder>(), 8);
         assert_eq!(
             size_of::<PipeRecord>(),
-            16 + 8 + 16 + 32 + 48 * SEGMENTS_PER_PIPE
+            16 + 8 + 16 + 8 + 32 + 48 * SEGMENTS_PER_PIPE
         );
         assert_eq!(size_of::<FileRecord>(), 48);
         assert_eq!(size_of::<MapRecord>(), 32);
@@ -514,9 +518,9 @@ mod tests {
         assert_eq!(r.mailboxes.offset, r.maps.offset + 1024 * 32);
         assert_eq!(r.busy.offset, r.mailboxes.offset + MAX_MAILBOXES * 56);
         assert_eq!(r.pipes.offset, r.busy.offset + 2048 * 4);
-        assert_eq!(r.journal.offset, r.pipes.offset + 2048 * 3144);
+        assert_eq!(r.journal.offset, r.pipes.offset + 2048 * 3152);
         assert_eq!(r.size, r.journal.offset + size_of::<SettleJournal>());
-        assert_eq!(DEFAULT_SIZE, 7_747_840);
+        assert_eq!(DEFAULT_SIZE, 7_764_224);
         // An odd pipe count leaves the busy list unaligned: the pipe table is padded.
         let odd = Capacity::for_pipes(17).regions();
         assert_eq!(odd.busy.end() % 8, 4);

@@ -13,6 +13,11 @@ pub fn owner_id() -> u64 {
     ((sys::getpid() as u32 as u64) << 32) | sys::gettid() as u32 as u64
 }
 
+/// True when the thread that `owner` (an [`owner_id`]) names is still alive.
+pub fn owner_alive(owner: u64) -> bool {
+    sys::thread_alive((owner >> 32) as i32, owner as u32 as i32)
+}
+
 /// Acquires `word`; returns true when the lock was taken over from a dead owner.
 pub fn acquire(word: &AtomicU64) -> bool {
     let me = owner_id();

@@ -21,17 +21,21 @@ pub enum Point {
     Holder,
     /// Settling a pipe: between draining it and writing the bytes back.
     Settle,
+    /// A recorded file→pipe splice: its intent and its pipe's in-call mark are set, the
+    /// lock is free, the kernel call has not run yet.
+    Call,
 }
 
-const POINTS: [(Point, &str); 5] = [
+const POINTS: [(Point, &str); 6] = [
     (Point::Record, "record"),
     (Point::Commit, "commit"),
     (Point::Retire, "retire"),
     (Point::Holder, "holder"),
     (Point::Settle, "settle"),
+    (Point::Call, "call"),
 ];
 
-static PAUSE_US: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+static PAUSE_US: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 
 impl Point {
     /// The point's name in `SPLICECOW_TEST_PAUSE`.

@@ -173,8 +173,13 @@ impl Tables<'_> {
     /// The record of pipe `key`, made (empty) if it has none.
     pub fn pipe_or_insert(&mut self, key: FileKey) -> Result<PipeSlot, Full> {
         let pipes = &mut self.pipes;
+        // A record is free when it holds no segment and no live thread is in a kernel
+        // call on it.
         let found = probe(key, pipes.len(), |i| {
-            (pipes.at(i).key, pipes.at(i).count == 0)
+            let p = pipes.at(i);
+            let free =
+                p.count == 0 && (p.call_owner == 0 || !crate::lock::owner_alive(p.call_owner));
+            (p.key, free)
         });
         match found {
             Probe::Found(i) => Ok(PipeSlot::new(i)),
@@ -184,11 +189,23 @@ impl Tables<'_> {
                 p.bytes_in = 0;
                 p.head = 0;
                 p.count = 0;
+                p.call_owner = 0;
                 p.holders = Default::default();
                 Ok(PipeSlot::new(i))
             }
             Probe::Full => Err(Full::Pipes),
         }
+    }
+
+    /// The thread (lock owner id) whose kernel call is putting bytes into pipe `slot`
+    /// while the lock is free, if any (see [`PipeRecord::call_owner`]).
+    pub fn call_owner(&self, slot: PipeSlot) -> Option<u64> {
+        Some(self.pipe(slot).call_owner).filter(|&o| o != 0)
+    }
+
+    /// Marks pipe `slot` as being written by `owner`'s kernel call (0: the call ended).
+    pub fn set_call_owner(&mut self, slot: PipeSlot, owner: u64) {
+        self.pipes.at_mut(slot.index()).call_owner = owner;
     }
 
     /// The settle journal.

@@ -43,7 +43,11 @@ pub fn before_close(fd: i32) {
             return;
         };
         let mut t = settle::lock(reg);
-        if let Some(slot) = t.find_pipe(key) {
+        // A pipe in another thread's kernel call is left to the sweep.
+        let slot = t
+            .find_pipe(key)
+            .filter(|&s| !settle::in_another_call(&mut t, s));
+        if let Some(slot) = slot {
             if let Some(pending) = pipe::pending(fd) {
                 prune_counted(&mut t, slot, pending);
             }

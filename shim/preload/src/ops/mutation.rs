@@ -185,11 +185,19 @@ fn check_pipes(
             break;
         }
         for slot in slots.iter().flatten().copied() {
+            let outcome = settle::handle(&mut t, slot, scope, action, &mut found);
+            if outcome == settle::Outcome::InAnotherCall {
+                // Bytes are going into that pipe right now: found again next round.
+                drop(t);
+                settle::let_call_finish();
+                t = settle::lock(reg);
+                continue;
+            }
             if let Some(cell) = handled.get_mut(n_handled) {
                 *cell = Some(slot);
                 n_handled += 1;
             }
-            conflicted |= settle::handle(&mut t, slot, scope, action, &mut found).conflicted();
+            conflicted |= outcome.conflicted();
             if !found.as_slice().is_empty() {
                 drop(t);
                 report::emit_all(m, off, end, reg.domain(), found.as_slice());

@@ -7,7 +7,7 @@
 use crate::state::fd::status_flags;
 use crate::state::pipe;
 use splicecow_registry::layout::{JOURNAL_BYTES, SEGMENTS_PER_PIPE};
-use splicecow_registry::{sys, FileKey, Guard, InterruptedSettle, PipeSlot, Registry};
+use splicecow_registry::{lock, sys, FileKey, Guard, InterruptedSettle, PipeSlot, Registry};
 use splicecow_registry::{Segment, SettleState, Tables};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
@@ -53,6 +53,9 @@ pub enum Outcome {
         /// Segments reported now (others had been reported before).
         new: usize,
     },
+    /// Another thread's kernel call is putting bytes into the pipe: nothing was done;
+    /// let go of the lock ([`let_call_finish`]) and handle the pipe again.
+    InAnotherCall,
 }
 
 impl Outcome {
@@ -112,6 +115,44 @@ impl Conflicts {
     }
 }
 
+/// True when pipe `slot` is in the kernel call of another live thread (a file→pipe splice
+/// runs with the lock free, see `transfer::file_to_pipe`): its record and its bytes must
+/// be left alone until that call ends, so the caller lets go of the lock and comes back.
+/// The marker of a thread that died in its call is cleared here; its intent stays as
+/// recorded before the call (it covers every byte the call could have moved).
+pub fn in_another_call(t: &mut Tables, slot: PipeSlot) -> bool {
+    let Some(owner) = t.call_owner(slot) else {
+        return false;
+    };
+    if owner != lock::owner_id() && lock::owner_alive(owner) {
+        return true;
+    }
+    t.set_call_owner(slot, 0);
+    false
+}
+
+/// Lets another thread's kernel call on a pipe finish (called with the lock released).
+pub fn let_call_finish() {
+    // SAFETY: sched_yield takes no arguments.
+    unsafe { libc::syscall(libc::SYS_sched_yield) };
+}
+
+/// Takes the lock once none of the pipes `keys` name is in another thread's kernel call
+/// (work on their records or bytes must not interleave with that call).
+pub fn lock_quiet<'r>(reg: &'r Registry, keys: &[FileKey]) -> Guard<'r> {
+    loop {
+        let mut t = lock(reg);
+        let busy = keys
+            .iter()
+            .any(|&k| t.find_pipe(k).is_some_and(|s| in_another_call(&mut t, s)));
+        if !busy {
+            return t;
+        }
+        drop(t);
+        let_call_finish();
+    }
+}
+
 /// Takes the domain's table lock; when the previous holder died inside a settle, finishes
 /// that settle first (no drained byte is lost, and the pipe's other writers wait).
 pub fn lock(reg: &Registry) -> Guard<'_> {
@@ -132,6 +173,9 @@ pub fn handle(
     action: Action,
     found: &mut Conflicts,
 ) -> Outcome {
+    if in_another_call(t, slot) {
+        return Outcome::InAnotherCall;
+    }
     let Some(fd) = open_pipe(t, slot) else {
         retire_unreachable(t, slot);
         return Outcome::Unreachable;

@@ -162,6 +162,10 @@ fn round(reg: &Registry, scratch: &mut Scratch) -> usize {
         h.sweep_cursor
             .store((first + looked) as u32, Ordering::Relaxed);
         for slot in slots.iter().flatten().copied() {
+            if settle::in_another_call(&mut t, slot) {
+                // Bytes are going in right now: alive, looked at by a later round.
+                continue;
+            }
             let rec = t.pipe(slot);
             let (key, holders, bytes_in) = (rec.key, rec.holders, rec.bytes_in);
             match holders
@@ -198,8 +202,9 @@ fn round(reg: &Registry, scratch: &mut Scratch) -> usize {
     for i in 0..n_unreached {
         let u = *at(&scratch.unreached, i);
         let Some(slot) = u.slot else { continue };
-        let rec = t.pipe(slot);
-        if rec.key != u.key || rec.bytes_in != u.bytes_in || rec.count == 0 {
+        let rec = *t.pipe(slot);
+        let changed = rec.key != u.key || rec.bytes_in != u.bytes_in || rec.count == 0;
+        if changed || settle::in_another_call(&mut t, slot) {
             continue;
         }
         match *at(&scratch.found, i) {

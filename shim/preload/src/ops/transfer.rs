@@ -1,9 +1,11 @@
 //! The splice side: moving bytes into pipes while keeping the registry exact.
 //!
-//! Every call that puts bytes into a pipe the registry may know runs with the table lock
-//! held and without blocking (`SPLICE_F_NONBLOCK` / `RWF_NOWAIT`), so a settle never
-//! interleaves with it; a blocking caller then waits for room with `poll`, outside the
-//! lock, and tries again — exactly the blocking behaviour of the real call.
+//! Every call that puts bytes into a pipe the registry may know runs without blocking
+//! (`SPLICE_F_NONBLOCK` / `RWF_NOWAIT`) and either with the table lock held or, for a
+//! recorded file→pipe splice, with its pipe marked as in the caller's call (the lock is
+//! free meanwhile, so splicers of other pipes go on), so a settle never interleaves with
+//! it; a blocking caller then waits for room with `poll`, outside the lock, and tries
+//! again — exactly the blocking behaviour of the real call.
 
 use crate::ops::intent::{Kind, Mutation};
 use crate::ops::settle::{self, Action, Conflicts, Scope};
@@ -15,7 +17,8 @@ use crate::state::pipe::{self, Wait};
 use crate::state::runtime::{self, Mode};
 use crate::state::usermem::{set_user_offset, user_offset, user_offset_raw};
 use splicecow_registry::layout::{Counters, SEGMENTS_PER_PIPE};
-use splicecow_registry::{sys, FileKey, Full, Guard, Intent, PipeSlot, Registry, Tables};
+use splicecow_registry::pause::{self, Point};
+use splicecow_registry::{lock, sys, FileKey, Full, Guard, Intent, PipeSlot, Registry, Tables};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Runs `attempt` (one non-blocking try) until it does not fail with `EAGAIN`, waiting
@@ -182,21 +185,34 @@ pub fn file_to_pipe(x: FileToPipe) -> isize {
     };
     let counters: &'static Counters = &reg.header().counters;
     blocking_loop(blocking, &waits, || {
-        let mut t = settle::lock(reg);
+        let mut t = settle::lock_quiet(reg, &[x.pipe]);
         let mut placed = place(&mut t, x);
         if placed.1 == Route::Full {
             // A table full of records nobody needs any more is reclaimed first.
             drop(t);
             let swept = sweep::for_room(reg);
-            t = settle::lock(reg);
+            t = settle::lock_quiet(reg, &[x.pipe]);
             if swept {
                 placed = place(&mut t, x);
             }
         }
         let (slot, route) = placed;
-        let moved = match route {
-            Route::Recorded | Route::Refused => splice_nonblocking(),
-            Route::SharedMapping | Route::Full => {
+        let moved = match (route, slot) {
+            (Route::Recorded, Some(slot)) => {
+                // The intent is recorded: the kernel call runs with the lock free, so
+                // splicers of other pipes go on meanwhile. The pipe is marked as in this
+                // thread's call; nobody else touches its record or its bytes until the
+                // mark is gone (`settle::in_another_call`).
+                t.set_call_owner(slot, lock::owner_id());
+                drop(t);
+                pause::at(Point::Call);
+                let moved = splice_nonblocking();
+                t = settle::lock(reg);
+                t.set_call_owner(slot, 0);
+                moved
+            }
+            (Route::Recorded | Route::Refused, _) => splice_nonblocking(),
+            (Route::SharedMapping | Route::Full, _) => {
                 count_fallback(
                     counters,
                     if route == Route::Full {
@@ -531,7 +547,7 @@ pub fn pipe_to_pipe(
     // Whether the source carries segments is decided under the lock, on every try: a
     // blocking caller waits outside it, and a splice into the source may land meanwhile.
     blocking_loop(blocking, &waits, || {
-        let mut t = settle::lock(reg);
+        let mut t = settle::lock_quiet(reg, &[src, dst]);
         if reg.live_segments() == 0 {
             return call(nb);
         }
@@ -634,7 +650,7 @@ pub fn write_into_pipe(
             || blocking,
             &[(fd, libc::POLLOUT)],
             || {
-                let mut t: Guard = settle::lock(reg);
+                let mut t: Guard = settle::lock_quiet(reg, &[key]);
                 let rest = iov.get(first..).unwrap_or_default();
                 // SAFETY: `rest` are the caller's iovecs (adjusted below); the kernel
                 // checks the buffers they point to.

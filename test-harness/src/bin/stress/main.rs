@@ -59,7 +59,8 @@
 //!   [`ProducerStyle::victim`]): its incarnations take the points of
 //!   `SPLICECOW_TEST_PAUSE=POINT:US` in turn (`record`, `commit`, `retire`, `holder`:
 //!   inside a registry update; `settle`: between drain and refill), each pausing with the
-//!   registry lock held. Every transfer goes through the other of two descriptors of its
+//!   registry lock held; `call`: a recorded splice paused with the lock free and its
+//!   pipe marked as in the call, before the kernel call. Every transfer goes through the other of two descriptors of its
 //!   channel (a new holder each time), a quarter start at the end of the file (the intent
 //!   is dropped at commit), and 30 % of its operations are mutations (settles).
 //! - **quiet victim** (only with `--faults`; alone in the quiet domain,
@@ -227,7 +228,7 @@ struct RunArgs {
         long,
         value_delimiter = ',',
         value_parser = PAUSE_POINTS,
-        default_value = "record,commit,retire,holder,settle"
+        default_value = "record,commit,retire,holder,settle,call"
     )]
     pause_points: Vec<String>,
     /// libsplicecow.so (default: $SPLICECOW_LIB, else target/release, else target/debug).

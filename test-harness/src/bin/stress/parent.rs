@@ -42,8 +42,10 @@ impl Role {
 }
 
 /// The victim's test pause points (`SPLICECOW_TEST_PAUSE`), each inside one kind of
-/// registry update (or the settle) and holding the registry lock.
-pub(crate) const PAUSE_POINTS: [&str; 5] = ["record", "commit", "retire", "holder", "settle"];
+/// registry update (or the settle) and holding the registry lock, except `call` (a
+/// recorded splice's pipe marked as in its kernel call, the lock free).
+pub(crate) const PAUSE_POINTS: [&str; 6] =
+    ["record", "commit", "retire", "holder", "settle", "call"];
 
 pub(crate) struct Worker {
     pub(crate) role: Role,
@@ -139,8 +141,8 @@ pub(crate) struct Parent {
     /// Kills by role (in the order of [`ROLES`]).
     pub(crate) kills: [u64; 6],
     /// Kills of each victim while it slept in its pause, by point ([`PAUSE_POINTS`]).
-    pub(crate) paused_kills: [u64; 5],
-    pub(crate) quiet_paused_kills: [u64; 5],
+    pub(crate) paused_kills: [u64; PAUSE_POINTS.len()],
+    pub(crate) quiet_paused_kills: [u64; PAUSE_POINTS.len()],
     pub(crate) takeover_probes: u64,
     pub(crate) max_takeover_ns: u64,
     pub(crate) hangs: u64,

@@ -37,7 +37,8 @@ pub(crate) fn quiet_victim_main(ctx: &mut Ctx, point: &str) {
 ///   exact prune retires the consumed segment);
 /// - `holder`: a second splice through a duplicate of the pipe's descriptor (the holder
 ///   list is rewritten);
-/// - `settle`: a `pwrite` into the spliced range (the pipe is settled).
+/// - `settle`: a `pwrite` into the spliced range (the pipe is settled);
+/// - `call`: as `record`, paused with the lock free before the kernel call.
 ///
 /// Unless killed, the victim then reads the pipe empty and punches a hole over the range
 /// (the exact prune retires its segments while the pipe is still reachable: a dead pipe
@@ -70,7 +71,7 @@ pub(crate) fn torn_update_attempt(ctx: &mut Ctx, k: usize, point: &str) {
     };
     ctx.slot.begin_code(op);
     let done = match point {
-        "record" => splice_range(fd, second, w.as_raw_fd(), len) > 0,
+        "record" | "call" => splice_range(fd, second, w.as_raw_fd(), len) > 0,
         "commit" => splice_range(fd, QUIET_FILE_LEN, w.as_raw_fd(), len) == 0,
         "holder" => alias.is_ok_and(|a| splice_range(fd, second, a.as_raw_fd(), len) > 0),
         "retire" => punch_hole(fd, off, len),
