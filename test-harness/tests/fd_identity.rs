@@ -6,6 +6,10 @@
 //! Every scenario: splice 64 KiB of file B into a pipe (nobody reads yet), make fd N name
 //! file A and write to it (the shim learns "N is A"), close or replace N in the way under
 //! test, make N name B, `pwrite` 16 `B`s into B's spliced range through N, read the pipe.
+//! The closes include raw `close`/`close_range` system calls, which no hook sees: there the
+//! call that reuses the number (`open`, `fopen`, `pipe`) must make the shim forget it. In
+//! the pipe case the learned number named a pipe, and B is spliced into the new pipe on
+//! the same numbers, which is then read.
 //! Without the shim the reader gets the 16 new bytes (if this kernel does not show it,
 //! the test says so); with it, exactly the spliced bytes.
 
@@ -33,6 +37,7 @@ const PROGRAM_C: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -85,6 +90,7 @@ int main(int argc, char **argv) {
     if (src < 0 || pread(src, orig, LEN, 0) != LEN) die("read B");
     int p[2];
     if (pipe(p) || fcntl(p[1], F_SETPIPE_SZ, 4 * LEN) < 0) die("pipe");
+    int rd = p[0];
     for (loff_t off = 0; off < LEN;) {
         ssize_t r = splice(src, &off, p[1], NULL, LEN - off, 0);
         if (r <= 0) die("splice");
@@ -136,6 +142,31 @@ int main(int argc, char **argv) {
         if (write(n, "x", 1) != 1) die("write popen");
         pclose(f);
         mutate(open_b_as(n));
+    } else if (!strcmp(mode, "raw-close-open")) {
+        int n = open_a();
+        syscall(SYS_close, n);
+        mutate(open_b_as(n));
+    } else if (!strcmp(mode, "raw-close-fopen")) {
+        int n = open_a();
+        syscall(SYS_close_range, n, n, 0);
+        FILE *f = fopen(path_b, "r+");
+        if (!f || fileno(f) != n) die("fopen B");
+        mutate(fileno(f));
+    } else if (!strcmp(mode, "raw-close-pipe")) {
+        int q[2];
+        char x;
+        if (pipe(q) || write(q[1], "x", 1) != 1 || read(q[0], &x, 1) != 1) die("pipe q");
+        syscall(SYS_close, q[0]);
+        syscall(SYS_close, q[1]);
+        int q2[2];
+        if (pipe(q2) || q2[0] != q[0] || q2[1] != q[1]) die("pipe q2");
+        for (loff_t off = 0; off < LEN;) {
+            ssize_t r = splice(src, &off, q2[1], NULL, LEN - off, 0);
+            if (r <= 0) die("splice q2");
+        }
+        mutate(open(path_b, O_RDWR));
+        close(q2[1]);
+        rd = q2[0];
     } else if (!strcmp(mode, "unshare")) {
         int n = open_a();
         pthread_t t;
@@ -156,7 +187,7 @@ int main(int argc, char **argv) {
     }
     close(p[1]);
     size_t n = 0;
-    for (ssize_t k; (k = read(p[0], got + n, sizeof got - n)) > 0;) n += (size_t)k;
+    for (ssize_t k; (k = read(rd, got + n, sizeof got - n)) > 0;) n += (size_t)k;
     size_t bad = n > LEN ? n - LEN : LEN - n;
     for (size_t i = 0; i < n && i < LEN; i++) bad += got[i] != orig[i];
     printf("received %zu mismatched %zu\n", n, bad);
@@ -262,6 +293,21 @@ fn closedir_then_reuse() {
 #[test]
 fn pclose_then_reuse() {
     reused_number_is_seen("pclose");
+}
+
+#[test]
+fn raw_close_then_open_reuses_the_number() {
+    reused_number_is_seen("raw-close-open");
+}
+
+#[test]
+fn raw_close_range_then_fopen_reuses_the_number() {
+    reused_number_is_seen("raw-close-fopen");
+}
+
+#[test]
+fn raw_close_of_a_learned_pipe_then_pipe_reuses_the_numbers() {
+    reused_number_is_seen("raw-close-pipe");
 }
 
 #[test]

@@ -149,6 +149,7 @@ unsafe fn closefrom_impl(real: unsafe extern "C" fn(c_int), lowfd: c_int) {
 unsafe fn dup_impl(real: unsafe extern "C" fn(c_int) -> c_int, old: c_int) -> c_int {
     // SAFETY: the caller's argument.
     let r = unsafe { real(old) };
+    fdcache::Created::forget_created(&r);
     if r >= 0 && lifetime::hinted(old) {
         inside(|| lifetime::after_dup(old, r));
     }
@@ -199,6 +200,9 @@ unsafe fn fcntl_impl(
     // SAFETY: the caller's arguments, the third as the register it came in.
     let r = unsafe { real(fd, cmd, arg) };
     let dup = cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC;
+    if dup {
+        fdcache::Created::forget_created(&r);
+    }
     if r >= 0 && dup && (lifetime::hinted(fd) || lifetime::hinted(r)) {
         inside(|| lifetime::after_dup(fd, r));
     }

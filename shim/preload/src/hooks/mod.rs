@@ -4,6 +4,7 @@
 //! from here.
 
 mod copy;
+mod creates;
 mod exec;
 mod fallocate;
 mod fds;
@@ -24,7 +25,10 @@ mod write;
 ///   preserved, let the registry settle what it overlaps, then call the real function;
 /// - `=> with PATH;`: call `PATH(real, args...)`, which does the whole job;
 /// - `=> unguarded PATH;`: the same without entering the shim first: for hooks whose
-///   fast path is cheaper than the re-entrancy flag (`PATH` enters it when it must).
+///   fast path is cheaper than the re-entrancy flag (`PATH` enters it when it must);
+/// - `=> creates ();`: call the real function, then let the fd identity cache forget the
+///   fd the call returned (an `int`, or the fd of a returned `FILE *`/`DIR *`);
+/// - `=> before_creating EXPR;`: `before`, then the same as `creates`.
 macro_rules! hooks {
     ($( $(#[$m:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty => $how:ident $body:expr; )*) => {$(
         $(#[$m])*
@@ -53,6 +57,17 @@ macro_rules! hooks {
         }
         // SAFETY: same arguments the caller gave us, to the real function.
         unsafe { $real($($arg),*) }
+    }};
+    (@body creates $unused:expr, $real:ident, $($arg:ident),*) => {{
+        // SAFETY: same arguments the caller gave us, to the real function.
+        let r = unsafe { $real($($arg),*) };
+        $crate::state::fdcache::Created::forget_created(&r);
+        r
+    }};
+    (@body before_creating $mutation:expr, $real:ident, $($arg:ident),*) => {{
+        let r = hooks!(@body before $mutation, $real, $($arg),*);
+        $crate::state::fdcache::Created::forget_created(&r);
+        r
     }};
     (@body unguarded $imp:expr, $real:ident, $($arg:ident),*) => {{
         // SAFETY: the implementation receives exactly the caller's arguments.

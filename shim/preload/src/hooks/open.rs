@@ -14,29 +14,29 @@ use libc::{c_char, c_int, mode_t, AT_FDCWD, FILE};
 
 hooks! {
     /// `open(2)`.
-    fn open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int => before open_mutation(AT_FDCWD, path, flags);
+    fn open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int => before_creating open_mutation(AT_FDCWD, path, flags);
     /// `open64`.
-    fn open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int => before open_mutation(AT_FDCWD, path, flags);
+    fn open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int => before_creating open_mutation(AT_FDCWD, path, flags);
     /// `__open_2` (fortified `open` without mode).
-    fn __open_2(path: *const c_char, flags: c_int) -> c_int => before open_mutation(AT_FDCWD, path, flags);
+    fn __open_2(path: *const c_char, flags: c_int) -> c_int => before_creating open_mutation(AT_FDCWD, path, flags);
     /// `__open64_2`.
-    fn __open64_2(path: *const c_char, flags: c_int) -> c_int => before open_mutation(AT_FDCWD, path, flags);
+    fn __open64_2(path: *const c_char, flags: c_int) -> c_int => before_creating open_mutation(AT_FDCWD, path, flags);
     /// `openat(2)`.
-    fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int => before open_mutation(dirfd, path, flags);
+    fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int => before_creating open_mutation(dirfd, path, flags);
     /// `openat64`.
-    fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int => before open_mutation(dirfd, path, flags);
+    fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int => before_creating open_mutation(dirfd, path, flags);
     /// `__openat_2`.
-    fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int => before open_mutation(dirfd, path, flags);
+    fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int => before_creating open_mutation(dirfd, path, flags);
     /// `__openat64_2`.
-    fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int => before open_mutation(dirfd, path, flags);
+    fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int => before_creating open_mutation(dirfd, path, flags);
     /// `creat(2)`: `O_CREAT|O_WRONLY|O_TRUNC`.
-    fn creat(path: *const c_char, mode: mode_t) -> c_int => before open_mutation(AT_FDCWD, path, libc::O_TRUNC);
+    fn creat(path: *const c_char, mode: mode_t) -> c_int => before_creating open_mutation(AT_FDCWD, path, libc::O_TRUNC);
     /// `creat64`.
-    fn creat64(path: *const c_char, mode: mode_t) -> c_int => before open_mutation(AT_FDCWD, path, libc::O_TRUNC);
+    fn creat64(path: *const c_char, mode: mode_t) -> c_int => before_creating open_mutation(AT_FDCWD, path, libc::O_TRUNC);
     /// `fopen(3)`.
-    fn fopen(path: *const c_char, mode: *const c_char) -> *mut FILE => before fopen_mutation(path, mode, std::ptr::null_mut());
+    fn fopen(path: *const c_char, mode: *const c_char) -> *mut FILE => before_creating fopen_mutation(path, mode, std::ptr::null_mut());
     /// `fopen64`.
-    fn fopen64(path: *const c_char, mode: *const c_char) -> *mut FILE => before fopen_mutation(path, mode, std::ptr::null_mut());
+    fn fopen64(path: *const c_char, mode: *const c_char) -> *mut FILE => before_creating fopen_mutation(path, mode, std::ptr::null_mut());
     /// `freopen(3)`; a null path reopens the stream's own file. The stream's fd number
     /// then names the new file.
     fn freopen(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE => with freopen_impl;

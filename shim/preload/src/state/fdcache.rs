@@ -4,17 +4,25 @@
 //! check cost no system call.
 //!
 //! Why it is never wrong: an fd number only changes what it names when it is closed or
-//! replaced (`close`, `close_range`, `closefrom`, `dup2`/`dup3` over it, and libc's own
-//! closes of what the program holds: `fclose`, `freopen`, `pclose`,
-//! `closedir`, `endmntent`, `daemon`, `login_tty`); every one of those hooks forgets the
-//! number before and after the real call. A number that is free cannot be in the cache
-//! (it was forgotten when it was closed), so fd-creating calls need no hook. A child on
-//! this process's memory (`vfork`, `clone(CLONE_VM)`) has its own fd table: it neither
-//! reads nor fills the cache. `unshare(CLONE_FILES)` gives one thread its own table: the
-//! cache is then off for good. What stays outside: closes made with raw system calls
-//! (`syscall(SYS_close)`, io_uring), as for every other hooked call; and a program that
-//! uses an fd in one thread while another thread closes it (already a race in the
-//! program: its own call may reach whatever the number names next).
+//! replaced and then given out again. Every call through which a program closes or
+//! replaces fds is hooked and forgets the number before and after the real call (`close`,
+//! `close_range`, `closefrom`, `dup2`/`dup3` over it, and libc's own closes of what the
+//! program holds: `fclose`, `freopen`, `pclose`, `closedir`, `endmntent`, `daemon`,
+//! `login_tty`); and every call through which a program gets a new fd is hooked and
+//! forgets the number it returns (`open*`, `creat`, `fopen`, `tmpfile`, `mkstemp*`,
+//! `opendir`, `popen`, `pipe`, `pipe2`, `socket`, `socketpair`, `accept*`, `dup`,
+//! `fcntl(F_DUPFD*)`, `memfd_create`, `eventfd`, `timerfd_create`, `signalfd`,
+//! `epoll_create*`, `inotify_init*`, `fanotify_init`, `pidfd_open`, `open_by_handle_at`,
+//! `posix_openpt`, `getpt`, `shm_open`, and the `SCM_RIGHTS` fds of `recvmsg`/`recvmmsg`).
+//! So a close the shim cannot see (a raw `close` system call) leaves a stale entry only
+//! until the number is given out again through libc. A child on this process's memory
+//! (`vfork`, `clone(CLONE_VM)`) has its own fd table: it neither reads nor fills the
+//! cache. `unshare(CLONE_FILES)` gives one thread its own table: the cache is then off
+//! for good. What stays outside: a number closed *and* given out again without libc
+//! (raw system calls or io_uring for both, a program whose fd handling bypasses libc the
+//! way its writes then do too), and a program that uses an fd in one thread while another
+//! thread closes it (already a race in the program: its own call may reach whatever the
+//! number names next).
 //!
 //! Each entry is a generation counter plus the identity tagged with the generation it
 //! was learned in: forgetting bumps the generation (one atomic add, safe in a signal
@@ -173,6 +181,39 @@ pub fn replacing_range<T>(first: u32, last: u32, call: impl FnOnce() -> T) -> T 
     let r = call();
     forget_range(first, last);
     r
+}
+
+/// What an fd-creating call returns: the new fd it names is forgotten (see the module
+/// documentation: the number may have been closed behind the shim's back).
+pub trait Created {
+    /// Forgets the fd this result names, if any.
+    fn forget_created(&self);
+}
+
+impl Created for libc::c_int {
+    fn forget_created(&self) {
+        if *self >= 0 {
+            forget(*self);
+        }
+    }
+}
+
+impl Created for *mut libc::FILE {
+    fn forget_created(&self) {
+        if !self.is_null() {
+            // SAFETY: a stream the real call just returned; fileno only reads its fd.
+            forget(unsafe { libc::fileno(*self) });
+        }
+    }
+}
+
+impl Created for *mut libc::DIR {
+    fn forget_created(&self) {
+        if !self.is_null() {
+            // SAFETY: a directory stream the real call just returned; dirfd reads its fd.
+            forget(unsafe { libc::dirfd(*self) });
+        }
+    }
 }
 
 /// Turns the cache off for good: a thread of this process now has an fd table of its own.

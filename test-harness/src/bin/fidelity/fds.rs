@@ -204,6 +204,57 @@ pub(crate) fn battery_fds(b: &mut Battery) -> Res<()> {
             }
             ok
         })?;
+        // The fd-creating calls the fd identity cache hooks (results closed again).
+        let fd_or = |r: c_int| close_ret(r);
+        b.case("socket.ok", || {
+            fd_or(libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0))
+        })?;
+        b.case("socket.bad_domain", || {
+            libc::socket(-1, libc::SOCK_STREAM, 0).into()
+        })?;
+        b.case("pipe2.bad_flags", || {
+            let mut p = [-1; 2];
+            libc::pipe2(p.as_mut_ptr(), -1).into()
+        })?;
+        b.case("pipe2.bad_pointer", || {
+            libc::pipe2(8 as *mut c_int, 0).into()
+        })?;
+        b.case("socketpair.ok", || {
+            let mut p = [-1; 2];
+            let r = libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, p.as_mut_ptr());
+            libc::close(p[0]);
+            libc::close(p[1]);
+            r.into()
+        })?;
+        b.case("eventfd.bad_flags", || libc::eventfd(0, -1).into())?;
+        b.case("memfd_create.bad_flags", || {
+            libc::memfd_create(c"x".as_ptr(), u32::MAX).into()
+        })?;
+        b.case("epoll_create1.ok", || fd_or(libc::epoll_create1(0)))?;
+        b.case("epoll_create.zero", || libc::epoll_create(0).into())?;
+        b.case("mkstemp.bad_template", || {
+            let mut t = *b"/tmp/no-x\0";
+            libc::mkstemp(t.as_mut_ptr().cast()).into()
+        })?;
+        b.case("opendir.missing", || {
+            i64::from(libc::opendir(c"/nonexistent/d".as_ptr()).is_null())
+        })?;
+        b.case("tmpfile.ok", || {
+            let f = libc::tmpfile();
+            let ok = !f.is_null();
+            if ok {
+                libc::fclose(f);
+            }
+            i64::from(ok)
+        })?;
+        b.case("accept.not_a_socket", || {
+            libc::accept(f, std::ptr::null_mut(), std::ptr::null_mut()).into()
+        })?;
+        b.case("recvmsg.bad_fd", || {
+            // SAFETY: an all-zero msghdr is a valid empty message.
+            let mut m: libc::msghdr = std::mem::zeroed();
+            libc::recvmsg(-1, &mut m, 0) as i64
+        })?;
         b.case("unshare.bad_flags", || libc::unshare(-1).into())?;
         b.case("unshare.files", || libc::unshare(libc::CLONE_FILES).into())?;
         b.case("fork_without_handlers", || {
