@@ -714,10 +714,40 @@ pub fn in_syscall(pid: u32, numbers: &[libc::c_long]) -> bool {
     })
 }
 
-/// True when a thread of process `pid` is blocked in the raw `nanosleep` system call,
-/// which is where the shim's test pauses (`SPLICECOW_TEST_PAUSE`) sleep.
-pub fn in_nanosleep(pid: u32) -> bool {
-    in_syscall(pid, &[libc::SYS_nanosleep])
+/// True when a thread of process `pid` sleeps in the raw `nanosleep` system call for a
+/// time `pause` accepts (nanoseconds; `None` when the request cannot be read from the
+/// process's memory). The shim's test pauses (`SPLICECOW_TEST_PAUSE`) sleep there, and
+/// so do its waits for a busy registry lock (20 µs at a time): only the requested time
+/// tells them apart.
+pub fn in_nanosleep_for(pid: u32, pause: impl Fn(Option<u64>) -> bool) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok();
+    tasks.flatten().any(|t| {
+        let Ok(call) = std::fs::read_to_string(t.path().join("syscall")) else {
+            return false;
+        };
+        let mut fields = call.split_whitespace();
+        if fields.next().and_then(|n| n.parse::<libc::c_long>().ok()) != Some(libc::SYS_nanosleep) {
+            return false;
+        }
+        let request = fields
+            .next()
+            .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+        let mut ts = [0u8; 16];
+        let requested = match (&mem, request) {
+            (Some(mem), Some(at)) if mem.read_exact_at(&mut ts, at).is_ok() => {
+                let (secs, nanos) = ts.split_at(8);
+                let secs = u64::from_le_bytes(secs.try_into().unwrap_or_default());
+                let nanos = u64::from_le_bytes(nanos.try_into().unwrap_or_default());
+                Some(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
+            }
+            _ => None,
+        };
+        pause(requested)
+    })
 }
 
 /// Waits until a thread of `child` is blocked in one of the system calls `numbers`;
@@ -742,10 +772,23 @@ pub fn wait_for_syscall(
     }
 }
 
-/// Waits until `child` sits in a test pause ([`in_nanosleep`]); false when it exited or
-/// `timeout` passed first.
+/// Waits until `child` sits in a test pause of a second or more ([`in_nanosleep_for`]:
+/// a wait for the registry lock is no pause); false when it exited or `timeout` passed
+/// first.
 pub fn wait_for_pause(child: &mut Child, timeout: Duration) -> io::Result<bool> {
-    wait_for_syscall(child, &[libc::SYS_nanosleep], timeout)
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        if in_nanosleep_for(child.id(), |ns| ns.is_none_or(|ns| ns >= 1_000_000_000)) {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Counter `name` of a [`domain_stats`] answer (`None` when the library lacks it).

@@ -471,35 +471,9 @@ pub(crate) fn wait_stopped(pid: i32) -> bool {
     false
 }
 
-/// Whether a thread of the stopped process `pid` sleeps in the shim's test pause:
-/// `SYS_nanosleep`, which only the shim uses (Rust and glibc sleep with
-/// `clock_nanosleep`), for `pause_ns` (the shim's waits for the registry lock are
-/// shorter). The requested time is read from the process's memory; where that cannot be
+/// Whether a thread of the stopped process `pid` sleeps in the shim's test pause of
+/// `pause_ns` (its waits for the registry lock are shorter); where the request cannot be
 /// read, any `SYS_nanosleep` counts.
 pub(crate) fn in_shim_pause(pid: i32, pause_ns: u64) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    let mem = File::open(format!("/proc/{pid}/mem")).ok();
-    tasks.flatten().any(|t| {
-        let Ok(call) = std::fs::read_to_string(t.path().join("syscall")) else {
-            return false;
-        };
-        let mut fields = call.split_whitespace();
-        if fields.next().and_then(|n| n.parse::<i64>().ok()) != Some(libc::SYS_nanosleep) {
-            return false;
-        }
-        let request = fields
-            .next()
-            .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
-        let mut ts = [0u8; 16];
-        match (&mem, request) {
-            (Some(mem), Some(at)) if mem.read_exact_at(&mut ts, at).is_ok() => {
-                let secs = u64::from_le_bytes(ts[..8].try_into().unwrap_or_default());
-                let nanos = u64::from_le_bytes(ts[8..].try_into().unwrap_or_default());
-                secs.saturating_mul(1_000_000_000).saturating_add(nanos) == pause_ns
-            }
-            _ => true,
-        }
-    })
+    splicecow_test_harness::in_nanosleep_for(pid as u32, |ns| ns.is_none_or(|ns| ns == pause_ns))
 }
