@@ -127,29 +127,3 @@ pub fn with(domain: &str, index: &'static Index, f: impl FnOnce(&Registry)) -> R
     }
     Reached::Yes
 }
-
-/// Walks the whole user index once and removes every entry that no longer holds: the
-/// domain is gone, or has no live segment of the file any more once swept (entries left
-/// by a holder killed between its last retire and the removal, by a domain removed while
-/// its segments were recorded, or by a domain whose processes all died). Run after each
-/// sweep, so that stale entries cannot keep every process of the user off the idle
-/// fast path.
-pub fn clean_index(own: &Registry) {
-    let Some(index) = own.index().filter(|i| i.any_live()) else {
-        return;
-    };
-    index.for_each_live(|key, domain| {
-        if domain == own.domain() {
-            crate::ops::settle::lock(own).unpublish_if_dead(key);
-            return;
-        }
-        let reached = with(domain, index, |peer| {
-            // Its records may be stale too (its processes are gone, nobody sweeps it).
-            crate::ops::sweep::peer_if_due(peer);
-            crate::ops::settle::lock(peer).unpublish_if_dead(key);
-        });
-        if reached == Reached::Gone {
-            index.remove(key, domain);
-        }
-    });
-}

@@ -14,7 +14,7 @@
 //! left alone.
 
 use crate::ops::lifetime::prune_counted;
-use crate::ops::settle;
+use crate::ops::{peers, settle};
 use crate::state::pipe;
 use splicecow_registry::bounded::{at, at_mut};
 use splicecow_registry::{sys, FileKey, PipeSlot, Registry};
@@ -65,9 +65,35 @@ fn run_if_due_as(reg: &Registry, interval: u64, with_index: bool) -> bool {
     if with_index {
         // After our own sweep (its scratch is free again): entries of the user index
         // that no longer hold, sweeping the other domains they name on the way.
-        crate::ops::peers::clean_index(reg);
+        clean_index(reg);
     }
     true
+}
+
+/// Walks the whole user index once and removes every entry that no longer holds: the
+/// domain is gone, or has no live segment of the file any more once swept (entries left
+/// by a holder killed between its last retire and the removal, by a domain removed while
+/// its segments were recorded, or by a domain whose processes all died). Run after each
+/// sweep, so that stale entries cannot keep every process of the user off the idle
+/// fast path.
+pub fn clean_index(own: &Registry) {
+    let Some(index) = own.index().filter(|i| i.any_live()) else {
+        return;
+    };
+    index.for_each_live(|key, domain| {
+        if domain == own.domain() {
+            settle::lock(own).unpublish_if_dead(key);
+            return;
+        }
+        let reached = peers::with(domain, index, |peer| {
+            // Its records may be stale too (its processes are gone, nobody sweeps it).
+            peer_if_due(peer);
+            settle::lock(peer).unpublish_if_dead(key);
+        });
+        if reached == peers::Reached::Gone {
+            index.remove(key, domain);
+        }
+    });
 }
 
 /// A pipe no recorded holder reaches, as it was when the sweep saw it.
