@@ -223,13 +223,7 @@ fn splice_and_read(fd: RawFd, chunk: usize, iters: usize, nonblock: bool) -> Res
             {
                 break n;
             }
-            let mut p = libc::pollfd {
-                fd: w.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut p, 1, -1) };
+            splicecow_test_harness::sys::wait_fd(w.as_raw_fd(), libc::POLLOUT);
         };
         if n <= 0 {
             return Err(os_err("splice"));

@@ -29,6 +29,7 @@ pub(crate) fn throughput_once(
     let len = plan.file_len * plan.thr_passes;
     let (shim, how) = match variant {
         "raw splice" => (Shim::Off, "splice"),
+        "raw nonblock" => (Shim::Off, "splice-nonblock"),
         "protect" => (Shim::Protect, "splice"),
         "copy mode" => (Shim::Copy, "splice"),
         _ => (Shim::Off, "readwrite"),
@@ -110,7 +111,15 @@ pub(crate) fn throughput_once(
 }
 
 pub(crate) fn section_throughput(ctx: &Ctx, plan: &Plan) -> Res<Value> {
-    const VARIANTS: [&str; 4] = ["raw splice", "protect", "copy mode", "pread/write"];
+    const VARIANTS: [&str; 5] = [
+        "raw splice",
+        "raw nonblock",
+        "protect",
+        "copy mode",
+        "pread/write",
+    ];
+    /// The shim's variant, which the goal is about.
+    const PROTECT: usize = 2;
     const SIZES: [usize; 3] = [64 * KIB, 256 * KIB, MIB];
     println!(
         "\n1. Throughput: file -> pipe -> unshimmed reader (read()), {} MiB cached file \
@@ -133,25 +142,26 @@ pub(crate) fn section_throughput(ctx: &Ctx, plan: &Plan) -> Res<Value> {
         }
     }
     println!(
-        "   {:<8} {:<12} {:>8} {:>9}   goal",
-        "pipe", "variant", "GiB/s", "x raw"
+        "   {:<8} {:<12} {:>8} {:>10}   goal   (x best raw: against the faster of raw splice and \
+         raw non-blocking splice + poll, per repetition)",
+        "pipe", "variant", "GiB/s", "x best raw"
     );
     let mut rows = Vec::new();
     for (si, &size) in SIZES.iter().enumerate() {
         for (vi, name) in VARIANTS.iter().enumerate() {
             let ratios: Vec<f64> = gib[si][vi]
                 .iter()
-                .zip(&gib[si][0])
-                .map(|(v, raw)| v / raw)
+                .zip(gib[si][0].iter().zip(&gib[si][1]))
+                .map(|(v, (raw, nonblock))| v / raw.max(*nonblock))
                 .collect();
             let ratio = median(&ratios);
-            let goal = if vi == 1 && size >= 256 * KIB {
+            let goal = if vi == PROTECT && size >= 256 * KIB {
                 format!(">= 0.95x  {}", verdict(ratio >= 0.95))
             } else {
                 String::new()
             };
             println!(
-                "   {:<8} {:<12} {:>8.2} {:>8.3}x   {}",
+                "   {:<8} {:<12} {:>8.2} {:>9.3}x   {}",
                 format!("{} KiB", size / KIB),
                 name,
                 median(&gib[si][vi]),
@@ -160,8 +170,8 @@ pub(crate) fn section_throughput(ctx: &Ctx, plan: &Plan) -> Res<Value> {
             );
             rows.push(json!({
                 "pipe_bytes": size, "variant": name, "gib_s": median(&gib[si][vi]),
-                "ratio_to_raw": ratio, "samples_gib_s": gib[si][vi],
-                "goal_met": (vi == 1 && size >= 256 * KIB).then_some(ratio >= 0.95),
+                "ratio_to_best_raw": ratio, "samples_gib_s": gib[si][vi],
+                "goal_met": (vi == PROTECT && size >= 256 * KIB).then_some(ratio >= 0.95),
             }));
         }
     }

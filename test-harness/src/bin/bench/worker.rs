@@ -144,6 +144,24 @@ pub(crate) fn write_file_once(
                 }
             }
         }
+        "splice-nonblock" => {
+            while off < len {
+                let r = splice_at(fd, &mut off, 1, chunk, libc::SPLICE_F_NONBLOCK);
+                if r < 0 {
+                    match std::io::Error::last_os_error().raw_os_error() {
+                        Some(libc::EAGAIN) => {
+                            splicecow_test_harness::sys::wait_fd(1, libc::POLLOUT)
+                        }
+                        Some(libc::EINTR) => {}
+                        _ => return Err(os_err("splice")),
+                    }
+                    continue;
+                }
+                if r == 0 {
+                    return Err(format!("splice returned 0 at offset {off}").into());
+                }
+            }
+        }
         "readwrite" => {
             while off < len {
                 let n = f
