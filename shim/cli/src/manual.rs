@@ -534,7 +534,7 @@ pub fn files_section(roff: &mut Roff, library: &str) {
         &[Block::Tagged(vec![
             (
                 "/dev/shm/splicecow-EUID-DOMAIN".to_string(),
-                "The registry of one domain of one user (mode 0600, 7.4 MiB, sparse). \
+                "The registry of one domain of one user (mode 0600, 8.6 MiB, sparse). \
                  splicecow run removes the registries it created; the default domain's stays."
                     .to_string(),
             ),
@@ -734,7 +734,7 @@ pub fn library_page(version: &str, library: &str) -> String {
             ),
             Block::Para(
                 "The registry is /dev/shm/splicecow-EUID-DOMAIN: sized by the process that \
-                 creates it (7.4 MiB by default, only touched pages use memory; see \
+                 creates it (8.6 MiB by default, only touched pages use memory; see \
                  SPLICECOW_REGISTRY_PIPES), mode 0600, created exclusively, checked on open \
                  (owner, type, mode, magic, layout version, size against the capacities it \
                  records). By default it holds at most 2048 pipes with live segments, 64 \

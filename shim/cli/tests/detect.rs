@@ -249,8 +249,17 @@ fn check_schema<'a>(v: &'a Value, domain_prefix: &str, run_pid: u32) -> &'a Valu
     }
     assert!(seg["pipe_ino"].as_u64().unwrap() > 0, "{v}");
     assert!(seg["age_ms"].as_u64().unwrap() < 60_000, "{v}");
+    for stack in [&v["stack"], &seg["stack"]] {
+        let frames = stack.as_array().unwrap_or_else(|| panic!("stack: {v}"));
+        assert!(!frames.is_empty(), "empty stack: {v}");
+        for f in frames {
+            let in_module = f["module"].is_string() && f["offset"].is_string();
+            assert!(in_module || f["pc"].is_string(), "frame {f}: {v}");
+        }
+    }
     let known: Vec<&str> = vec![
-        "time", "domain", "pid", "exe", "kind", "path", "offset", "len", "segment",
+        "time", "domain", "pid", "exe", "kind", "path", "offset", "len", "stack", "segment",
+        "count",
     ];
     for key in v.as_object().unwrap().keys() {
         assert!(known.contains(&key.as_str()), "unknown field {key}: {v}");
