@@ -342,6 +342,47 @@ pub const DEMO: Page = Page {
     env: &["SPLICECOW_LIB"],
 };
 
+/// `splicecow symbolize`.
+pub const SYMBOLIZE: Page = Page {
+    notes: &[
+        "Reads a detect-mode report (the JSON lines libsplicecow writes, see \
+         libsplicecow(7)) and resolves every frame of its call stacks (the mutation's, \
+         `stack`, and the splice's, `segment.stack`, each frame a module path and an \
+         offset): function, file and line where the module has DWARF debug information, \
+         else symbol + offset from its symbol table, else module + offset as recorded. \
+         The modules are read from the paths the report names, so run it on the machine \
+         (or an identical image) where the report was collected. Lines with the same \
+         mutation kind and the same pair of call stacks are merged into one with a \
+         `count`. Each conflict is printed on stderr like a sanitizer report, ending in a \
+         SUMMARY line; splicecow run --mode detect does the same at exit.",
+    ],
+    examples: &[
+        Example {
+            what: "resolve a report collected in CI, JSON lines on stdout",
+            command: "splicecow symbolize splicecow-report.jsonl",
+        },
+        Example {
+            what: "write it as SARIF 2.1.0 for a code-scanning view",
+            command: "splicecow symbolize splicecow-report.jsonl --output splicecow.sarif",
+        },
+    ],
+    exit: &[
+        Status {
+            code: "0",
+            meaning: "the report was read (whether or not it had conflicts)",
+        },
+        Status {
+            code: "1",
+            meaning: "the report could not be read or the output not written",
+        },
+        Status {
+            code: "2",
+            meaning: "usage error",
+        },
+    ],
+    env: &["SPLICECOW_REPORT"],
+};
+
 /// `splicecow completions`.
 pub const COMPLETIONS: Page = Page {
     notes: &[
@@ -881,7 +922,7 @@ mod tests {
                 "{name} is read by the code but not in manual::ENVIRONMENT"
             );
         }
-        for page in [&TOP, &RUN, &STATS, &DOCTOR, &DEMO, &COMPLETIONS] {
+        for page in [&TOP, &RUN, &STATS, &DOCTOR, &DEMO, &SYMBOLIZE, &COMPLETIONS] {
             for n in page.env {
                 assert!(ENVIRONMENT.iter().any(|v| v.name == *n), "{n}");
             }

@@ -336,6 +336,31 @@ fn detect_reports_each_conflict_once_with_the_documented_schema() {
         assert_eq!(v["segment"]["offset"], 0, "{v}");
         assert_eq!(v["segment"]["len"], SPLICED, "{v}");
     }
+    // The stacks resolve to the interpreter's C functions (by name where the interpreter
+    // has debug information or a symbol table for them).
+    for (kind, mutation, splice) in [
+        ("ftruncate", "os_ftruncate", "os_splice"),
+        ("pwrite", "os_pwrite", "os_splice"),
+    ] {
+        let v = by_kind(kind);
+        for (stack, name) in [(&v["stack"], mutation), (&v["segment"]["stack"], splice)] {
+            let frames = stack.as_array().unwrap();
+            assert!(
+                frames
+                    .iter()
+                    .any(|f| f["module"].as_str().is_some_and(|m| m.contains("python"))),
+                "no frame in the interpreter: {v}"
+            );
+            let named: Vec<&str> = frames
+                .iter()
+                .filter_map(|f| f["function"].as_str().or(f["symbol"].as_str()))
+                .collect();
+            assert!(
+                named.is_empty() || named.iter().any(|n| n.starts_with(name)),
+                "{name} missing: {v}"
+            );
+        }
+    }
     assert_eq!(lines[0]["domain"], lines[1]["domain"]);
     assert_ne!(
         lines[0]["segment"]["pipe_ino"], lines[1]["segment"]["pipe_ino"],
