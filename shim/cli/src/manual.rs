@@ -95,6 +95,14 @@ pub const ENVIRONMENT: &[Variable] = &[
                   takes precedence.",
     },
     Variable {
+        name: env::STACKS,
+        meaning: "Detect mode: 0 keeps no call stacks (the report's stack and segment.stack \
+                  are then empty); default 1: the splicing call's stack is kept with each \
+                  segment and the mutating call's is taken when it conflicts, both resolved to \
+                  functions and lines by splicecow run at exit (or splicecow symbolize). Read \
+                  once when a process starts.",
+    },
+    Variable {
         name: env::TEST_PAUSE,
         meaning: "For splicecow's own fault tests only: POINT:MICROSECONDS[,...] makes a \
                   process sleep at a point inside a registry update (record, commit, retire, \
@@ -147,6 +155,7 @@ pub const TOP: Page = Page {
         "SPLICECOW_DOMAIN",
         "SPLICECOW_MODE",
         "SPLICECOW_REPORT",
+        "SPLICECOW_STACKS",
         "SPLICECOW_LIB",
         "SPLICECOW_PRIVATE_SNAPSHOTS",
         "SPLICECOW_SNAPSHOT_TIMEOUT_MS",
@@ -174,6 +183,12 @@ pub const RUN: Page = Page {
          mutating call that hit an in-flight segment, and protect mode increments it too, for \
          conflicts it settled); the summary counts report lines (one per conflict) when there \
          are any, else that counter.",
+        "In detect mode the report's call stacks (the mutating call's and the splice's, \
+         module + offset per frame) are resolved at exit to function and file:line (DWARF), \
+         else symbol + offset, and lines from the same pair of call sites are merged with a \
+         count (see splicecow-symbolize(1)); the report file is rewritten so, and each \
+         conflict is printed on stderr like a sanitizer report ending in a SUMMARY line. A \
+         --report path ending in .sarif is written as SARIF 2.1.0 instead.",
     ],
     examples: &[
         Example {
@@ -218,6 +233,7 @@ pub const RUN: Page = Page {
         "SPLICECOW_DOMAIN",
         "SPLICECOW_MODE",
         "SPLICECOW_REPORT",
+        "SPLICECOW_STACKS",
         "SPLICECOW_PRIVATE_SNAPSHOTS",
         "SPLICECOW_REGISTRY_PIPES",
     ],
@@ -380,7 +396,7 @@ pub const SYMBOLIZE: Page = Page {
             meaning: "usage error",
         },
     ],
-    env: &["SPLICECOW_REPORT"],
+    env: &["SPLICECOW_REPORT", "SPLICECOW_STACKS"],
 };
 
 /// `splicecow completions`.
@@ -736,8 +752,9 @@ pub fn library_page(version: &str, library: &str) -> String {
                 (
                     "detect".into(),
                     "Zero-copy transfers, no settle: each conflicting segment is reported once \
-                     as a JSON line (to $SPLICECOW_REPORT, else standard error). The data is not \
-                     protected; this mode finds code that splices a file and then changes it \
+                     as a JSON line (to $SPLICECOW_REPORT, else standard error), with the \
+                     splicing and the mutating call stacks as module + offset frames \
+                     (SPLICECOW_STACKS=0: none). The data is not protected; this mode finds code that splices a file and then changes it \
                      (splicecow run --mode detect --fail-on-conflict)."
                         .into(),
                 ),
@@ -842,6 +859,7 @@ pub fn library_page(version: &str, library: &str) -> String {
             "SPLICECOW_DOMAIN",
             "SPLICECOW_MODE",
             "SPLICECOW_REPORT",
+            "SPLICECOW_STACKS",
             "SPLICECOW_PRIVATE_SNAPSHOTS",
             "SPLICECOW_SNAPSHOT_TIMEOUT_MS",
             "SPLICECOW_REGISTRY_PIPES",

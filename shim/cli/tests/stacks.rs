@@ -126,8 +126,20 @@ fn finish(mut cmd: Command) -> Output {
 
 /// `splicecow run --mode detect --report REPORT -- EXE DATA MODE`: stderr and the report.
 fn detect(dir: &Path, exe: &Path, mode: &str, report: &str) -> (String, String) {
+    detect_with(dir, exe, mode, report, &[])
+}
+
+/// [`detect`] with more environment variables.
+fn detect_with(
+    dir: &Path,
+    exe: &Path,
+    mode: &str,
+    report: &str,
+    env: &[(&str, &str)],
+) -> (String, String) {
     let report = dir.join(report);
     let mut cmd = clean(BIN, &["run", "--mode", "detect", "--report"]);
+    cmd.envs(env.iter().copied());
     cmd.arg(&report)
         .arg("--")
         .arg(exe)
@@ -266,6 +278,23 @@ fn stacks_are_captured_in_signal_handlers_and_forked_children() {
     );
     assert!(frame(&v["stack"], "corrupt").is_some(), "{v}");
     assert!(frame(&v["segment"]["stack"], "produce").is_some(), "{v}");
+}
+
+#[test]
+fn stacks_can_be_turned_off() {
+    let s = Scratch::new("stackstest", "off");
+    let exe = build(&s.0, "conflict-g", &["-g"], false);
+    let (err, report) = detect_with(
+        &s.0,
+        &exe,
+        "plain",
+        "report.jsonl",
+        &[("SPLICECOW_STACKS", "0")],
+    );
+    let v = only(&report);
+    assert_eq!(v["stack"], serde_json::json!([]), "{v}");
+    assert_eq!(v["segment"]["stack"], serde_json::json!([]), "{v}");
+    assert!(err.contains("(no stack recorded)"), "{err}");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use crate::state::runtime::{self, Mode};
 use splicecow_registry::layout::{FRAME_OFFSET_BITS, STACK_FRAMES};
 use splicecow_registry::{Registry, Tables};
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use std::sync::OnceLock;
 
@@ -64,13 +64,26 @@ static FIND_OBJECT: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 static OWN: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 /// The main program's path (its link map names it ""), read at load.
 static EXE: OnceLock<Vec<u8>> = OnceLock::new();
+/// Set at load in detect mode unless `SPLICECOW_STACKS=0`: splices keep their stacks.
+static SPLICE_STACKS: AtomicBool = AtomicBool::new(false);
 
-/// Called from the library constructor: in detect mode, looks up `_dl_find_object`,
-/// notes this library's range and the executable's path, and walks one stack so that
-/// the unwinder's one-time setup is done before any hook needs it.
+/// Stacks are wanted (`SPLICECOW_STACKS` is not `0`).
+fn wanted() -> bool {
+    static WANTED: OnceLock<bool> = OnceLock::new();
+    *WANTED.get_or_init(|| {
+        std::env::var_os(splicecow_registry::env::STACKS)
+            .is_none_or(|v| v.as_encoded_bytes().trim_ascii() != b"0")
+    })
+}
+
+/// Called from the library constructor: in detect mode (unless `SPLICECOW_STACKS=0`),
+/// looks up `_dl_find_object`, notes this library's range and the executable's path,
+/// and walks one stack so that the unwinder's one-time setup is done before any hook
+/// needs it; from then on splices keep their stacks.
 pub fn install() {
-    if runtime::get().mode == Mode::Detect {
+    if runtime::get().mode == Mode::Detect && wanted() {
         set_up();
+        SPLICE_STACKS.store(true, Ordering::Release);
     }
 }
 
@@ -237,10 +250,12 @@ fn frame_of(reg: &Registry, pc: usize) -> u64 {
 
 /// Detect mode: the ticket of the calling splice's stack, interned in `t` (the tables
 /// of this process's domain, whose module table names the frames' modules); 0 in every
-/// other mode.
+/// other mode and with `SPLICECOW_STACKS=0` (one atomic load).
 pub fn splice_stack(t: &mut Tables) -> u32 {
-    let rt = runtime::get();
-    let Some(reg) = rt.registry.as_ref().filter(|_| rt.mode == Mode::Detect) else {
+    if !SPLICE_STACKS.load(Ordering::Acquire) {
+        return 0;
+    }
+    let Some(reg) = runtime::get().registry.as_ref() else {
         return 0;
     };
     let pcs = capture();
@@ -262,8 +277,12 @@ pub enum Frame {
     Raw(u64),
 }
 
-/// The frames of the calling thread's stack, for a report (off the lock: allocates).
+/// The frames of the calling thread's stack, for a report (off the lock: allocates);
+/// none with `SPLICECOW_STACKS=0`.
 pub fn own_frames() -> Vec<Frame> {
+    if !wanted() {
+        return Vec::new();
+    }
     set_up();
     capture()
         .as_slice()
