@@ -217,15 +217,28 @@ fn is_system(path: &str) -> bool {
         || !path.starts_with('/')
 }
 
+/// Is the source file at `path` a toolchain's or a dependency's (Rust's std, C and C++
+/// headers, crates from the cargo registry) rather than the program's own?
+fn is_toolchain_file(path: &str) -> bool {
+    path.starts_with("/rustc/")
+        || path.starts_with("/usr/include/")
+        || path.contains("/.rustup/toolchains/")
+        || path.contains("/.cargo/registry/")
+}
+
 /// The frame of `stack` that best names the program's own code: the first outside the
-/// system's libraries with a source line, else the first outside them, else the first.
+/// system's libraries with a source line that is not a toolchain's, else the first
+/// outside them with a line, else the first outside them, else the first.
 fn own_frame(stack: &Value) -> Option<&Value> {
     let frames = stack.as_array()?;
     let own = |f: &&Value| !is_system(f["module"].as_str().unwrap_or(""));
+    let lined = |f: &&Value| f.get("line").is_some();
     frames
         .iter()
         .filter(own)
-        .find(|f| f.get("line").is_some())
+        .filter(lined)
+        .find(|f| !is_toolchain_file(f["file"].as_str().unwrap_or("")))
+        .or_else(|| frames.iter().filter(own).find(lined))
         .or_else(|| frames.iter().find(own))
         .or_else(|| frames.first())
 }
@@ -534,5 +547,8 @@ mod tests {
                        {"module": "/home/u/prog", "offset": "0x2"},
                        {"module": "/home/u/prog", "offset": "0x3", "line": 9}]);
         assert_eq!(own_frame(&v).unwrap()["offset"], "0x3");
+        let rust = json!([{"module": "/p", "offset": "0x1", "line": 3, "file": "/rustc/abc/library/std/src/fs.rs"},
+                          {"module": "/p", "offset": "0x2", "line": 9, "file": "/src/main.rs"}]);
+        assert_eq!(own_frame(&rust).unwrap()["offset"], "0x2");
     }
 }

@@ -280,6 +280,99 @@ fn stacks_are_captured_in_signal_handlers_and_forked_children() {
     assert!(frame(&v["segment"]["stack"], "produce").is_some(), "{v}");
 }
 
+/// The same conflict in Rust: `produce` splices (libc's `splice`, which std does not
+/// wrap), `corrupt` writes through std (`FileExt::write_all_at`, which calls `pwrite64`).
+const RUST_PROGRAM: &str = r#"
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+
+extern "C" {
+    fn splice(fd_in: i32, off_in: *mut i64, fd_out: i32, off_out: *mut i64, len: usize, flags: u32) -> isize;
+    fn pipe(fds: *mut i32) -> i32;
+}
+
+#[inline(never)]
+fn produce(file: &File, pipe_w: i32) {
+    let mut off = 0i64;
+    let n = unsafe { splice(file.as_raw_fd(), &mut off, pipe_w, std::ptr::null_mut(), 65536, 0) }; // LINE:splice
+    assert_eq!(n, 65536);
+}
+
+#[inline(never)]
+fn corrupt(file: &File) {
+    file.write_all_at(&[b'X'; 16], 4096).unwrap(); // LINE:pwrite
+}
+
+fn main() {
+    let path = std::env::args().nth(1).unwrap();
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    file.write_all_at(&vec![b'a'; 65536], 0).unwrap();
+    let mut fds = [0i32; 2];
+    assert_eq!(unsafe { pipe(fds.as_mut_ptr()) }, 0);
+    produce(&file, fds[1]);
+    corrupt(&file);
+    let mut reader = unsafe { File::from_raw_fd(fds[0]) };
+    let mut back = vec![0u8; 65536];
+    reader.read_exact(&mut back).unwrap();
+    std::fs::remove_file(&path).unwrap();
+}
+"#;
+
+#[test]
+fn a_rust_program_through_std_names_its_functions_and_lines() {
+    let s = Scratch::new("stackstest", "rust");
+    let src = s.0.join("conflict.rs");
+    std::fs::write(&src, RUST_PROGRAM).unwrap();
+    let exe = s.0.join("conflict-rs");
+    let o = clean(
+        "rustc",
+        &["--edition", "2021", "-C", "opt-level=2", "-g", "-o"],
+    )
+    .arg(&exe)
+    .arg(&src)
+    .output()
+    .expect("rustc runs");
+    assert!(o.status.success(), "rustc: {}", text(&o.stderr));
+    let report = s.0.join("report.jsonl");
+    let mut cmd = clean(BIN, &["run", "--mode", "detect", "--report"]);
+    cmd.arg(&report).arg("--").arg(&exe).arg(s.0.join("data"));
+    let o = finish(cmd);
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let v = only(&std::fs::read_to_string(&report).unwrap());
+    let line = |name: &str| {
+        let marker = format!("LINE:{name}");
+        RUST_PROGRAM
+            .lines()
+            .position(|l| l.contains(&marker))
+            .map(|i| i as u64 + 1)
+            .unwrap()
+    };
+    for (stack, function, at) in [
+        (&v["stack"], "conflict::corrupt", line("pwrite")),
+        (&v["segment"]["stack"], "conflict::produce", line("splice")),
+    ] {
+        let f = frame(stack, function).unwrap_or_else(|| panic!("{function} missing: {v}"));
+        assert!(f["file"].as_str().unwrap().ends_with("conflict.rs"), "{v}");
+        assert_eq!(f["line"], at, "{v}");
+    }
+    // The frames between the program and the hook are std's.
+    assert!(
+        frames(&v["stack"]).iter().any(|f| f["function"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("std::"))),
+        "{v}"
+    );
+    let summary = format!(
+        "SUMMARY: splicecow: splice-then-pwrite at {}:{} in conflict::corrupt",
+        src.display(),
+        line("pwrite")
+    );
+    assert!(err.contains(&summary), "{summary} missing: {err}");
+}
+
 #[test]
 fn stacks_can_be_turned_off() {
     let s = Scratch::new("stackstest", "off");
