@@ -74,10 +74,15 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// The source line of the marker `LINE:name`.
+/// The source line of the marker `LINE:name` in the C program.
 fn line_of(name: &str) -> u64 {
+    line_in(PROGRAM, name)
+}
+
+/// The line of the marker `LINE:name` in `source`.
+fn line_in(source: &str, name: &str) -> u64 {
     let marker = format!("LINE:{name}");
-    PROGRAM
+    source
         .lines()
         .position(|l| l.contains(&marker))
         .map(|i| i as u64 + 1)
@@ -342,14 +347,7 @@ fn a_rust_program_through_std_names_its_functions_and_lines() {
     let err = text(&o.stderr);
     assert!(o.status.success(), "{err}");
     let v = only(&std::fs::read_to_string(&report).unwrap());
-    let line = |name: &str| {
-        let marker = format!("LINE:{name}");
-        RUST_PROGRAM
-            .lines()
-            .position(|l| l.contains(&marker))
-            .map(|i| i as u64 + 1)
-            .unwrap()
-    };
+    let line = |name: &str| line_in(RUST_PROGRAM, name);
     for (stack, function, at) in [
         (&v["stack"], "conflict::corrupt", line("pwrite")),
         (&v["segment"]["stack"], "conflict::produce", line("splice")),
