@@ -19,7 +19,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_splicecow");
 
 /// The program. `MODE` (argv[2]): `plain` (splice, then pwrite), `signal` (the splice
 /// runs in a SIGUSR1 handler, the pwrite in a SIGUSR2 handler), `fork` (the pwrite runs
-/// in a forked child). The lines named in the tests are marked `LINE:NAME`.
+/// in a forked child), `hold` (splice, say `ready`, wait for the end of stdin, read the
+/// pipe), `write` (only the pwrite, into the existing file). The lines named in the tests are marked `LINE:NAME`.
 const PROGRAM: &str = r#"#define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -48,6 +49,11 @@ __attribute__((noinline)) void on_usr2(int sig) { (void)sig; corrupt(); }
 
 int main(int argc, char **argv) {
     const char *mode = argv[2];
+    if (!strcmp(mode, "write")) {
+        fd = open(argv[1], O_RDWR);
+        corrupt();
+        return 0;
+    }
     fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0600);
     static char buf[65536];
     memset(buf, 'a', sizeof buf);
@@ -58,6 +64,12 @@ int main(int argc, char **argv) {
         signal(SIGUSR2, on_usr2);
         raise(SIGUSR1);
         raise(SIGUSR2);
+    } else if (!strcmp(mode, "hold")) {
+        produce();
+        printf("ready\n");
+        fflush(stdout);
+        char c;
+        while (read(0, &c, 1) > 0) {}
     } else if (!strcmp(mode, "fork")) {
         produce();
         pid_t child = fork();
@@ -386,6 +398,66 @@ fn stacks_can_be_turned_off() {
     assert_eq!(v["stack"], serde_json::json!([]), "{v}");
     assert_eq!(v["segment"]["stack"], serde_json::json!([]), "{v}");
     assert!(err.contains("(no stack recorded)"), "{err}");
+}
+
+#[test]
+fn a_protect_domains_write_into_a_detect_domains_splice_gets_both_stacks() {
+    let s = Scratch::new("stackstest", "cross");
+    let exe = build(&s.0, "conflict-g", &["-g"], false);
+    let lib = Path::new(BIN).parent().unwrap().join("libsplicecow.so");
+    let (detecting, protecting) = (
+        format!("stackstest-{}-detect", std::process::id()),
+        format!("stackstest-{}-protect", std::process::id()),
+    );
+    let report = s.0.join("cross.jsonl");
+    let data = s.0.join("data");
+    let preloaded = |mode: &str, domain: &str, what: &str| {
+        let mut c = clean(&exe, &[]);
+        c.arg(&data)
+            .arg(what)
+            .env("LD_PRELOAD", &lib)
+            .env("SPLICECOW_MODE", mode)
+            .env("SPLICECOW_DOMAIN", domain)
+            .env("SPLICECOW_REPORT", &report);
+        c
+    };
+    let mut holder = preloaded("detect", &detecting, "hold")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready, "ready\n");
+    let writer = finish(preloaded("protect", &protecting, "write"));
+    drop(holder.stdin.take());
+    let held = holder.wait().unwrap();
+    for d in [&detecting, &protecting] {
+        let _ = splicecow_registry::Registry::unlink(d);
+    }
+    assert!(
+        writer.status.success() && held.success(),
+        "{}",
+        text(&writer.stderr)
+    );
+    let o = finish({
+        let mut c = clean(BIN, &["symbolize"]);
+        c.arg(&report);
+        c
+    });
+    let v = only(&text(&o.stdout));
+    assert_eq!(v["domain"], protecting.as_str(), "{v}");
+    assert_eq!(v["segment"]["domain"], detecting.as_str(), "{v}");
+    assert_eq!(frames(&v["stack"])[0]["function"], "corrupt", "{v}");
+    assert_eq!(
+        frames(&v["segment"]["stack"])[0]["function"],
+        "produce",
+        "{v}"
+    );
 }
 
 #[test]
