@@ -47,6 +47,7 @@ fn page_of(name: &str) -> Option<&'static Page> {
         "stats" => &manual::STATS,
         "doctor" => &manual::DOCTOR,
         "demo" => &manual::DEMO,
+        "symbolize" => &manual::SYMBOLIZE,
         "completions" => &manual::COMPLETIONS,
         _ => return None,
     })
@@ -258,6 +259,7 @@ mod tests {
             "man1/splicecow-stats.1",
             "man1/splicecow-doctor.1",
             "man1/splicecow-demo.1",
+            "man1/splicecow-symbolize.1",
             "man1/splicecow-completions.1",
             "man7/libsplicecow.7",
         ] {

@@ -2,7 +2,7 @@
 //! registry, check a machine and a program, and demonstrate the splice hazard.
 //!
 //! Subcommands live in their own modules: [`run`], [`stats`] (and [`domains`] for
-//! `stats --all`), [`doctor`], [`demo`]; [`generate`] writes the man pages and shell
+//! `stats --all`), [`doctor`], [`demo`], [`symbolize`]; [`generate`] writes the man pages and shell
 //! completions from the definitions here and the texts in [`manual`]; [`location`] finds
 //! the library. This file holds the command-line definition and what they share.
 
@@ -14,6 +14,7 @@ mod location;
 mod manual;
 mod run;
 mod stats;
+mod symbolize;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
@@ -31,6 +32,8 @@ const RUN_ABOUT: &str = "Run a command (and everything it starts) with splicecow
 const STATS_ABOUT: &str = "Print the counters of a domain's registry, or of every domain";
 const DOCTOR_ABOUT: &str = "Check that this machine, and optionally a program, can be protected";
 const DEMO_ABOUT: &str = "Show the splice hazard side by side, without and with splicecow";
+const SYMBOLIZE_ABOUT: &str =
+    "Resolve the call stacks of a detect-mode report, print it like a sanitizer, write SARIF";
 const COMPLETIONS_ABOUT: &str = "Print a shell completion script (bash, zsh, fish, ...)";
 
 /// Command-line interface of `splicecow`.
@@ -73,6 +76,12 @@ enum Command {
         after_help = manual::DEMO.after_help()
     )]
     Demo,
+    #[command(
+        about = SYMBOLIZE_ABOUT,
+        long_about = manual::SYMBOLIZE.long_about(SYMBOLIZE_ABOUT),
+        after_help = manual::SYMBOLIZE.after_help()
+    )]
+    Symbolize(SymbolizeArgs),
     #[command(
         about = COMPLETIONS_ABOUT,
         long_about = manual::COMPLETIONS.long_about(COMPLETIONS_ABOUT),
@@ -117,7 +126,8 @@ pub struct RunArgs {
     /// Print the registry's counters to stderr when CMD's processes are gone.
     #[arg(long)]
     pub stats: bool,
-    /// Append detect-mode conflict reports (JSON lines) to PATH.
+    /// Append detect-mode conflict reports (JSON lines) to PATH, symbolized at exit
+    /// (SARIF 2.1.0 when PATH ends in .sarif).
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,
     /// Exit with status 66 when conflicts were seen (meant for --mode detect).
@@ -160,6 +170,17 @@ pub struct StatsArgs {
     pub remove_stale: bool,
 }
 
+/// Arguments of `splicecow symbolize`.
+#[derive(Args)]
+pub struct SymbolizeArgs {
+    /// The detect-mode report (JSON lines, as the library or `splicecow run` wrote it).
+    pub report: PathBuf,
+    /// Write the symbolized report to PATH (SARIF 2.1.0 when it ends in .sarif) instead
+    /// of printing JSON lines on stdout.
+    #[arg(long, short, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
 /// Arguments of `splicecow doctor`.
 #[derive(Args)]
 pub struct DoctorArgs {
@@ -194,6 +215,7 @@ fn main() {
         Command::Stats(args) => stats::main(args),
         Command::Doctor(args) => doctor::main(args),
         Command::Demo => demo::main(),
+        Command::Symbolize(args) => symbolize::main(args),
         Command::Completions { shell } => generate::completions_main(shell),
         Command::DemoCase { case } => demo::case_main(case),
         Command::GenerateDocs(args) => generate::main(args),

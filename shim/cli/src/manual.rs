@@ -95,6 +95,14 @@ pub const ENVIRONMENT: &[Variable] = &[
                   takes precedence.",
     },
     Variable {
+        name: env::STACKS,
+        meaning: "Detect mode: 0 keeps no call stacks (the report's stack and segment.stack \
+                  are then empty); default 1: the splicing call's stack is kept with each \
+                  segment and the mutating call's is taken when it conflicts, both resolved to \
+                  functions and lines by splicecow run at exit (or splicecow symbolize). Read \
+                  once when a process starts.",
+    },
+    Variable {
         name: env::TEST_PAUSE,
         meaning: "For splicecow's own fault tests only: POINT:MICROSECONDS[,...] makes a \
                   process sleep at a point inside a registry update (record, commit, retire, \
@@ -147,6 +155,7 @@ pub const TOP: Page = Page {
         "SPLICECOW_DOMAIN",
         "SPLICECOW_MODE",
         "SPLICECOW_REPORT",
+        "SPLICECOW_STACKS",
         "SPLICECOW_LIB",
         "SPLICECOW_PRIVATE_SNAPSHOTS",
         "SPLICECOW_SNAPSHOT_TIMEOUT_MS",
@@ -174,6 +183,12 @@ pub const RUN: Page = Page {
          mutating call that hit an in-flight segment, and protect mode increments it too, for \
          conflicts it settled); the summary counts report lines (one per conflict) when there \
          are any, else that counter.",
+        "In detect mode the report's call stacks (the mutating call's and the splice's, \
+         module + offset per frame) are resolved at exit to function and file:line (DWARF), \
+         else symbol + offset, and lines from the same pair of call sites are merged with a \
+         count (see splicecow-symbolize(1)); the report file is rewritten so, and each \
+         conflict is printed on stderr like a sanitizer report ending in a SUMMARY line. A \
+         --report path ending in .sarif is written as SARIF 2.1.0 instead.",
     ],
     examples: &[
         Example {
@@ -218,6 +233,7 @@ pub const RUN: Page = Page {
         "SPLICECOW_DOMAIN",
         "SPLICECOW_MODE",
         "SPLICECOW_REPORT",
+        "SPLICECOW_STACKS",
         "SPLICECOW_PRIVATE_SNAPSHOTS",
         "SPLICECOW_REGISTRY_PIPES",
     ],
@@ -340,6 +356,47 @@ pub const DEMO: Page = Page {
         },
     ],
     env: &["SPLICECOW_LIB"],
+};
+
+/// `splicecow symbolize`.
+pub const SYMBOLIZE: Page = Page {
+    notes: &[
+        "Reads a detect-mode report (the JSON lines libsplicecow writes, see \
+         libsplicecow(7)) and resolves every frame of its call stacks (the mutation's, \
+         `stack`, and the splice's, `segment.stack`, each frame a module path and an \
+         offset): function, file and line where the module has DWARF debug information, \
+         else symbol + offset from its symbol table, else module + offset as recorded. \
+         The modules are read from the paths the report names, so run it on the machine \
+         (or an identical image) where the report was collected. Lines with the same \
+         mutation kind and the same pair of call stacks are merged into one with a \
+         `count`. Each conflict is printed on stderr like a sanitizer report, ending in a \
+         SUMMARY line; splicecow run --mode detect does the same at exit.",
+    ],
+    examples: &[
+        Example {
+            what: "resolve a report collected in CI, JSON lines on stdout",
+            command: "splicecow symbolize splicecow-report.jsonl",
+        },
+        Example {
+            what: "write it as SARIF 2.1.0 for a code-scanning view",
+            command: "splicecow symbolize splicecow-report.jsonl --output splicecow.sarif",
+        },
+    ],
+    exit: &[
+        Status {
+            code: "0",
+            meaning: "the report was read (whether or not it had conflicts)",
+        },
+        Status {
+            code: "1",
+            meaning: "the report could not be read or the output not written",
+        },
+        Status {
+            code: "2",
+            meaning: "usage error",
+        },
+    ],
+    env: &["SPLICECOW_REPORT", "SPLICECOW_STACKS"],
 };
 
 /// `splicecow completions`.
@@ -534,7 +591,7 @@ pub fn files_section(roff: &mut Roff, library: &str) {
         &[Block::Tagged(vec![
             (
                 "/dev/shm/splicecow-EUID-DOMAIN".to_string(),
-                "The registry of one domain of one user (mode 0600, 7.4 MiB, sparse). \
+                "The registry of one domain of one user (mode 0600, 8.6 MiB, sparse). \
                  splicecow run removes the registries it created; the default domain's stays."
                     .to_string(),
             ),
@@ -695,8 +752,9 @@ pub fn library_page(version: &str, library: &str) -> String {
                 (
                     "detect".into(),
                     "Zero-copy transfers, no settle: each conflicting segment is reported once \
-                     as a JSON line (to $SPLICECOW_REPORT, else standard error). The data is not \
-                     protected; this mode finds code that splices a file and then changes it \
+                     as a JSON line (to $SPLICECOW_REPORT, else standard error), with the \
+                     splicing and the mutating call stacks as module + offset frames \
+                     (SPLICECOW_STACKS=0: none). The data is not protected; this mode finds code that splices a file and then changes it \
                      (splicecow run --mode detect --fail-on-conflict)."
                         .into(),
                 ),
@@ -734,7 +792,7 @@ pub fn library_page(version: &str, library: &str) -> String {
             ),
             Block::Para(
                 "The registry is /dev/shm/splicecow-EUID-DOMAIN: sized by the process that \
-                 creates it (7.4 MiB by default, only touched pages use memory; see \
+                 creates it (8.6 MiB by default, only touched pages use memory; see \
                  SPLICECOW_REGISTRY_PIPES), mode 0600, created exclusively, checked on open \
                  (owner, type, mode, magic, layout version, size against the capacities it \
                  records). By default it holds at most 2048 pipes with live segments, 64 \
@@ -801,6 +859,7 @@ pub fn library_page(version: &str, library: &str) -> String {
             "SPLICECOW_DOMAIN",
             "SPLICECOW_MODE",
             "SPLICECOW_REPORT",
+            "SPLICECOW_STACKS",
             "SPLICECOW_PRIVATE_SNAPSHOTS",
             "SPLICECOW_SNAPSHOT_TIMEOUT_MS",
             "SPLICECOW_REGISTRY_PIPES",
@@ -881,7 +940,7 @@ mod tests {
                 "{name} is read by the code but not in manual::ENVIRONMENT"
             );
         }
-        for page in [&TOP, &RUN, &STATS, &DOCTOR, &DEMO, &COMPLETIONS] {
+        for page in [&TOP, &RUN, &STATS, &DOCTOR, &DEMO, &SYMBOLIZE, &COMPLETIONS] {
             for n in page.env {
                 assert!(ENVIRONMENT.iter().any(|v| v.name == *n), "{n}");
             }

@@ -1,11 +1,11 @@
 //! `splicecow run`: run a command in a fresh domain with the library preloaded, forward
 //! signals, wait for the last process of the domain and clean up.
 
-use crate::{library_path, stats, Mode, RunArgs, EXIT_CONFLICTS};
+use crate::{library_path, stats, symbolize, Mode, RunArgs, EXIT_CONFLICTS};
 use splicecow_registry::{env as names, registry_path, Capacity, Registry};
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::io::{BufRead, ErrorKind};
+use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -62,15 +62,24 @@ pub fn main(args: RunArgs) -> i32 {
     };
     let created = registry.is_some() && !existed;
 
-    // Where detect-mode reports go; a temporary file we own if nobody named one.
+    // Where detect-mode reports go; a temporary file we own if nobody named one, or if
+    // the report is to be SARIF (the library writes JSON lines; SARIF is written at exit).
     let mut temp_report = None;
-    let report: Option<PathBuf> = match args.report.clone().or_else(|| {
-        std::env::var_os(names::REPORT)
-            .filter(|r| !r.is_empty())
-            .map(PathBuf::from)
-    }) {
-        Some(p) => Some(std::path::absolute(&p).unwrap_or(p)),
-        None if mode == Mode::Detect => match create_temp_report() {
+    let named = args
+        .report
+        .clone()
+        .or_else(|| {
+            std::env::var_os(names::REPORT)
+                .filter(|r| !r.is_empty())
+                .map(PathBuf::from)
+        })
+        .map(|p| std::path::absolute(&p).unwrap_or(p));
+    let sarif = named
+        .clone()
+        .filter(|p| p.extension().is_some_and(|e| e == "sarif"));
+    let report: Option<PathBuf> = match named.filter(|_| sarif.is_none()) {
+        Some(p) => Some(p),
+        None if mode == Mode::Detect || sarif.is_some() => match create_temp_report() {
             Ok(p) => {
                 temp_report = Some(p.clone());
                 Some(p)
@@ -130,9 +139,32 @@ pub fn main(args: RunArgs) -> i32 {
     let child_pid = child.id() as libc::pid_t;
     let (status, all_gone) = wait_all(child_pid, &sigs);
 
-    // Reports, counters, the conflict summary: all before the registry goes away.
-    if let Some(p) = &temp_report {
-        copy_to_stderr(p);
+    // Reports, counters, the conflict summary: all before the registry goes away. The
+    // report's stacks are resolved (and its repeated pairs of call sites merged) here,
+    // outside the programs that wrote it.
+    let lines = report
+        .as_deref()
+        .filter(|p| p.is_file())
+        .and_then(|p| symbolize::read_symbolized(p).ok())
+        .unwrap_or_default();
+    if let Some(out) = sarif.as_deref() {
+        if let Err(e) = symbolize::write_report(out, &lines) {
+            eprintln!("splicecow: cannot write {}: {e}", out.display());
+        }
+    }
+    if let (Some(p), false) = (&report, lines.is_empty()) {
+        if temp_report.is_none() {
+            if let Err(e) = symbolize::write_report(p, &lines) {
+                eprintln!("splicecow: cannot write {}: {e}", p.display());
+            }
+        } else if sarif.is_none() {
+            for v in &lines {
+                eprintln!("{v}");
+            }
+        }
+        for v in &lines {
+            eprint!("{}", symbolize::sanitizer_text(v));
+        }
     }
     let counters = registry.as_ref().map(|r| r.stats());
     if args.stats {
@@ -149,15 +181,18 @@ pub fn main(args: RunArgs) -> i32 {
     }
     let mut code = status;
     if args.fail_on_conflict {
-        let summary = report.as_deref().map(summarize_report).unwrap_or_default();
+        let summary = summarize(&lines);
         let calls = counters.map_or(0, |s| s.conflicts);
         if calls > 0 || summary.lines > 0 {
             eprintln!("{}", conflict_headline(summary.lines, calls));
             for ((path, kind), n) in &summary.by_path_kind {
                 eprintln!("splicecow:   {path}: {kind} x{n}");
             }
-            if let (Some(p), None) = (&report, &temp_report) {
-                eprintln!("splicecow: details in {}", p.display());
+            match (&sarif, &report, &temp_report) {
+                (Some(p), _, _) | (None, Some(p), None) => {
+                    eprintln!("splicecow: details in {}", p.display())
+                }
+                _ => {}
             }
             if code == 0 {
                 code = EXIT_CONFLICTS;
@@ -361,40 +396,26 @@ fn create_temp_report() -> std::io::Result<PathBuf> {
     unreachable!()
 }
 
-fn copy_to_stderr(path: &Path) {
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = std::io::copy(&mut f, &mut std::io::stderr());
-    }
-}
-
-/// What a report file says: how many lines, and how many per (path, mutation kind).
+/// What a report says: how many lines, and how many conflicts per (path, mutation kind).
 #[derive(Debug, Default)]
 pub struct ReportSummary {
-    /// Conflict reports read (lines that are JSON objects).
+    /// Conflict reports (lines that are JSON objects; a merged line counts once).
     pub lines: u64,
     /// Counts per file path and mutation kind.
     pub by_path_kind: BTreeMap<(String, String), u64>,
 }
 
-/// Reads a detect-mode report leniently: other lines and missing fields are tolerated.
-pub fn summarize_report(path: &Path) -> ReportSummary {
+/// Sums up report lines leniently: missing fields are tolerated; a line merged from
+/// several conflicts (`count`) counts that many under its path and kind.
+pub fn summarize(lines: &[serde_json::Value]) -> ReportSummary {
     let mut summary = ReportSummary::default();
-    let Ok(file) = std::fs::File::open(path) else {
-        return summary;
-    };
-    for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if !v.is_object() {
-            continue;
-        }
+    for v in lines {
         let text = |k: &str| v[k].as_str().unwrap_or("?").to_string();
         summary.lines += 1;
         *summary
             .by_path_kind
             .entry((text("path"), text("kind")))
-            .or_default() += 1;
+            .or_default() += v["count"].as_u64().unwrap_or(1);
     }
     summary
 }
@@ -454,7 +475,8 @@ mod tests {
             ),
         )
         .unwrap();
-        let s = summarize_report(&path);
+        let file = std::fs::File::open(&path).unwrap();
+        let s = summarize(&symbolize::parse_report(std::io::BufReader::new(file)));
         std::fs::remove_file(&path).unwrap();
         assert_eq!(s.lines, 3);
         assert_eq!(s.by_path_kind[&("/a".into(), "pwrite".into())], 2);

@@ -338,7 +338,7 @@ fn a_bad_registry_size_gives_one_line_and_the_default() {
     assert!(
         stdout(&o).contains(
             "✓ a new domain's registry holds 2048 pipes (64 segments each), 4096 files and \
-             1024 mapping records: 7764224 bytes of sparse /dev/shm"
+             1024 mapping records: 9074944 bytes of sparse /dev/shm"
         ),
         "{}",
         stdout(&o)

@@ -249,8 +249,17 @@ fn check_schema<'a>(v: &'a Value, domain_prefix: &str, run_pid: u32) -> &'a Valu
     }
     assert!(seg["pipe_ino"].as_u64().unwrap() > 0, "{v}");
     assert!(seg["age_ms"].as_u64().unwrap() < 60_000, "{v}");
+    for stack in [&v["stack"], &seg["stack"]] {
+        let frames = stack.as_array().unwrap_or_else(|| panic!("stack: {v}"));
+        assert!(!frames.is_empty(), "empty stack: {v}");
+        for f in frames {
+            let in_module = f["module"].is_string() && f["offset"].is_string();
+            assert!(in_module || f["pc"].is_string(), "frame {f}: {v}");
+        }
+    }
     let known: Vec<&str> = vec![
-        "time", "domain", "pid", "exe", "kind", "path", "offset", "len", "segment",
+        "time", "domain", "pid", "exe", "kind", "path", "offset", "len", "stack", "segment",
+        "count",
     ];
     for key in v.as_object().unwrap().keys() {
         assert!(known.contains(&key.as_str()), "unknown field {key}: {v}");
@@ -326,6 +335,31 @@ fn detect_reports_each_conflict_once_with_the_documented_schema() {
         assert_eq!(v["len"], len, "{v}");
         assert_eq!(v["segment"]["offset"], 0, "{v}");
         assert_eq!(v["segment"]["len"], SPLICED, "{v}");
+    }
+    // The stacks resolve to the interpreter's C functions (by name where the interpreter
+    // has debug information or a symbol table for them).
+    for (kind, mutation, splice) in [
+        ("ftruncate", "os_ftruncate", "os_splice"),
+        ("pwrite", "os_pwrite", "os_splice"),
+    ] {
+        let v = by_kind(kind);
+        for (stack, name) in [(&v["stack"], mutation), (&v["segment"]["stack"], splice)] {
+            let frames = stack.as_array().unwrap();
+            assert!(
+                frames
+                    .iter()
+                    .any(|f| f["module"].as_str().is_some_and(|m| m.contains("python"))),
+                "no frame in the interpreter: {v}"
+            );
+            let named: Vec<&str> = frames
+                .iter()
+                .filter_map(|f| f["function"].as_str().or(f["symbol"].as_str()))
+                .collect();
+            assert!(
+                named.is_empty() || named.iter().any(|n| n.starts_with(name)),
+                "{name} missing: {v}"
+            );
+        }
     }
     assert_eq!(lines[0]["domain"], lines[1]["domain"]);
     assert_ne!(

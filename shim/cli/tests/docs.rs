@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 const BIN: &str = env!("CARGO_BIN_EXE_splicecow");
 
 /// The pages `generate-docs` writes.
-const PAGES: usize = 7;
+const PAGES: usize = 8;
 
 /// `man -l PAGE`'s stderr (warnings) and stdout, or `None` when `man` is missing.
 fn render_man(page: &Path) -> Option<(String, String)> {
@@ -112,7 +112,7 @@ fn completions_load_in_bash_and_complete_subcommands_and_options() {
     let o = run(&mut clean(BIN, &["completions", "bash"]));
     std::fs::write(&script, ok("completions bash", o)).unwrap();
     let subcommands = bash_complete(&script, &["splicecow", ""]);
-    for s in ["run", "stats", "doctor", "demo", "completions"] {
+    for s in ["run", "stats", "doctor", "demo", "symbolize", "completions"] {
         assert!(
             subcommands.lines().any(|l| l == s),
             "{s} not offered: {subcommands}"

@@ -75,4 +75,13 @@ fn the_github_actions_job_uses_options_run_has_and_keeps_the_report() {
     assert!(text.contains("uses: actions/upload-artifact@v4"));
     assert!(text.contains("path: splicecow-report.jsonl"));
     assert!(text.contains("if: always()"));
+    // The SARIF step names a subcommand and option that exist.
+    let help = Command::new(BIN)
+        .args(["symbolize", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--output"));
+    assert!(text.contains("splicecow symbolize splicecow-report.jsonl --output splicecow.sarif"));
+    assert!(text.contains("uses: github/codeql-action/upload-sarif@v3"));
+    assert!(text.contains("security-events: write"));
 }

@@ -69,12 +69,13 @@ fn files_below(dir: &Path) -> Vec<String> {
     out
 }
 
-const MAN_PAGES: [&str; 7] = [
+const MAN_PAGES: [&str; 8] = [
     "share/man/man1/splicecow.1",
     "share/man/man1/splicecow-run.1",
     "share/man/man1/splicecow-stats.1",
     "share/man/man1/splicecow-doctor.1",
     "share/man/man1/splicecow-demo.1",
+    "share/man/man1/splicecow-symbolize.1",
     "share/man/man1/splicecow-completions.1",
     "share/man/man7/libsplicecow.7",
 ];

@@ -42,6 +42,7 @@ extern "C" fn constructor() {
             ops::lifetime::install();
             ops::peers::install();
             ops::sweep::install();
+            ops::stacks::install();
         }
     }
 }

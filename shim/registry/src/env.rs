@@ -16,16 +16,19 @@ pub const SNAPSHOT_TIMEOUT_MS: &str = "SPLICECOW_SNAPSHOT_TIMEOUT_MS";
 /// Pipe records of a registry this process creates (files: twice as many); read only
 /// by the creator (see [`crate::layout::Capacity::from_env`]), never by a joiner.
 pub const REGISTRY_PIPES: &str = "SPLICECOW_REGISTRY_PIPES";
+/// Detect mode: `0` keeps no call stacks (default `1`: both stacks of every conflict).
+pub const STACKS: &str = "SPLICECOW_STACKS";
 /// Test pauses: `point:microseconds[,...]` (see [`crate::pause`]).
 pub const TEST_PAUSE: &str = "SPLICECOW_TEST_PAUSE";
 /// What every variable of splicecow's starts with.
 pub const PREFIX: &str = "SPLICECOW_";
 
 /// Every variable above, in the order the manual lists them.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     DOMAIN,
     MODE,
     REPORT,
+    STACKS,
     LIB,
     PRIVATE_SNAPSHOTS,
     SNAPSHOT_TIMEOUT_MS,

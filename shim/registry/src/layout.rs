@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// First eight bytes of an initialised registry: "SPLCCOW\x01".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SPLCCOW\x01");
 /// Bumped whenever the layout below changes; a registry of another version is refused.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 /// In-flight segments one pipe can track; adjacent ones are merged. Fixed: a pipe
 /// record is one `repr(C)` struct.
 pub const SEGMENTS_PER_PIPE: usize = 64;
@@ -61,8 +61,9 @@ pub struct Segment {
     pub created_ns: u64,
     /// Non-zero once detect mode reported a conflict with this segment.
     pub reported: u32,
-    /// Keeps the size a multiple of 8.
-    pub reserved: u32,
+    /// Detect mode: the call stack of the splice that recorded it, a ticket from
+    /// [`crate::tables::Tables::intern_stack`] (0: none).
+    pub stack: u32,
 }
 
 /// A process known to hold an fd to a pipe.
@@ -209,6 +210,67 @@ pub struct SettleJournal {
     pub chunk_plain: [u32; JOURNAL_CHUNKS],
     /// The drained bytes.
     pub bytes: [u8; JOURNAL_BYTES],
+}
+
+/// Return addresses one [`StackRecord`] keeps (the innermost first).
+pub const STACK_FRAMES: usize = 30;
+/// Call stacks the stack table holds (distinct stacks; equal ones share a record).
+pub const STACK_RECORDS: usize = 4096;
+/// Code modules (executables, shared objects) the module table can name.
+pub const MODULE_RECORDS: usize = 512;
+/// Bytes of a module's path a [`ModuleRecord`] keeps (longer paths are not recorded).
+pub const MODULE_PATH_BYTES: usize = 496;
+/// Bits of a [`StackRecord`] frame that hold the offset in its module.
+pub const FRAME_OFFSET_BITS: u32 = 48;
+
+/// One call stack, interned by content in the stack table: a frame is
+/// `(module + 1) << FRAME_OFFSET_BITS | offset`, the module being an index of the module
+/// table and the offset the code address minus the module's load bias (its ELF virtual
+/// address, the same in every process that loads it); module 0 means the frame is a raw
+/// address whose module was not known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackRecord {
+    /// Hash of `depth` and `frames` (0: free record).
+    pub hash: u64,
+    /// Frames in use.
+    pub depth: u32,
+    /// Keeps the size a multiple of 8.
+    pub reserved: u32,
+    /// The frames, innermost first.
+    pub frames: [u64; STACK_FRAMES],
+}
+
+impl Default for StackRecord {
+    fn default() -> StackRecord {
+        StackRecord {
+            hash: 0,
+            depth: 0,
+            reserved: 0,
+            frames: [0; STACK_FRAMES],
+        }
+    }
+}
+
+/// [`ModuleRecord::state`]: free.
+pub const MODULE_FREE: u32 = 0;
+/// [`ModuleRecord::state`]: being written by the process that claimed it.
+pub const MODULE_WRITING: u32 = 1;
+/// [`ModuleRecord::state`]: `path` is complete and never changes again.
+pub const MODULE_READY: u32 = 2;
+
+/// The path of a code module that frames of [`StackRecord`]s refer to. Claimed and
+/// filled lock-free (a compare-and-swap on `state`), never freed while the registry lives.
+#[repr(C)]
+pub struct ModuleRecord {
+    /// [`MODULE_FREE`], [`MODULE_WRITING`] or [`MODULE_READY`].
+    pub state: AtomicU32,
+    /// Bytes of `path` in use.
+    pub len: u32,
+    /// Hash of the path (see [`crate::stacks::path_hash`]).
+    pub hash: u64,
+    /// The path, as the dynamic loader names the module (the executable's is absolute).
+    pub path: [u8; MODULE_PATH_BYTES],
 }
 
 /// Domain-wide counters, updated with relaxed atomics, read by `splicecow stats`.
@@ -397,6 +459,16 @@ impl Capacity {
         let busy = Region::after(mailboxes.end(), self.pipes, size_of::<u32>());
         let pipes = Region::after(busy.end(), self.pipes, size_of::<PipeRecord>());
         let journal = Region::after(pipes.end(), 1, size_of::<SettleJournal>());
+        let stacks = Region::after(
+            journal.end(),
+            STACK_RECORDS as u32,
+            size_of::<StackRecord>(),
+        );
+        let modules = Region::after(
+            stacks.end(),
+            MODULE_RECORDS as u32,
+            size_of::<ModuleRecord>(),
+        );
         Regions {
             capacity: self,
             files,
@@ -405,7 +477,9 @@ impl Capacity {
             busy,
             pipes,
             journal,
-            size: journal.end(),
+            stacks,
+            modules,
+            size: modules.end(),
         }
     }
 }
@@ -439,7 +513,7 @@ impl Region {
 
 /// Where the header's tables lie in a registry file of one [`Capacity`]: the header
 /// first, then the file table, the mapping records, the snapshot mailboxes, the busy
-/// list, the pipe table and the settle journal.
+/// list, the pipe table, the settle journal, the stack table and the module table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Regions {
     /// The capacity the regions are computed from.
@@ -457,6 +531,12 @@ pub struct Regions {
     pub pipes: Region,
     /// The settle in progress (one [`SettleJournal`]).
     pub journal: Region,
+    /// Detect mode's call stacks of splices ([`STACK_RECORDS`] [`StackRecord`]s, open
+    /// addressing by hash).
+    pub stacks: Region,
+    /// The code modules those stacks name ([`MODULE_RECORDS`] [`ModuleRecord`]s, open
+    /// addressing by path hash).
+    pub modules: Region,
     /// Size in bytes of the whole file.
     pub size: usize,
 }
@@ -488,6 +568,9 @@ mod tests {
             32 + 8 * JOURNAL_CHUNKS + JOURNAL_BYTES
         );
         assert_eq!(size_of::<Header>(), 96 + 128);
+        assert_eq!(size_of::<StackRecord>(), 16 + 8 * STACK_FRAMES);
+        assert_eq!(size_of::<StackRecord>(), 256);
+        assert_eq!(size_of::<ModuleRecord>(), 512);
         for align in [
             align_of::<Header>(),
             align_of::<FileRecord>(),
@@ -495,6 +578,8 @@ mod tests {
             align_of::<Mailbox>(),
             align_of::<PipeRecord>(),
             align_of::<SettleJournal>(),
+            align_of::<StackRecord>(),
+            align_of::<ModuleRecord>(),
         ] {
             assert!(align <= 8, "regions are 8-aligned");
         }
@@ -519,8 +604,13 @@ mod tests {
         assert_eq!(r.busy.offset, r.mailboxes.offset + MAX_MAILBOXES * 56);
         assert_eq!(r.pipes.offset, r.busy.offset + 2048 * 4);
         assert_eq!(r.journal.offset, r.pipes.offset + 2048 * 3152);
-        assert_eq!(r.size, r.journal.offset + size_of::<SettleJournal>());
-        assert_eq!(DEFAULT_SIZE, 7_764_224);
+        assert_eq!(
+            r.stacks.offset,
+            r.journal.offset + size_of::<SettleJournal>()
+        );
+        assert_eq!(r.modules.offset, r.stacks.offset + STACK_RECORDS * 256);
+        assert_eq!(r.size, r.modules.offset + MODULE_RECORDS * 512);
+        assert_eq!(DEFAULT_SIZE, 9_074_944);
         // An odd pipe count leaves the busy list unaligned: the pipe table is padded.
         let odd = Capacity::for_pipes(17).regions();
         assert_eq!(odd.busy.end() % 8, 4);
@@ -531,7 +621,16 @@ mod tests {
             Capacity::LARGEST,
         ] {
             let r = c.regions();
-            let parts = [r.files, r.maps, r.mailboxes, r.busy, r.pipes, r.journal];
+            let parts = [
+                r.files,
+                r.maps,
+                r.mailboxes,
+                r.busy,
+                r.pipes,
+                r.journal,
+                r.stacks,
+                r.modules,
+            ];
             for pair in parts.windows(2) {
                 let [a, b] = pair else { unreachable!() };
                 assert!(a.end() <= b.offset && b.offset % 8 == 0, "{c:?}");

@@ -19,6 +19,7 @@ pub mod lock;
 pub mod pattern;
 pub mod pause;
 mod shm;
+pub mod stacks;
 pub mod sys;
 pub mod tables;
 
@@ -561,6 +562,7 @@ mod tests {
             file_off,
             len,
             splicer_pid: 1,
+            stack: 0,
         }
     }
 

@@ -18,6 +18,7 @@ pub struct Tables<'a> {
     pub(crate) busy: Table<'a, u32>,
     pub(crate) pipes: Table<'a, PipeRecord>,
     pub(crate) journal: &'a mut SettleJournal,
+    pub(crate) stacks: Table<'a, StackRecord>,
     /// The user index and this domain's name in it, when the registry joined one.
     pub(crate) index: Option<(&'a Index, &'a str)>,
 }
@@ -49,6 +50,7 @@ impl<'a> Tables<'a> {
                 busy: Table::from_raw(part(regions.busy).cast(), regions.busy.len),
                 pipes: Table::from_raw(part(regions.pipes).cast(), regions.pipes.len),
                 journal: &mut *(part(regions.journal) as *mut SettleJournal),
+                stacks: Table::from_raw(part(regions.stacks).cast(), regions.stacks.len),
                 index,
             }
         }
@@ -118,6 +120,8 @@ pub struct Intent {
     pub len: u64,
     /// The splicing process.
     pub splicer_pid: i32,
+    /// Detect mode: the splice's call stack ([`Tables::intern_stack`]; 0: none).
+    pub stack: u32,
 }
 
 /// A segment as returned by lookups, with the keys resolved.
@@ -289,6 +293,7 @@ impl Tables<'_> {
             file_off,
             len,
             splicer_pid,
+            stack,
         } = intent;
         if len == 0 {
             return Ok(());
@@ -322,7 +327,7 @@ impl Tables<'_> {
             stream_pos,
             created_ns: now,
             reported: 0,
-            reserved: 0,
+            stack,
         };
         std::sync::atomic::compiler_fence(Ordering::SeqCst);
         p.count = count as u32 + 1;
@@ -528,6 +533,7 @@ impl Tables<'_> {
                 file_off: s.file_off + (lo - s.stream_pos),
                 len: hi - lo,
                 splicer_pid: s.splicer_pid,
+                stack: s.stack,
             };
             self.push_at(dst, intent, base + (lo - from))?;
         }

@@ -11,6 +11,7 @@ pub mod peers;
 pub mod report;
 pub mod settle;
 pub mod snapshot;
+pub mod stacks;
 pub mod streams;
 pub mod sweep;
 pub mod transfer;

@@ -2,25 +2,74 @@
 //! Written after the table lock is released (formatting allocates and reads `/proc`).
 
 use crate::ops::intent::{Mutation, Target};
-use crate::ops::settle::Conflict;
+use crate::ops::peers;
+use crate::ops::settle::{self, Conflict};
+use crate::ops::stacks::{self, Frame};
 use crate::state::runtime;
-use splicecow_registry::sys;
+use splicecow_registry::{sys, Registry};
 
 /// Reports each of `conflicts`, segments of `segment_domain` found for mutation `m` of
 /// bytes `[off, end)` by a process of this domain.
 pub fn emit_all(m: Mutation, off: u64, end: u64, segment_domain: &str, conflicts: &[Conflict]) {
+    let stack = frames_json(&stacks::own_frames());
     for c in conflicts {
-        emit(&line(m, off, end, &c.segment, c.pipe_ino, segment_domain));
+        let splice_stack = frames_json(&splice_frames(segment_domain, c.segment.stack));
+        emit(&line(
+            m,
+            (off, end),
+            &c.segment,
+            c.pipe_ino,
+            segment_domain,
+            (&stack, &splice_stack),
+        ));
     }
+}
+
+/// The frames of splice stack `ticket` of a segment of domain `domain` (none when the
+/// segment has no stack, or its record was since given to another stack).
+fn splice_frames(domain: &str, ticket: u32) -> Vec<Frame> {
+    if ticket == 0 {
+        return Vec::new();
+    }
+    let read = |reg: &Registry| {
+        let frames = settle::lock(reg).stack(ticket);
+        frames.map_or_else(Vec::new, |f| stacks::interned_frames(reg, &f))
+    };
+    let rt = runtime::get();
+    match rt.registry.as_ref().filter(|r| r.domain() == domain) {
+        Some(own) => read(own),
+        None => {
+            let mut frames = Vec::new();
+            if let Some(index) = peers::index() {
+                peers::with(domain, index, |peer| frames = read(peer));
+            }
+            frames
+        }
+    }
+}
+
+/// A stack as a JSON array: `{"module":PATH,"offset":"0x.."}` per frame, or
+/// `{"pc":"0x.."}` for an address of an unknown module.
+fn frames_json(frames: &[Frame]) -> String {
+    let items: Vec<String> = frames
+        .iter()
+        .map(|f| match f {
+            Frame::InModule(path, off) => {
+                format!("{{\"module\":{},\"offset\":\"{off:#x}\"}}", json_str(path))
+            }
+            Frame::Raw(pc) => format!("{{\"pc\":\"{pc:#x}\"}}"),
+        })
+        .collect();
+    format!("[{}]", items.join(","))
 }
 
 fn line(
     m: Mutation,
-    off: u64,
-    end: u64,
+    (off, end): (u64, u64),
     s: &splicecow_registry::Segment,
     pipe_ino: u64,
     segment_domain: &str,
+    (stack, splice_stack): (&str, &str),
 ) -> String {
     let rt = runtime::get();
     let now = sys::realtime_ns();
@@ -43,8 +92,8 @@ fn line(
     format!(
         concat!(
             "{{\"time\":{},\"domain\":{},\"pid\":{},\"exe\":{},\"kind\":{},\"path\":{},",
-            "\"offset\":{},\"len\":{},\"segment\":{{\"domain\":{},\"offset\":{},\"len\":{},\"pipe_ino\":{},",
-            "\"splicer_pid\":{},\"splicer_exe\":{},\"age_ms\":{}}}}}\n"
+            "\"offset\":{},\"len\":{},\"stack\":{},\"segment\":{{\"domain\":{},\"offset\":{},\"len\":{},",
+            "\"pipe_ino\":{},\"splicer_pid\":{},\"splicer_exe\":{},\"age_ms\":{},\"stack\":{}}}}}\n"
         ),
         json_str(&rfc3339(now)),
         json_str(&rt.domain),
@@ -54,6 +103,7 @@ fn line(
         json_str(&path),
         off,
         len,
+        stack,
         json_str(segment_domain),
         s.file_off,
         s.len,
@@ -61,6 +111,7 @@ fn line(
         s.splicer_pid,
         json_str(&read_link(&format!("/proc/{}/exe", s.splicer_pid))),
         now.saturating_sub(s.created_ns) / 1_000_000,
+        splice_stack,
     )
 }
 

@@ -332,6 +332,7 @@ fn record(t: &mut Tables<'static>, slot: PipeSlot, x: FileToPipe) -> Route {
         file_off: off,
         len: (x.len as u64).min(u64::MAX - off),
         splicer_pid: sys::getpid(),
+        stack: crate::ops::stacks::splice_stack(t),
     };
     let mut pushed = t.push_segment(slot, intent);
     if pushed == Err(Full::Segments) {

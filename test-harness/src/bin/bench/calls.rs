@@ -112,7 +112,49 @@ pub(crate) fn section_calls(ctx: &Ctx, plan: &Plan) -> Res<Value> {
         }));
     }
     rows.push(small_writes_while_streaming(ctx, plan, &files[0])?);
+    rows.push(detect_stacks(ctx, plan, &dir)?);
     Ok(Value::Array(rows))
+}
+
+/// Detect mode's splice side with and without call stacks (`SPLICECOW_STACKS=0`), next
+/// to protect mode, in the shape where a splice's own cost weighs most: one thread,
+/// 4 KiB splices read back at once.
+fn detect_stacks(ctx: &Ctx, plan: &Plan, dir: &str) -> Res<Value> {
+    const MODES: [Shim; 3] = [Shim::Protect, Shim::DetectNoStacks, Shim::Detect];
+    let chunk = 4 * KIB;
+    let iters = plan.calls_bytes / chunk;
+    let mut ns = [Vec::new(), Vec::new(), Vec::new()];
+    for rep in 0..plan.calls_reps {
+        for k in 0..MODES.len() {
+            let mi = (k + rep) % MODES.len();
+            let args = [
+                "calls".into(),
+                "block".into(),
+                chunk.to_string(),
+                iters.to_string(),
+                "1".into(),
+                dir.to_string(),
+            ];
+            ns[mi].push(
+                ctx.run(MODES[mi], &args)?["ns_per_iter"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+            );
+        }
+    }
+    let ratios: Vec<f64> = (0..plan.calls_reps).map(|r| ns[2][r] / ns[1][r]).collect();
+    let ratio = median(&ratios);
+    let [protect, plain, stacks] = [median(&ns[0]), median(&ns[1]), median(&ns[2])];
+    println!(
+        "   detect mode, 1 thread, 4 KiB: protect {protect:.0} ns/it, detect without stacks \
+         {plain:.0}, with stacks {stacks:.0} ({:+.0} ns per splice, {ratio:.2}x)",
+        stacks - plain
+    );
+    Ok(json!({
+        "shape": "detect stacks, 1 thread, 4 KiB", "protect_ns": protect,
+        "detect_no_stacks_ns": plain, "detect_stacks_ns": stacks,
+        "stacks_over_no_stacks_time": ratio,
+    }))
 }
 
 /// The 64-byte `pwrite` of the hook section, while a process of the same domain splices

@@ -279,6 +279,10 @@ enum Shim {
     Protect,
     /// `LD_PRELOAD` with `SPLICECOW_MODE=copy`.
     Copy,
+    /// `LD_PRELOAD` with `SPLICECOW_MODE=detect` (call stacks kept, the default).
+    Detect,
+    /// `LD_PRELOAD` with `SPLICECOW_MODE=detect` and `SPLICECOW_STACKS=0`.
+    DetectNoStacks,
 }
 
 /// Everything the parent needs to start workers.
@@ -302,16 +306,17 @@ impl Ctx {
         }
         if shim != Shim::Off {
             let d = domain.expect("shimmed worker needs a domain");
+            let mode = match shim {
+                Shim::Copy => Mode::Copy,
+                Shim::Detect | Shim::DetectNoStacks => Mode::Detect,
+                Shim::Off | Shim::Protect => Mode::Protect,
+            };
             cmd.env("LD_PRELOAD", &self.lib)
                 .env(names::DOMAIN, d.name())
-                .env(
-                    names::MODE,
-                    if shim == Shim::Copy {
-                        Mode::Copy.name()
-                    } else {
-                        Mode::Protect.name()
-                    },
-                );
+                .env(names::MODE, mode.name());
+            if shim == Shim::DetectNoStacks {
+                cmd.env(names::STACKS, "0");
+            }
         }
         cmd
     }
