@@ -27,7 +27,12 @@ pub use splicecow_registry::env::Mode;
 pub fn join(domain: &str, mode: Mode, report_path: Option<&[u8]>) -> Result<(), String> {
     fdcache::turn_off();
     let report = report_path.map(|p| [p, b"\0"].concat());
-    runtime::init_explicit(domain, mode, report)
+    runtime::init_explicit(domain, mode, report)?;
+    if let Some(reg) = &runtime::get().registry {
+        // What changes in other domains do with this domain's segments.
+        reg.claim_mode(mode);
+    }
+    Ok(())
 }
 
 /// False when no mutation can conflict now (nothing live in any domain of the user):
