@@ -11,6 +11,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (Linux 6.6; not in Debian 12's headers).
+const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+
 /// What the supervisor knows of a calling thread.
 struct Caller {
     /// Its process id.
@@ -33,6 +36,17 @@ struct Supervisor {
 /// Serves notifications from `listener` until it fails (every filtered process is gone
 /// and the kernel says so, or the fd is broken).
 pub fn serve(listener: OwnedFd) {
+    // The caller and the supervisor hand the CPU to each other (Linux 6.6; older kernels
+    // refuse the flag and keep the ordinary wakeups).
+    let sync_wake_up: u64 = SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP;
+    // SAFETY: the ioctl reads the u64.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+            &sync_wake_up,
+        )
+    };
     let mut s = Supervisor {
         listener: Arc::new(listener),
         callers: HashMap::new(),

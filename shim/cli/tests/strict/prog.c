@@ -6,6 +6,7 @@
  *        cut at 30000, or punch 100..65100)
  *   prog fidelity FILE   trapped calls with bad arguments: one "name result errno" line
  *        each (a segment of FILE is live meanwhile)
+ *   prog pwrite-loop FILE N   N 64-byte pwrites; prints the nanoseconds per call
  *   prog pending DIR     fill a pipe, then a blocking splice into it; the result is
  *        reported as the directory DIR/result-<errno> (mkdir is not trapped: once the
  *        supervisor is gone every trapped call, write included, fails)
@@ -20,6 +21,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/sendfile.h>
 
@@ -115,8 +117,23 @@ static int pending(const char *dir) {
     return 0;
 }
 
+static int pwrite_loop(const char *file, long n) {
+    int fd = open(file, O_RDWR);
+    if (fd < 0) return 2;
+    char buf[64] = {0};
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++)
+        if (pwrite(fd, buf, 64, 0) != 64) return 3;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    long ns = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+    printf("%ld\n", ns / n);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) return 1;
+    if (!strcmp(argv[1], "pwrite-loop") && argc > 3) return pwrite_loop(argv[2], atol(argv[3]));
     if (!strcmp(argv[1], "fidelity")) return fidelity(argv[2]);
     if (!strcmp(argv[1], "pending")) return pending(argv[2]);
     if (strcmp(argv[1], "splice")) return mutate(argv[1], argv[2]);
