@@ -178,7 +178,7 @@ fn library() -> Check {
 }
 
 /// Looks `name` up like a shell: a name with a slash is a path, else searched in PATH.
-fn resolve(name: &OsStr) -> Option<PathBuf> {
+pub(crate) fn resolve(name: &OsStr) -> Option<PathBuf> {
     if name.as_bytes().contains(&b'/') {
         let p = PathBuf::from(name);
         return p.exists().then_some(p);
@@ -194,7 +194,7 @@ fn resolve(name: &OsStr) -> Option<PathBuf> {
 
 /// What the ELF program headers say about linking.
 #[derive(Debug, PartialEq, Eq)]
-enum Linking {
+pub(crate) enum Linking {
     /// Has `PT_INTERP`: ld.so loads it and honours `LD_PRELOAD`.
     Dynamic(String),
     /// No interpreter (static, or static-pie).
@@ -202,7 +202,7 @@ enum Linking {
 }
 
 /// Reads the program headers of an ELF image; `None` if it is not a valid ELF file.
-fn elf_linking(data: &[u8]) -> Option<Linking> {
+pub(crate) fn elf_linking(data: &[u8]) -> Option<Linking> {
     if data.len() < 64 || &data[..4] != b"\x7fELF" {
         return None;
     }
@@ -316,7 +316,37 @@ fn program(name: &OsStr) -> Vec<Check> {
     } else {
         pass("no sign of io_uring")
     });
+    checks.push(strict_mode(&path));
     checks
+}
+
+/// (f) What `run --strict` would do with the program.
+fn strict_mode(path: &std::path::Path) -> Check {
+    use crate::strict::Coverage;
+    let kernel = if crate::strict::kernel_supports() {
+        ""
+    } else {
+        " (but this kernel has no seccomp user notification: it would run unprotected)"
+    };
+    match crate::strict::coverage(path.as_os_str()) {
+        Coverage::Static => pass(format!(
+            "strict mode (`splicecow run --strict`) covers it: statically linked, it runs \
+             under the seccomp filter{kernel}"
+        )),
+        Coverage::Go => pass(format!(
+            "strict mode (`splicecow run --strict`) covers it: a Go program, it runs under \
+             the seccomp filter{kernel}"
+        )),
+        Coverage::Dynamic => pass(
+            "strict mode adds nothing for it: dynamically linked, the preload covers it \
+             (its raw system calls, if any, stay unseen)",
+        ),
+        Coverage::Setuid => fail(
+            "strict mode leaves it out: setuid/setgid, and no_new_privs would run it without \
+             its privileges",
+        ),
+        Coverage::Unknown(why) => fail(format!("strict mode cannot judge it: {why}")),
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod location;
 mod manual;
 mod run;
 mod stats;
+mod strict;
 mod symbolize;
 
 use clap::builder::TypedValueParser;
@@ -140,6 +141,11 @@ pub struct RunArgs {
     /// default $SPLICECOW_REGISTRY_PIPES, else 2048).
     #[arg(long, value_name = "N", value_parser = parse_registry_pipes)]
     pub registry_pipes: Option<u32>,
+    /// Run a statically linked or Go CMD under a seccomp filter whose notifications
+    /// splicecow answers, so that the calls the preload cannot see are protected too
+    /// (sets no_new_privs: setuid programs are left out).
+    #[arg(long)]
+    pub strict: bool,
     /// The command to run and its arguments.
     #[arg(
         required = true,

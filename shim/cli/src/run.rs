@@ -124,7 +124,17 @@ pub fn main(args: RunArgs) -> i32 {
         });
     }
 
-    let child = match cmd.spawn() {
+    let strict_end = if args.strict && mode != Mode::Off {
+        strict(&mut cmd, &program, &domain, mode, report.as_deref())
+    } else {
+        None
+    };
+
+    let spawned = cmd.spawn();
+    // The child has its copy of the socket's end (or never will): the supervisor then sees
+    // the end of file if the child dies before sending the filter's listener.
+    drop(strict_end);
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             eprintln!("splicecow: cannot run {}: {e}", program.to_string_lossy());
@@ -212,6 +222,46 @@ pub fn main(args: RunArgs) -> i32 {
         }
     }
     code
+}
+
+/// `--strict`: puts a statically linked or Go CMD under the seccomp filter and starts the
+/// supervisor (see `strict`); says in one line why it does not when it cannot. Returns the
+/// child's end of the listener's socket, to drop once CMD is spawned.
+fn strict(
+    cmd: &mut Command,
+    program: &OsStr,
+    domain: &str,
+    mode: Mode,
+    report: Option<&Path>,
+) -> Option<std::os::fd::OwnedFd> {
+    use crate::strict::Coverage;
+    let shown = program.to_string_lossy();
+    match crate::strict::coverage(program) {
+        c if c.filtered() => {}
+        Coverage::Setuid => {
+            eprintln!(
+                "splicecow: {shown} is setuid/setgid: strict mode leaves it out \
+                 (no_new_privs would run it without its privileges)"
+            );
+            return None;
+        }
+        // Dynamically linked (the preload serves it), or not a program we can judge.
+        _ => return None,
+    }
+    if !crate::strict::kernel_supports() {
+        eprintln!(
+            "splicecow: this kernel has no seccomp user notification: {shown} runs without \
+             strict mode's filter"
+        );
+        return None;
+    }
+    let report = report.map(|p| p.as_os_str().as_encoded_bytes().to_vec());
+    let domain = crate::strict::Domain {
+        name: domain.to_string(),
+        mode,
+        report,
+    };
+    crate::strict::arrange(cmd, program, domain)
 }
 
 /// The first line of the `--fail-on-conflict` summary. `reported` is the number of

@@ -14,8 +14,16 @@
 //! - `state`: per-process state and system helpers (runtime, re-entrancy guard,
 //!   symbol resolution, fds, caller memory, pipes);
 //! - the registry crate.
+//!
+//! Beside `hooks`, [`supervised`] is the other entry floor: the same operations called by
+//! strict mode's supervisor (`splicecow run --strict`) on behalf of a filtered process.
+//! The `hooks` feature (on by default) builds the exported symbols and the constructor;
+//! `shim/core` (`splicecow-core`) compiles these sources without it, as an rlib the CLI
+//! links, so the CLI's binary exports no hook.
 
 #![deny(clippy::indexing_slicing)]
+// Without the hooks most operations have no caller: the supervisor uses a few.
+#![cfg_attr(not(feature = "hooks"), allow(dead_code, unused_imports))]
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 compile_error!(
@@ -24,13 +32,16 @@ compile_error!(
      are assumed"
 );
 
+#[cfg(feature = "hooks")]
 mod hooks;
 mod ops;
 mod state;
+pub mod supervised;
 
 /// Runs at library load (before `main`): builds the runtime, so the first hook call finds
 /// it ready, and lets the operations that own per-process state install their `fork` and
 /// `exit` handlers.
+#[cfg(feature = "hooks")]
 extern "C" fn constructor() {
     if let Some(_inside) = state::guard::Inside::enter() {
         // First: the id cache's fork handler must run before the others, which ask for ids.
@@ -47,6 +58,7 @@ extern "C" fn constructor() {
     }
 }
 
+#[cfg(feature = "hooks")]
 #[used]
 #[link_section = ".init_array"]
 static CONSTRUCTOR: extern "C" fn() = constructor;

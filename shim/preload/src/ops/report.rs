@@ -5,7 +5,7 @@ use crate::ops::intent::{Mutation, Target};
 use crate::ops::peers;
 use crate::ops::settle::{self, Conflict};
 use crate::ops::stacks::{self, Frame};
-use crate::state::runtime;
+use crate::state::{runtime, subject};
 use splicecow_registry::{sys, Registry};
 
 /// Reports each of `conflicts`, segments of `segment_domain` found for mutation `m` of
@@ -97,8 +97,8 @@ fn line(
         ),
         json_str(&rfc3339(now)),
         json_str(&rt.domain),
-        sys::getpid(),
-        json_str(&read_link("/proc/self/exe")),
+        subject::pid(),
+        json_str(&read_link(&subject::exe_link())),
         json_str(m.kind.name()),
         json_str(&path),
         off,

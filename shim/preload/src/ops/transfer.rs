@@ -15,6 +15,7 @@ use crate::state::fdcache;
 use crate::state::guard::keep_errno;
 use crate::state::pipe::{self, Wait};
 use crate::state::runtime::{self, Mode};
+use crate::state::subject;
 use crate::state::usermem::{set_user_offset, user_offset, user_offset_raw};
 use splicecow_registry::layout::{Counters, SEGMENTS_PER_PIPE};
 use splicecow_registry::pause::{self, Point};
@@ -229,7 +230,7 @@ pub fn file_to_pipe(x: FileToPipe) -> isize {
         if let Some(slot) = slot {
             t.commit(slot, bytes);
             if bytes > 0 {
-                t.add_holder(slot, sys::getpid(), x.fd_out);
+                t.add_holder(slot, subject::pid(), subject::fd(x.fd_out));
                 lifetime::noticed(x.fd_out);
                 trim_to_capacity(&mut t, slot, x.fd_out, bytes, false);
             }
@@ -331,7 +332,7 @@ fn record(t: &mut Tables<'static>, slot: PipeSlot, x: FileToPipe) -> Route {
         file: x.file,
         file_off: off,
         len: (x.len as u64).min(u64::MAX - off),
-        splicer_pid: sys::getpid(),
+        splicer_pid: subject::pid(),
         stack: crate::ops::stacks::splice_stack(t),
     };
     let mut pushed = t.push_segment(slot, intent);

@@ -8,4 +8,5 @@ pub mod guard;
 pub mod pipe;
 pub mod real;
 pub mod runtime;
+pub mod subject;
 pub mod usermem;

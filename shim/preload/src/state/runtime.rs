@@ -40,6 +40,28 @@ pub fn try_get() -> Option<&'static Runtime> {
     RUNTIME.get()
 }
 
+/// Sets the runtime explicitly instead of from the environment: the strict-mode
+/// supervisor acts in `domain` (whose registry exists) with `mode`, reporting to
+/// `report_path` (NUL-terminated) or stderr. Fails when the runtime was already set up or
+/// the registry cannot be opened.
+pub fn init_explicit(domain: &str, mode: Mode, report_path: Option<Vec<u8>>) -> Result<(), String> {
+    let registry = Registry::open_existing(domain)
+        .map_err(|e| format!("registry of domain {domain:?}: {e}"))?;
+    let rt = Runtime {
+        mode,
+        registry: Some(registry),
+        domain: domain.to_string(),
+        report_path,
+        exec_env: Vec::new(),
+        library_path: Vec::new(),
+        private_snapshots: false,
+        snapshot_timeout_ms: 1000,
+    };
+    RUNTIME
+        .set(rt)
+        .map_err(|_| "the runtime is already set up".to_string())
+}
+
 /// Writes one line to stderr with a raw syscall (no stdio, no hooks).
 pub fn warn(msg: &str) {
     let line = format!("splicecow: {msg}\n");

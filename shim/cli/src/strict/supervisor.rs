@@ -1,0 +1,476 @@
+//! The supervisor's loop: one notification at a time, answered as soon as it is handled.
+//! A mutation is checked (settled or reported) and then let run (`CONTINUE`); a file→pipe
+//! `splice`/`sendfile` is run here, recorded, and answered with its result; a transfer
+//! that would block goes to a thread of its own, so the loop never waits for a pipe.
+
+use super::filter::{FICLONE, FICLONERANGE};
+use super::target::{self, notif, GetFd};
+use splicecow_core::supervised::{self as sv, Change, Fd, Range, Spliced};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (Linux 6.6; not in Debian 12's headers).
+const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+
+/// What the supervisor knows of a calling thread.
+struct Caller {
+    /// Its process id.
+    tgid: i32,
+    /// A pidfd for it.
+    pidfd: OwnedFd,
+    /// Its process has the preload loaded (it protects itself).
+    preloaded: bool,
+}
+
+/// Most threads remembered before the memory is dropped (dead ones are not noticed).
+const MAX_CALLERS: usize = 4096;
+
+/// The supervisor's state.
+struct Supervisor {
+    listener: Arc<OwnedFd>,
+    callers: HashMap<i32, Caller>,
+}
+
+/// Serves notifications from `listener` until it fails (every filtered process is gone
+/// and the kernel says so, or the fd is broken).
+pub fn serve(listener: OwnedFd) {
+    // The caller and the supervisor hand the CPU to each other (Linux 6.6; older kernels
+    // refuse the flag and keep the ordinary wakeups).
+    let sync_wake_up: u64 = SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP;
+    // SAFETY: the ioctl reads the u64.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+            &sync_wake_up,
+        )
+    };
+    let mut s = Supervisor {
+        listener: Arc::new(listener),
+        callers: HashMap::new(),
+    };
+    while let Some(n) = notif::recv(s.fd()) {
+        s.handle(&n);
+    }
+}
+
+/// A notification's call, in the terms the handlers use.
+struct Call {
+    id: u64,
+    tid: i32,
+    nr: i64,
+    args: [u64; 6],
+}
+
+impl Supervisor {
+    fn fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    fn handle(&mut self, n: &libc::seccomp_notif) {
+        let c = Call {
+            id: n.id,
+            tid: n.pid as i32,
+            nr: i64::from(n.data.nr),
+            args: n.data.args,
+        };
+        if c.nr == libc::SYS_execve || c.nr == libc::SYS_execveat {
+            // After the exec the process may have the preload or not.
+            self.forget(c.tid);
+            return notif::proceed(self.fd(), c.id);
+        }
+        let transfer = c.nr == libc::SYS_splice || c.nr == libc::SYS_sendfile;
+        if !transfer && !sv::anything_live() {
+            return notif::proceed(self.fd(), c.id);
+        }
+        let Some((tgid, preloaded)) = self.caller(c.tid) else {
+            return notif::proceed(self.fd(), c.id);
+        };
+        if preloaded {
+            // Its own hooks protect it (and would wait for us if we acted too).
+            return notif::proceed(self.fd(), c.id);
+        }
+        if transfer && self.transfer(&c, tgid) {
+            return;
+        }
+        self.mutation(&c, tgid);
+        notif::proceed(self.fd(), c.id);
+    }
+
+    /// The caller's process id and whether it has the preload, learned once per thread.
+    fn caller(&mut self, tid: i32) -> Option<(i32, bool)> {
+        if let Some(c) = self.callers.get(&tid) {
+            // A remembered thread that died may have left its number to a new one: the
+            // pidfd tells (the caller is alive, it is waiting for us).
+            // SAFETY: plain system call; signal 0 only checks.
+            let alive =
+                unsafe { libc::syscall(libc::SYS_pidfd_send_signal, c.pidfd.as_raw_fd(), 0, 0, 0) }
+                    == 0;
+            if alive {
+                return Some((c.tgid, c.preloaded));
+            }
+            self.callers.remove(&tid);
+        }
+        if self.callers.len() >= MAX_CALLERS {
+            self.callers.clear();
+        }
+        let tgid = target::tgid(tid)?;
+        let pidfd = target::pidfd(tid, tgid)?;
+        let preloaded = target::preloaded(tid);
+        self.callers.insert(
+            tid,
+            Caller {
+                tgid,
+                pidfd,
+                preloaded,
+            },
+        );
+        Some((tgid, preloaded))
+    }
+
+    /// Forgets thread `tid` and every thread of its process.
+    fn forget(&mut self, tid: i32) {
+        if let Some(c) = self.callers.remove(&tid) {
+            self.callers.retain(|_, o| o.tgid != c.tgid);
+        }
+        self.callers.retain(|_, o| o.tgid != tid);
+    }
+
+    /// A duplicate of the caller's fd `fd`.
+    fn dup(&mut self, c: &Call, fd: u64) -> Option<(OwnedFd, Fd)> {
+        let caller = self.callers.get(&c.tid)?;
+        match target::getfd(caller.pidfd.as_raw_fd(), fd) {
+            Ok(local) => {
+                let f = Fd {
+                    local: local.as_raw_fd(),
+                    theirs: fd as i32,
+                };
+                Some((local, f))
+            }
+            Err(GetFd::NoSuchFd) => None,
+            Err(GetFd::Gone) => {
+                self.callers.remove(&c.tid);
+                None
+            }
+        }
+    }
+
+    /// Checks a mutating call before it runs.
+    fn mutation(&mut self, c: &Call, pid: i32) {
+        let a = c.args;
+        let fd_change = |change, range| Some((a[0], change, range));
+        let what = match c.nr {
+            libc::SYS_write => fd_change(Change::Write, Range::Cursor(a[2])),
+            libc::SYS_pwrite64 => fd_change(Change::Pwrite, Range::At(a[3] as i64, a[2])),
+            libc::SYS_writev => {
+                let len = self.iov_len(c, a[1], a[2]);
+                fd_change(Change::Writev, len.map_or(Range::FromCursor, Range::Cursor))
+            }
+            libc::SYS_pwritev => fd_change(Change::Pwritev, Range::From(a[3] as i64)),
+            libc::SYS_pwritev2 => {
+                if a[5] & libc::RWF_APPEND as u64 != 0 {
+                    None
+                } else if a[3] as i64 == -1 {
+                    fd_change(Change::Pwritev, Range::FromCursor)
+                } else {
+                    fd_change(Change::Pwritev, Range::From(a[3] as i64))
+                }
+            }
+            libc::SYS_ftruncate => fd_change(Change::Ftruncate, Range::From(a[1] as i64)),
+            libc::SYS_fallocate => {
+                let (mode, off, len) = (a[1] as i32, a[2] as i64, a[3]);
+                if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
+                    fd_change(Change::PunchHole, Range::At(off, len))
+                } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
+                    fd_change(Change::ZeroRange, Range::At(off, len))
+                } else if mode & libc::FALLOC_FL_COLLAPSE_RANGE != 0 {
+                    fd_change(Change::CollapseRange, Range::From(off))
+                } else if mode & libc::FALLOC_FL_INSERT_RANGE != 0 {
+                    fd_change(Change::InsertRange, Range::From(off))
+                } else {
+                    None
+                }
+            }
+            libc::SYS_copy_file_range => {
+                let range = match a[3] {
+                    0 => Some(Range::Cursor(a[4])),
+                    p => target::read_u64(c.tid, p).map(|off| Range::At(off as i64, a[4])),
+                };
+                range.map(|r| (a[2], Change::CopyFileRange, r))
+            }
+            libc::SYS_sendfile => Some((a[0], Change::SendfileInto, Range::Cursor(a[3]))),
+            libc::SYS_splice => {
+                let range = match a[3] {
+                    0 => Some(Range::Cursor(a[4])),
+                    p => target::read_u64(c.tid, p).map(|off| Range::At(off as i64, a[4])),
+                };
+                range.map(|r| (a[2], Change::SpliceInto, r))
+            }
+            libc::SYS_mmap => Some((a[4], Change::SharedMapping, Range::At(a[5] as i64, a[1]))),
+            libc::SYS_ioctl => match a[1] as u32 {
+                FICLONE => fd_change(Change::Clone, Range::From(0)),
+                FICLONERANGE => {
+                    // struct file_clone_range { s64 src_fd; u64 src_offset, src_length,
+                    // dest_offset; }
+                    let len = target::read_u64(c.tid, a[2].wrapping_add(16));
+                    let dest = target::read_u64(c.tid, a[2].wrapping_add(24));
+                    match (len, dest) {
+                        (Some(0), Some(d)) => fd_change(Change::Clone, Range::From(d as i64)),
+                        (Some(l), Some(d)) => fd_change(Change::Clone, Range::At(d as i64, l)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            },
+            libc::SYS_truncate => {
+                return self.path_mutation(c, pid, libc::AT_FDCWD as u64, a[0], 0, a[1] as i64);
+            }
+            libc::SYS_open => {
+                return self.path_mutation(c, pid, libc::AT_FDCWD as u64, a[0], a[1], 0)
+            }
+            libc::SYS_creat => {
+                let flags = (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64;
+                return self.path_mutation(c, pid, libc::AT_FDCWD as u64, a[0], flags, 0);
+            }
+            libc::SYS_openat => return self.path_mutation(c, pid, a[0], a[1], a[2], 0),
+            libc::SYS_openat2 => {
+                // struct open_how { u64 flags; u64 mode; u64 resolve; }
+                if let Some(flags) = target::read_u64(c.tid, a[2]) {
+                    self.path_mutation(c, pid, a[0], a[1], flags, 0);
+                }
+                return;
+            }
+            _ => None,
+        };
+        let Some((fd, change, range)) = what else {
+            return;
+        };
+        // What was read from the caller's memory is only good while the call waits.
+        if !notif::valid(self.fd(), c.id) {
+            return;
+        }
+        if let Some((_local, f)) = self.dup(c, fd) {
+            sv::before_change(pid, f, change, range);
+        }
+    }
+
+    /// The total length of the caller's `iovec` array at `iov` (`cnt` entries).
+    fn iov_len(&self, c: &Call, iov: u64, cnt: u64) -> Option<u64> {
+        if cnt > 1024 {
+            return None;
+        }
+        let mut buf = vec![0u8; cnt as usize * 16];
+        if !target::read_mem(c.tid, iov, &mut buf) {
+            return None;
+        }
+        Some(
+            buf.chunks(16)
+                .map(|e| u64::from_ne_bytes(e[8..16].try_into().unwrap_or([0; 8])))
+                .fold(0u64, u64::saturating_add),
+        )
+    }
+
+    /// A call that changes the file at a path (`truncate`, an open with `O_TRUNC`; the
+    /// filter already tested the flag where it could). The path is read from the
+    /// caller's memory; see the README ("Strict mode") for the race this leaves.
+    fn path_mutation(&mut self, c: &Call, pid: i32, dirfd: u64, path: u64, flags: u64, off: i64) {
+        let flags = flags as i32;
+        let (change, off) = if c.nr == libc::SYS_truncate {
+            (Change::Truncate, off)
+        } else if flags & libc::O_TRUNC != 0 {
+            (Change::OpenTruncate, 0)
+        } else {
+            return;
+        };
+        let Some(p) = target::read_path(c.tid, path) else {
+            return;
+        };
+        if !notif::valid(self.fd(), c.id) {
+            return;
+        }
+        let follow = flags & libc::O_NOFOLLOW == 0;
+        let dir = if p.as_bytes().first() == Some(&b'/') {
+            None
+        } else if dirfd as i32 == libc::AT_FDCWD {
+            std::fs::File::open(format!("/proc/{}/cwd", c.tid))
+                .ok()
+                .map(OwnedFd::from)
+        } else {
+            let Some((local, _)) = self.dup(c, dirfd) else {
+                return;
+            };
+            Some(local)
+        };
+        let dirfd = dir.as_ref().map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+        sv::before_path_change(pid, dirfd, &p, follow, change, Range::From(off));
+    }
+
+    /// A `splice` or `sendfile` from a regular file into a pipe, run here. Returns false
+    /// when the call is something else (then a mutation or nothing, and it runs itself).
+    fn transfer(&mut self, c: &Call, pid: i32) -> bool {
+        let a = c.args;
+        // splice(in, off_in, out, off_out, len, flags); sendfile(out, in, off, count).
+        let (fd_in, off_ptr, fd_out, len, flags) = if c.nr == libc::SYS_splice {
+            if a[3] != 0 || a[5] as u32 & !SPLICE_F_ALL != 0 {
+                return false;
+            }
+            (a[0], a[1], a[2], a[4], a[5] as u32)
+        } else {
+            (a[1], a[2], a[0], a[3], 0)
+        };
+        let Some((file_local, file)) = self.dup(c, fd_in) else {
+            return false;
+        };
+        let Some((pipe_local, pipe)) = self.dup(c, fd_out) else {
+            return false;
+        };
+        let mut off = None;
+        if off_ptr != 0 {
+            match target::read_u64(c.tid, off_ptr) {
+                Some(o) => off = Some(o as i64),
+                None => {
+                    // The kernel refuses an unreadable offset before it moves anything.
+                    notif::fail(self.fd(), c.id, libc::EFAULT);
+                    return true;
+                }
+            }
+        }
+        if !notif::valid(self.fd(), c.id) {
+            return true;
+        }
+        let job = Transfer {
+            listener: Arc::clone(&self.listener),
+            id: c.id,
+            tid: c.tid,
+            pid,
+            file,
+            pipe,
+            _keep: [file_local, pipe_local],
+            off_ptr,
+            off,
+            len: len as usize,
+            flags,
+        };
+        match job.attempt() {
+            Attempt::Done => true,
+            Attempt::NotFileToPipe => false,
+            Attempt::WouldBlock => {
+                // A blocking caller waits for room: in a thread of its own.
+                let spawned = std::thread::Builder::new()
+                    .name("splicecow-transfer".into())
+                    .spawn(move || job.wait_and_finish());
+                if spawned.is_err() {
+                    // No thread: the caller gets what a non-blocking call would.
+                    notif::fail(self.fd(), c.id, libc::EAGAIN);
+                }
+                true
+            }
+        }
+    }
+}
+
+/// Every `SPLICE_F_*` flag (move, nonblock, more, gift).
+const SPLICE_F_ALL: u32 = 0x0f;
+
+/// How often a waiting transfer checks that its caller still waits.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// A file→pipe transfer served for a filtered process.
+struct Transfer {
+    listener: Arc<OwnedFd>,
+    id: u64,
+    tid: i32,
+    pid: i32,
+    file: Fd,
+    pipe: Fd,
+    /// The duplicates `file` and `pipe` name, open for the transfer's life.
+    _keep: [OwnedFd; 2],
+    /// The caller's offset pointer (0: none) and the offset read from it.
+    off_ptr: u64,
+    off: Option<i64>,
+    len: usize,
+    flags: u32,
+}
+
+/// What one try of a [`Transfer`] did.
+enum Attempt {
+    /// Answered.
+    Done,
+    /// Not a regular file into a pipe: the call runs itself.
+    NotFileToPipe,
+    /// The pipe is full and the caller asked for blocking: nothing moved, not answered.
+    WouldBlock,
+}
+
+impl Transfer {
+    fn attempt(&self) -> Attempt {
+        let mut off = self.off;
+        let r = sv::file_to_pipe(
+            self.pid,
+            self.file,
+            self.pipe,
+            off.as_mut(),
+            self.len,
+            self.flags,
+        );
+        let fd = self.listener.as_raw_fd();
+        match r {
+            Spliced::NotFileToPipe => Attempt::NotFileToPipe,
+            Spliced::Failed(libc::EAGAIN) if self.blocking() => Attempt::WouldBlock,
+            Spliced::Failed(e) => {
+                notif::fail(fd, self.id, e);
+                Attempt::Done
+            }
+            Spliced::Moved(n) => {
+                let written = match off {
+                    Some(o) if self.off_ptr != 0 => {
+                        target::write_mem(self.tid, self.off_ptr, &o.to_ne_bytes())
+                    }
+                    _ => true,
+                };
+                if written {
+                    notif::answer(fd, self.id, n as i64);
+                } else {
+                    // The bytes moved, then the offset could not be stored: the kernel
+                    // says EFAULT then too.
+                    notif::fail(fd, self.id, libc::EFAULT);
+                }
+                Attempt::Done
+            }
+        }
+    }
+
+    /// The caller asked for a blocking call: no `SPLICE_F_NONBLOCK`, no `O_NONBLOCK` on
+    /// the pipe (the duplicate shares its status flags).
+    fn blocking(&self) -> bool {
+        // SAFETY: F_GETFL on our duplicate.
+        let fl = unsafe { libc::fcntl(self.pipe.local, libc::F_GETFL) };
+        self.flags & libc::SPLICE_F_NONBLOCK == 0 && fl >= 0 && fl & libc::O_NONBLOCK == 0
+    }
+
+    /// Waits for room in the pipe, then tries again, for as long as the caller waits (a
+    /// signal or its death withdraws the notification: then nothing has moved).
+    fn wait_and_finish(self) {
+        loop {
+            let mut p = libc::pollfd {
+                fd: self.pipe.local,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one pollfd of ours.
+            unsafe { libc::poll(&mut p, 1, WAIT_SLICE.as_millis() as i32) };
+            if !notif::valid(self.listener.as_raw_fd(), self.id) {
+                return;
+            }
+            match self.attempt() {
+                Attempt::WouldBlock => continue,
+                Attempt::Done => return,
+                Attempt::NotFileToPipe => {
+                    return notif::proceed(self.listener.as_raw_fd(), self.id);
+                }
+            }
+        }
+    }
+}

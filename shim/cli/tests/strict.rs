@@ -1,0 +1,252 @@
+//! `splicecow run --strict` with real statically linked programs (`tests/strict/prog.c`,
+//! built here with `gcc -static`): a static splicer whose child, a static mutator,
+//! changes the file while an unshimmed reader has not read yet is corrupted without
+//! splicecow and under plain `run` (the preload cannot load into a static program), and
+//! exact under `run --strict`; the trapped calls answer as without strict mode; a
+//! supervisor killed while a call waits for it fails that call instead of hanging.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_splicecow");
+const LEN: usize = 65536;
+
+/// The static helper, built once; `None` (with the reason printed) when this machine
+/// cannot link statically or has no seccomp user notification: the tests then skip.
+fn prog() -> Option<&'static Path> {
+    static PROG: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PROG.get_or_init(|| {
+        let actions = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail");
+        if !actions.is_ok_and(|a| a.split_whitespace().any(|w| w == "user_notif")) {
+            eprintln!("skipped: this kernel has no seccomp user notification");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("splicecow-strict-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let out = dir.join("prog");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/strict/prog.c");
+        let built = Command::new("gcc")
+            .args(["-static", "-O2", "-w", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status();
+        if !built.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: gcc -static failed (libc6-dev provides libc.a)");
+            return None;
+        }
+        Some(out)
+    })
+    .as_deref()
+}
+
+/// A fresh 64 KiB file of bytes that are never 'X' or 0, in a directory of its own.
+fn data_file(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("splicecow-strict-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("data");
+    std::fs::write(&path, original()).unwrap();
+    path
+}
+
+fn original() -> Vec<u8> {
+    (0..LEN).map(|i| b'a' + (i % 23) as u8).collect()
+}
+
+/// `splicecow` with the test's own splicecow variables removed (SPLICECOW_LIB kept).
+fn splicecow() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("LD_PRELOAD");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SPLICECOW_") && k != "SPLICECOW_LIB" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// How the splicer runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Under {
+    Nothing,
+    Run,
+    Strict,
+}
+
+/// Runs the static splicer (then its mutator child) with stdout a pipe, and reads the
+/// pipe only once every process is gone: what a late reader gets.
+fn late_read(under: Under, prog: &Path, file: &Path, mutation: &str) -> Vec<u8> {
+    let mut cmd = match under {
+        Under::Nothing => Command::new(prog),
+        Under::Run => {
+            let mut c = splicecow();
+            c.args(["run", "--"]).arg(prog);
+            c
+        }
+        Under::Strict => {
+            let mut c = splicecow();
+            c.args(["run", "--strict", "--"]).arg(prog);
+            c
+        }
+    };
+    cmd.arg("splice")
+        .arg(file)
+        .arg(LEN.to_string())
+        .arg(prog)
+        .arg(mutation)
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{under:?} {mutation}: {status}");
+    let mut got = Vec::new();
+    out.read_to_end(&mut got).unwrap();
+    got
+}
+
+#[test]
+fn static_splicer_and_mutator_are_protected_only_in_strict_mode() {
+    let Some(prog) = prog() else { return };
+    for mutation in ["pwrite", "write", "ftruncate", "truncate", "punch"] {
+        for under in [Under::Nothing, Under::Run, Under::Strict] {
+            let file = data_file(&format!("{mutation}-{under:?}"));
+            let got = late_read(under, prog, &file, mutation);
+            let changed = got
+                .iter()
+                .zip(original())
+                .filter(|(a, b)| **a != *b)
+                .count()
+                + LEN.abs_diff(got.len());
+            eprintln!("{mutation} under {under:?}: {changed} bytes differ");
+            if under == Under::Strict {
+                assert_eq!(changed, 0, "{mutation}: strict mode must be exact");
+            } else {
+                assert!(
+                    changed > 0,
+                    "{mutation} under {under:?}: the hazard must show"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn strict_mode_reports_static_programs_in_detect_mode() {
+    let Some(prog) = prog() else { return };
+    let file = data_file("detect");
+    let report = file.with_file_name("report.jsonl");
+    // The pipe is read only after the run (a late reader), so the pwrite conflicts.
+    let mut child = splicecow()
+        .args(["run", "--strict", "--mode", "detect", "--report"])
+        .arg(&report)
+        .arg("--")
+        .arg(prog)
+        .arg("splice")
+        .arg(&file)
+        .arg(LEN.to_string())
+        .arg(prog)
+        .arg("pwrite")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    assert!(child.wait().unwrap().success());
+    drop(out);
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("\"kind\":\"pwrite\""), "{text}");
+    assert!(
+        text.contains(&format!("\"exe\":\"{}\"", prog.display())),
+        "{text}"
+    );
+    assert!(text.contains("\"offset\":4096,\"len\":16"), "{text}");
+}
+
+#[test]
+fn trapped_calls_answer_as_without_strict_mode() {
+    let Some(prog) = prog() else { return };
+    let run = |strict: bool| {
+        let file = data_file(&format!("fidelity-{strict}"));
+        let mut cmd = if strict {
+            let mut c = splicecow();
+            c.args(["run", "--strict", "--"]).arg(prog);
+            c
+        } else {
+            Command::new(prog)
+        };
+        let out = cmd.arg("fidelity").arg(&file).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (plain, strict) = (run(false), run(true));
+    let lines = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.starts_with("io_uring_setup"))
+            .map(String::from)
+            .collect()
+    };
+    assert!(lines(&plain).len() > 30, "{plain}");
+    assert_eq!(lines(&plain), lines(&strict));
+    assert!(strict.contains("io_uring_setup -1 38"), "{strict}");
+}
+
+#[test]
+fn a_killed_supervisor_fails_the_waiting_call() {
+    let Some(prog) = prog() else { return };
+    let file = data_file("pending");
+    let dir = file.parent().unwrap().to_path_buf();
+    let mut run = splicecow()
+        .args(["run", "--strict", "--"])
+        .arg(prog)
+        .arg("pending")
+        .arg(&dir)
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !what() {
+            assert!(start.elapsed() < Duration::from_secs(10), "timed out");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(&|| dir.join("waiting").exists());
+    // The splice is waiting for room, in the supervisor's hands.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(std::fs::read_dir(&dir).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("result")
+    }));
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let result = || {
+        std::fs::read_dir(&dir).unwrap().find_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.starts_with("result").then_some(name)
+        })
+    };
+    wait_for(&|| result().is_some());
+    assert_eq!(
+        result().unwrap(),
+        "result--1-38",
+        "the splice fails with ENOSYS"
+    );
+}
+
+#[test]
+fn doctor_says_strict_mode_covers_a_static_program() {
+    let Some(prog) = prog() else { return };
+    let out = splicecow().arg("doctor").arg(prog).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("strict mode (`splicecow run --strict`) covers it: statically linked"),
+        "{text}"
+    );
+}

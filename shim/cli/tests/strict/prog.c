@@ -1,0 +1,160 @@
+/* Statically linked helper of tests/strict.rs (built there with gcc -static).
+ *
+ *   prog splice FILE LEN [MUTATOR ARGS...]  splice LEN bytes of FILE (with an offset
+ *        pointer) into stdout, a pipe; then run MUTATOR in a child process and wait
+ *   prog pwrite|write|ftruncate|truncate|punch FILE   change FILE (16 'X' at 4096, or
+ *        cut at 30000, or punch 100..65100)
+ *   prog fidelity FILE   trapped calls with bad arguments: one "name result errno" line
+ *        each (a segment of FILE is live meanwhile)
+ *   prog pwrite-loop FILE N   N 64-byte pwrites; prints the nanoseconds per call
+ *   prog pending DIR     fill a pipe, then a blocking splice into it; the result is
+ *        reported as the directory DIR/result-<errno> (mkdir is not trapped: once the
+ *        supervisor is gone every trapped call, write included, fails)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/sendfile.h>
+
+static void report(const char *name, long r) {
+    printf("%s %ld %d\n", name, r, r < 0 ? errno : 0);
+    fflush(stdout);
+}
+
+static int mutate(const char *how, const char *file) {
+    char x[16];
+    memset(x, 'X', sizeof x);
+    int fd = open(file, O_RDWR);
+    if (fd < 0) return 2;
+    if (!strcmp(how, "pwrite")) return pwrite(fd, x, 16, 4096) == 16 ? 0 : 3;
+    if (!strcmp(how, "write")) {
+        lseek(fd, 4096, SEEK_SET);
+        return write(fd, x, 16) == 16 ? 0 : 3;
+    }
+    if (!strcmp(how, "ftruncate")) return ftruncate(fd, 30000) ? 3 : 0;
+    if (!strcmp(how, "truncate")) return truncate(file, 30000) ? 3 : 0;
+    if (!strcmp(how, "punch"))
+        return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 100, 65000) ? 3 : 0;
+    return 4;
+}
+
+static int fidelity(const char *file) {
+    int fd = open(file, O_RDWR);
+    int keep[2], p[2];
+    if (fd < 0 || pipe(keep) || pipe(p)) return 2;
+    loff_t off = 0;
+    /* A live segment, so the supervisor's slow paths run for the calls below. */
+    report("splice_live", splice(fd, &off, keep[1], NULL, 4096, 0));
+    char buf[16] = {0};
+    report("write_badfd", write(999, buf, 16));
+    report("write_badptr", write(fd, (void *)16, 16));
+    report("pwrite_badfd", pwrite(-1, buf, 16, 0));
+    report("pwrite_negoff", pwrite(fd, buf, 16, -5));
+    report("pwrite_badptr", pwrite(fd, (void *)16, 16, 0));
+    struct iovec iov = {buf, 16};
+    report("writev_badiov", writev(fd, (void *)16, 1));
+    report("pwritev_badfd", pwritev(999, &iov, 1, 0));
+    report("ftruncate_badfd", ftruncate(999, 0));
+    report("ftruncate_neg", ftruncate(fd, -1));
+    report("truncate_badptr", truncate((const char *)16, 0));
+    report("truncate_missing", truncate("/nonexistent/x", 0));
+    report("open_trunc_missing", open("/nonexistent/x", O_WRONLY | O_TRUNC));
+    report("open_trunc_badptr", syscall(SYS_open, (const char *)16, O_WRONLY | O_TRUNC));
+    report("fallocate_badfd", fallocate(999, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 1));
+    report("copy_file_range_badptr", copy_file_range(fd, NULL, fd, (loff_t *)16, 16, 0));
+    report("splice_badfd", splice(999, NULL, p[1], NULL, 16, 0));
+    report("splice_badoff", splice(fd, (loff_t *)16, p[1], NULL, 16, 0));
+    loff_t neg = -1;
+    report("splice_negoff", splice(fd, &neg, p[1], NULL, 16, 0));
+    report("splice_readend", splice(fd, NULL, p[0], NULL, 16, 0));
+    report("splice_badflags", splice(fd, NULL, p[1], NULL, 16, 0x100));
+    loff_t past = 1 << 30;
+    report("splice_pasteof", splice(fd, &past, p[1], NULL, 16, 0));
+    report("splice_offset_moved", (long)past);
+    off_t soff = 0;
+    report("sendfile_pipe", sendfile(p[1], fd, &soff, 100));
+    report("sendfile_offset", (long)soff);
+    report("sendfile_badfd", sendfile(p[1], 999, NULL, 100));
+    report("lseek_after", lseek(fd, 0, SEEK_CUR));
+    report("splice_cursor", splice(fd, NULL, p[1], NULL, 50, 0));
+    report("lseek_moved", lseek(fd, 0, SEEK_CUR));
+    int full[2];
+    if (pipe2(full, O_NONBLOCK)) return 2;
+    fcntl(full[1], F_SETPIPE_SZ, 4096);
+    report("fill", write(full[1], (char[4096]){0}, 4096));
+    report("splice_full_nonblock", splice(fd, NULL, full[1], NULL, 16, 0));
+    report("splice_full_flag", splice(fd, NULL, keep[1], NULL, 16, SPLICE_F_NONBLOCK) >= 0);
+    report("io_uring_setup", syscall(425, 1, NULL));
+    return 0;
+}
+
+static int pending(const char *dir) {
+    int p[2];
+    if (pipe(p)) return 2;
+    fcntl(p[1], F_SETPIPE_SZ, 4096);
+    static char page[4096];
+    if (write(p[1], page, sizeof page) != sizeof page) return 3;
+    char file[4096];
+    snprintf(file, sizeof file, "%s/data", dir);
+    int fd = open(file, O_RDONLY);
+    if (fd < 0) return 4;
+    char ready[4096];
+    snprintf(ready, sizeof ready, "%s/waiting", dir);
+    mkdir(ready, 0700);
+    long r = splice(fd, NULL, p[1], NULL, 16, 0); /* blocks: nobody reads */
+    char out[4096];
+    snprintf(out, sizeof out, "%s/result-%ld-%d", dir, r, r < 0 ? errno : 0);
+    mkdir(out, 0700);
+    return 0;
+}
+
+static int pwrite_loop(const char *file, long n) {
+    int fd = open(file, O_RDWR);
+    if (fd < 0) return 2;
+    char buf[64] = {0};
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++)
+        if (pwrite(fd, buf, 64, 0) != 64) return 3;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    long ns = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+    printf("%ld\n", ns / n);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) return 1;
+    if (!strcmp(argv[1], "pwrite-loop") && argc > 3) return pwrite_loop(argv[2], atol(argv[3]));
+    if (!strcmp(argv[1], "fidelity")) return fidelity(argv[2]);
+    if (!strcmp(argv[1], "pending")) return pending(argv[2]);
+    if (strcmp(argv[1], "splice")) return mutate(argv[1], argv[2]);
+    if (argc < 4) return 1;
+    int fd = open(argv[2], O_RDONLY);
+    if (fd < 0) return 2;
+    size_t len = strtoul(argv[3], NULL, 10);
+    loff_t off = 0;
+    while (off < (loff_t)len) {
+        ssize_t n = splice(fd, &off, 1, NULL, len - off, 0);
+        if (n <= 0) return 3;
+    }
+    if (argc > 4) {
+        pid_t c = fork();
+        if (c == 0) {
+            execv(argv[4], argv + 4);
+            _exit(127);
+        }
+        int st;
+        waitpid(c, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st)) return 5;
+    }
+    return 0;
+}

@@ -1,0 +1,232 @@
+//! Strict mode's entry points: the operations the hooks run, called by the supervisor
+//! (`splicecow run --strict`, in the CLI) on behalf of a process under its seccomp
+//! filter, whose system calls it is told about before they run.
+//!
+//! The supervisor works on duplicates of the filtered process's fds (`pidfd_getfd`):
+//! a duplicate shares the open file description, so the file offset and status flags the
+//! operations read (`lseek`, `F_GETFL`) are the process's own. While an operation runs,
+//! the calling thread acts for that process (`state::subject`): the registry names it as
+//! splicer and holder, with its own fd numbers, and detect reports name it.
+//!
+//! Like `hooks`, this is an entry floor: it builds intents and calls one operation.
+
+use crate::ops::intent::{Kind, Mutation, Span, Target};
+use crate::ops::{mutation, transfer};
+use crate::state::fd::FdKind;
+use crate::state::subject::{self, Subject};
+use crate::state::{fdcache, guard::Inside, runtime};
+use splicecow_registry::sys;
+use std::ffi::CStr;
+
+pub use splicecow_registry::env::Mode;
+
+/// Makes this process the supervisor of `domain` (whose registry exists), in `mode`,
+/// with detect reports appended to `report_path` (else stderr). Call once, before any
+/// other function here. The fd identity cache is turned off: this process has no close
+/// hooks, so a number it learned could name another file later.
+pub fn join(domain: &str, mode: Mode, report_path: Option<&[u8]>) -> Result<(), String> {
+    fdcache::turn_off();
+    let report = report_path.map(|p| [p, b"\0"].concat());
+    runtime::init_explicit(domain, mode, report)?;
+    if let Some(reg) = &runtime::get().registry {
+        // What changes in other domains do with this domain's segments.
+        reg.claim_mode(mode);
+    }
+    Ok(())
+}
+
+/// False when no mutation can conflict now (nothing live in any domain of the user):
+/// the supervisor then lets a call go ahead without looking at it.
+pub fn anything_live() -> bool {
+    mutation::active_registry().is_some()
+}
+
+/// An fd of the filtered process.
+#[derive(Debug, Clone, Copy)]
+pub struct Fd {
+    /// The supervisor's duplicate.
+    pub local: i32,
+    /// The number in the filtered process.
+    pub theirs: i32,
+}
+
+/// Which call changes a file (the detect report's `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// `write`.
+    Write,
+    /// `writev`.
+    Writev,
+    /// `pwrite64`.
+    Pwrite,
+    /// `pwritev`, `pwritev2`.
+    Pwritev,
+    /// `fallocate` punching a hole.
+    PunchHole,
+    /// `fallocate` zeroing a range.
+    ZeroRange,
+    /// `fallocate` collapsing a range.
+    CollapseRange,
+    /// `fallocate` inserting a range.
+    InsertRange,
+    /// `ftruncate`.
+    Ftruncate,
+    /// `truncate`.
+    Truncate,
+    /// `open`, `openat`, `openat2`, `creat` with `O_TRUNC`.
+    OpenTruncate,
+    /// `copy_file_range` into the file.
+    CopyFileRange,
+    /// `sendfile` into the file.
+    SendfileInto,
+    /// `splice` from a pipe into the file.
+    SpliceInto,
+    /// A shared writable mapping of the file.
+    SharedMapping,
+    /// `ioctl` `FICLONE`, `FICLONERANGE`.
+    Clone,
+}
+
+impl Change {
+    fn kind(self) -> Kind {
+        match self {
+            Change::Write => Kind::Write,
+            Change::Writev => Kind::Writev,
+            Change::Pwrite => Kind::Pwrite,
+            Change::Pwritev => Kind::Pwritev,
+            Change::PunchHole => Kind::PunchHole,
+            Change::ZeroRange => Kind::ZeroRange,
+            Change::CollapseRange => Kind::CollapseRange,
+            Change::InsertRange => Kind::InsertRange,
+            Change::Ftruncate => Kind::Ftruncate,
+            Change::Truncate => Kind::Truncate,
+            Change::OpenTruncate => Kind::OpenTruncate,
+            Change::CopyFileRange => Kind::CopyFileRange,
+            Change::SendfileInto => Kind::SendfileInto,
+            Change::SpliceInto => Kind::SpliceInto,
+            Change::SharedMapping => Kind::SharedMapping,
+            Change::Clone => Kind::Clone,
+        }
+    }
+}
+
+/// The bytes a change touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// `len` bytes at `off`.
+    At(i64, u64),
+    /// `len` bytes at the fd's offset; nothing for an `O_APPEND` fd.
+    Cursor(u64),
+    /// Everything from `off` on.
+    From(i64),
+    /// Everything from the fd's offset on; nothing for an `O_APPEND` or read-only fd.
+    FromCursor,
+}
+
+impl Range {
+    fn span(self) -> Span {
+        match self {
+            Range::At(off, len) => Span::At(off, len),
+            Range::Cursor(len) => Span::Cursor(len),
+            Range::From(off) => Span::From(off),
+            Range::FromCursor => Span::FromCursor,
+        }
+    }
+}
+
+/// Runs `f` inside the shim, acting for process `pid` with the fds `fds`.
+fn serving<T>(pid: i32, fds: [Fd; 2], f: impl FnOnce() -> T) -> T {
+    let s = Subject {
+        pid,
+        fds: fds.map(|fd| (fd.local, fd.theirs)),
+    };
+    let _inside = Inside::enter();
+    subject::acting_for(s, f)
+}
+
+/// Before process `pid` changes the file open as `fd`: settles (protect) or reports
+/// (detect) what the change overlaps, exactly as the hooks do.
+pub fn before_change(pid: i32, fd: Fd, change: Change, range: Range) {
+    let m = Mutation {
+        target: Target::Fd(fd.local),
+        span: range.span(),
+        kind: change.kind(),
+    };
+    serving(pid, [fd, fd], || mutation::before(m));
+}
+
+/// Before process `pid` changes the file at `path` (relative to the supervisor's `dirfd`,
+/// which names the directory the process's call resolves it from): as
+/// [`before_change`]. `follow`: a final symlink is followed.
+pub fn before_path_change(
+    pid: i32,
+    dirfd: i32,
+    path: &CStr,
+    follow: bool,
+    change: Change,
+    range: Range,
+) {
+    let m = Mutation {
+        target: Target::Path {
+            dirfd,
+            path: path.as_ptr(),
+            follow,
+        },
+        span: range.span(),
+        kind: change.kind(),
+    };
+    let none = Fd {
+        local: -1,
+        theirs: -1,
+    };
+    serving(pid, [none, none], || mutation::before(m));
+}
+
+/// What [`file_to_pipe`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spliced {
+    /// Not a regular file into a pipe: the call is not a transfer to record.
+    NotFileToPipe,
+    /// Bytes moved (the call's result).
+    Moved(usize),
+    /// The call failed with this `errno` (`EAGAIN`: the pipe is full; wait and retry if
+    /// the process asked for blocking).
+    Failed(i32),
+}
+
+/// A `splice` (or `sendfile`) of up to `len` bytes of `file` into `pipe` by process
+/// `pid`, run here without blocking (`SPLICE_F_NONBLOCK` added to `flags`) and recorded
+/// as the hooks record it. `off` is the process's offset (`*off_in`, already read from
+/// its memory; the caller writes it back), `None` for the file's own offset.
+pub fn file_to_pipe(
+    pid: i32,
+    file: Fd,
+    pipe: Fd,
+    off: Option<&mut i64>,
+    len: usize,
+    flags: u32,
+) -> Spliced {
+    let (FdKind::Regular(fkey), FdKind::Pipe(pkey)) =
+        (fdcache::kind(file.local), fdcache::kind(pipe.local))
+    else {
+        return Spliced::NotFileToPipe;
+    };
+    let off_in = off.map_or(std::ptr::null_mut(), |o| o as *mut i64);
+    let x = transfer::FileToPipe {
+        fd_in: file.local,
+        off_in,
+        fd_out: pipe.local,
+        file: fkey,
+        pipe: pkey,
+        len,
+        flags: flags | libc::SPLICE_F_NONBLOCK,
+    };
+    serving(pid, [file, pipe], || {
+        let r = transfer::file_to_pipe(x);
+        if r >= 0 {
+            Spliced::Moved(r as usize)
+        } else {
+            Spliced::Failed(sys::errno())
+        }
+    })
+}
