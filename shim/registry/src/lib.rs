@@ -113,6 +113,9 @@ pub struct Registry {
     domain: String,
     /// The user index this domain's tables keep up to date, once joined.
     index: std::sync::OnceLock<&'static index::Index>,
+    /// Whether the test pauses apply (set for the process's own domain only: a sweep or a
+    /// conflict check in another domain never pauses).
+    test_pauses: std::sync::atomic::AtomicBool,
 }
 
 /// The registry as a kind of shared file.
@@ -305,6 +308,7 @@ impl Registry {
             regions,
             domain: domain.to_string(),
             index: std::sync::OnceLock::new(),
+            test_pauses: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -403,6 +407,19 @@ impl Registry {
         }
     }
 
+    /// Lets the test pauses (`SPLICECOW_TEST_PAUSE`) apply to this registry: call it for
+    /// the process's own domain only.
+    pub fn allow_test_pauses(&self) {
+        self.test_pauses.store(true, Ordering::Relaxed);
+    }
+
+    /// Sleeps at test pause `point` when [`Registry::allow_test_pauses`] was called.
+    pub fn pause(&self, point: pause::Point) {
+        if self.test_pauses.load(Ordering::Relaxed) {
+            pause::at(point);
+        }
+    }
+
     /// Takes the table lock (taking it over from a dead holder if needed).
     /// A holder that died may have stopped anywhere inside an update: the taker first
     /// repairs what the tables derive ([`Tables::repair`]). When the dead holder was a
@@ -419,6 +436,7 @@ impl Registry {
                     self.base,
                     &self.regions,
                     self.index().map(|i| (i, self.domain.as_str())),
+                    self.test_pauses.load(Ordering::Relaxed),
                 )
             },
         };

@@ -21,6 +21,8 @@ pub struct Tables<'a> {
     pub(crate) stacks: Table<'a, StackRecord>,
     /// The user index and this domain's name in it, when the registry joined one.
     pub(crate) index: Option<(&'a Index, &'a str)>,
+    /// Whether the test pauses apply to this registry (the process's own domain only).
+    pub(crate) pauses: bool,
 }
 
 impl<'a> Tables<'a> {
@@ -36,6 +38,7 @@ impl<'a> Tables<'a> {
         base: *mut u8,
         regions: &Regions,
         index: Option<(&'a Index, &'a str)>,
+        pauses: bool,
     ) -> Tables<'a> {
         // SAFETY: the regions are disjoint parts of the mapping, 8-aligned, each holding
         // `len >= 1` records (all-zero bytes are valid for every record type); the header
@@ -52,7 +55,16 @@ impl<'a> Tables<'a> {
                 journal: &mut *(part(regions.journal) as *mut SettleJournal),
                 stacks: Table::from_raw(part(regions.stacks).cast(), regions.stacks.len),
                 index,
+                pauses,
             }
+        }
+    }
+
+    /// Sleeps at test pause `point` when this registry is the process's own domain's and
+    /// `SPLICECOW_TEST_PAUSE` names the point (see [`crate::pause`]).
+    pub fn pause(&self, point: Point) {
+        if self.pauses {
+            pause::at(point);
         }
     }
 
@@ -229,6 +241,7 @@ impl Tables<'_> {
 
     /// Remembers that `pid` holds the pipe as `fd` (most recent first).
     pub fn add_holder(&mut self, slot: PipeSlot, pid: i32, fd: i32) {
+        let pauses = self.pauses;
         let holders = &mut self.pipes.at_mut(slot.index()).holders;
         let new = Holder { pid, fd };
         if *at(holders, 0) == new {
@@ -245,7 +258,7 @@ impl Tables<'_> {
             // SAFETY: `i` < HOLDERS_PER_PIPE; a volatile store so the list is in shared
             // memory, as written so far, when the test pause below is reached.
             unsafe { std::ptr::write_volatile(at_mut(holders, i), h) };
-            if i == 0 {
+            if i == 0 && pauses {
                 pause::at(Point::Holder);
             }
         }
@@ -331,7 +344,7 @@ impl Tables<'_> {
         };
         std::sync::atomic::compiler_fence(Ordering::SeqCst);
         p.count = count as u32 + 1;
-        pause::at(Point::Record);
+        self.pause(Point::Record);
         self.update_busy(slot);
         if self.files.at(fslot).live_segments == 0 {
             // Known to the user's other domains before any of them can see it.
@@ -373,7 +386,7 @@ impl Tables<'_> {
             if last.stream_pos >= end {
                 let fslot = last.file_slot as usize;
                 p.count = count as u32 - 1;
-                pause::at(Point::Commit);
+                self.pause(Point::Commit);
                 self.release_file_ref(fslot);
             } else {
                 last.len = last.len.min(end - last.stream_pos);
@@ -411,7 +424,7 @@ impl Tables<'_> {
                 let fslot = first.file_slot as usize;
                 p.head = ((p.head as usize + 1) % SEGMENTS_PER_PIPE) as u32;
                 p.count = count as u32 - 1;
-                pause::at(Point::Retire);
+                self.pause(Point::Retire);
                 self.release_file_ref(fslot);
             } else {
                 if first.stream_pos < pos {
@@ -434,7 +447,7 @@ impl Tables<'_> {
         p.head = 0;
         p.count = 0;
         if count > 0 {
-            pause::at(Point::Retire);
+            self.pause(Point::Retire);
         }
         for i in 0..count {
             let fslot = at(&self.pipes.at(slot.index()).segments, head + i).file_slot;

@@ -312,7 +312,7 @@ fn drain_and_refill(t: &mut Tables, slot: PipeSlot, fd: i32, buf: *mut u8, cap: 
             t.journal().add_drained(r as usize);
             total += r as usize;
         }
-        splicecow_registry::pause::at(splicecow_registry::pause::Point::Settle);
+        t.pause(splicecow_registry::pause::Point::Settle);
         let n = t.journal().chunks();
         let base = t.pipe(slot).bytes_in.saturating_sub(total as u64);
         let mut at = 0u64;

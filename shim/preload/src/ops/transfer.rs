@@ -18,7 +18,7 @@ use crate::state::runtime::{self, Mode};
 use crate::state::subject;
 use crate::state::usermem::{set_user_offset, user_offset, user_offset_raw};
 use splicecow_registry::layout::{Counters, SEGMENTS_PER_PIPE};
-use splicecow_registry::pause::{self, Point};
+use splicecow_registry::pause::Point;
 use splicecow_registry::{lock, sys, FileKey, Full, Guard, Intent, PipeSlot, Registry, Tables};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -206,7 +206,7 @@ pub fn file_to_pipe(x: FileToPipe) -> isize {
                 // mark is gone (`settle::in_another_call`).
                 t.set_call_owner(slot, lock::owner_id());
                 drop(t);
-                pause::at(Point::Call);
+                reg.pause(Point::Call);
                 let moved = splice_nonblocking();
                 t = settle::lock(reg);
                 t.set_call_owner(slot, 0);

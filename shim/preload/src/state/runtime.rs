@@ -130,7 +130,11 @@ fn init() -> Runtime {
             capacity
         };
         match Registry::open_or_create_with(&domain, sized) {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                // The test pauses stop this process in its own domain's updates only.
+                r.allow_test_pauses();
+                Some(r)
+            }
             Err(e) => {
                 let fallback = if mode == Mode::Detect {
                     Mode::Off
