@@ -1,8 +1,10 @@
 //! Test pauses: named points inside registry updates and settles where a process can be
 //! told to sleep (`SPLICECOW_TEST_PAUSE=point:microseconds[,point:microseconds...]`), so
 //! a fault-injection test can SIGKILL it exactly there. Unset, each point costs one
-//! relaxed load. The sleep is a raw `nanosleep`, which nothing else in the shim calls: a
-//! test finds a paused process by its `/proc/<pid>/task/*/syscall`.
+//! relaxed load. The sleep is a raw `nanosleep` of the configured length (the shim's
+//! 20 µs lock waits use `nanosleep` too): a test finds a paused process by its
+//! `/proc/<pid>/task/*/syscall` and the requested time. A registry pauses only once the
+//! process allowed it for its own domain (`Registry::allow_test_pauses`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
