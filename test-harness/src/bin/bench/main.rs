@@ -4,17 +4,22 @@
 //! bench [--quick] [--json PATH]
 //! ```
 //!
-//! Five sections, each printed as a table with its goal next to the numbers:
+//! Its sections, each printed as a table with its goal next to the numbers:
 //!
-//! 1. throughput file → pipe → unshimmed reading process (raw splice, splicecow protect,
-//!    splicecow copy mode, a pread/write loop) at 64 KiB, 256 KiB and 1 MiB pipes;
+//! 1. throughput file → pipe → unshimmed reading process (raw splice, raw non-blocking
+//!    splice + poll, splicecow protect, splicecow copy mode, a pread/write loop) at
+//!    64 KiB, 256 KiB and 1 MiB pipes;
 //! 2. hook cost of 64-byte `pwrite`s to an unrelated file (no shim, idle registry,
-//!    1000 live segments on other files, 100 other domains of the user alive with
-//!    nothing live, and with a live segment in one of them);
+//!    1000 live segments on other files, a domain aged by 10,000 pipelines, 100 other
+//!    domains of the user alive with nothing live, and with a live segment in one of
+//!    them), and (2b) of `dup` + `close` of fds that are no tracked pipe;
 //! 3. conflict cost: a `pwrite` that hits an in-flight segment (settle included) against
 //!    the same `pwrite` with nothing in flight, for a 64 KiB and a 1 MiB pipe;
 //! 4. scale: 1000 pipes × 64 segments live, cost of a mutation lookup and a splice record;
-//! 5. start cost: `splicecow run -- true` against `true`.
+//! 5. start cost: `splicecow run -- true` against `true`;
+//! 6. per-call cost: same-thread splice + read at 4 KiB and 64 KiB, 2 and 4 threads, a
+//!    `pwrite` while a pipeline streams, detect mode with and without stacks;
+//! 7. strict mode: a static program's trapped `pwrite`, a dynamic one under `--strict`.
 //!
 //! The shim acts on the process it is preloaded into, so every measured variant runs in
 //! a child: this binary re-executed as `bench worker <kind> ...`, with or without
@@ -29,6 +34,7 @@ mod conflict;
 mod hook;
 mod scale;
 mod start;
+mod strict;
 mod throughput;
 mod worker;
 
@@ -38,6 +44,7 @@ use conflict::*;
 use hook::*;
 use scale::*;
 use start::*;
+use strict::*;
 use throughput::*;
 use worker::*;
 
@@ -85,7 +92,7 @@ struct Cli {
     #[arg(long)]
     no_pin: bool,
     /// Run only these sections (comma-separated: throughput, hook, close, calls,
-    /// conflict, scale, start), e.g. when profiling.
+    /// conflict, scale, start, strict), e.g. when profiling.
     #[arg(long, value_name = "LIST")]
     only: Option<String>,
     #[command(subcommand)]
@@ -560,7 +567,7 @@ fn run_all(ctx: &Ctx, plan: &Plan, args: &[String]) -> Res<Value> {
     println!("  (medians of alternating repetitions; ratios are medians of per-repetition ratios)");
     let t0 = Instant::now();
     type Section = fn(&Ctx, &Plan) -> Res<Value>;
-    let mut sections: [(&str, Section, Value); 7] = [
+    let mut sections: [(&str, Section, Value); 8] = [
         ("throughput", section_throughput, Value::Null),
         ("hook", section_hook, Value::Null),
         ("close", section_close, Value::Null),
@@ -568,19 +575,21 @@ fn run_all(ctx: &Ctx, plan: &Plan, args: &[String]) -> Res<Value> {
         ("conflict", section_conflict, Value::Null),
         ("scale", section_scale, Value::Null),
         ("start", section_start, Value::Null),
+        ("strict", section_strict, Value::Null),
     ];
     for (name, run, out) in sections.iter_mut() {
         if plan.wants(name) {
             *out = run(ctx, plan)?;
         }
     }
-    let [throughput, hook, close, calls, conflict, scale, start] = sections.map(|(_, _, v)| v);
+    let [throughput, hook, close, calls, conflict, scale, start, strict] =
+        sections.map(|(_, _, v)| v);
     println!("\ntotal time {:.1} s", t0.elapsed().as_secs_f64());
     Ok(json!({
         "date": date, "kernel": kernel, "nproc": nproc, "cpu": cpu, "command": command,
         "quick": plan.file_len < 512 * MIB,
         "throughput": throughput, "hook": hook, "close": close, "calls": calls,
         "conflict": conflict,
-        "scale": scale, "start": start,
+        "scale": scale, "start": start, "strict": strict,
     }))
 }
