@@ -177,6 +177,12 @@ impl Index {
         unsafe { std::ptr::read_volatile(at(&(*self.base).entries, i)) }
     }
 
+    /// Only the file of entry `i` (the probes of a lookup need no more than that).
+    fn key_at(&self, i: usize) -> FileKey {
+        // SAFETY: as in `entry`; the key is read in place, not the whole entry.
+        unsafe { std::ptr::read_volatile(&at(&(*self.base).entries, i).key) }
+    }
+
     /// True when any domain of this user has a live segment of any file.
     pub fn any_live(&self) -> bool {
         self.header().live_entries.load(Ordering::SeqCst) > 0
@@ -187,10 +193,14 @@ impl Index {
     pub fn domains_of(&self, key: FileKey, except: &str, mut each: impl FnMut(&str)) {
         let home = key.home(MAX_ENTRIES);
         for k in 0..MAX_PROBE {
-            let e = self.entry(home + k);
-            if e.key.is_empty() {
+            let found = self.key_at(home + k);
+            if found.is_empty() {
                 return;
             }
+            if found != key {
+                continue;
+            }
+            let e = self.entry(home + k);
             if e.key == key && e.live != 0 && !e.names(except) {
                 if let Some(d) = e.domain() {
                     each(d);
