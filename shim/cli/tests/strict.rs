@@ -5,6 +5,9 @@
 //! exact under `run --strict`; the trapped calls answer as without strict mode; a
 //! supervisor killed while a call waits for it fails that call instead of hanging.
 
+mod common;
+
+use common::TestDomain;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -79,16 +82,17 @@ enum Under {
 /// Runs the static splicer (then its mutator child) with stdout a pipe, and reads the
 /// pipe only once every process is gone: what a late reader gets.
 fn late_read(under: Under, prog: &Path, file: &Path, mutation: &str) -> Vec<u8> {
+    let domain = TestDomain::new("strict-late-read");
     let mut cmd = match under {
         Under::Nothing => Command::new(prog),
         Under::Run => {
             let mut c = splicecow();
-            c.args(["run", "--"]).arg(prog);
+            c.args(domain.run_args(&["--"])).arg(prog);
             c
         }
         Under::Strict => {
             let mut c = splicecow();
-            c.args(["run", "--strict", "--"]).arg(prog);
+            c.args(domain.run_args(&["--strict", "--"])).arg(prog);
             c
         }
     };
@@ -140,9 +144,10 @@ fn strict_mode_reports_static_programs_in_detect_mode() {
     let Some(prog) = prog() else { return };
     let file = data_file("detect");
     let report = file.with_file_name("report.jsonl");
+    let domain = TestDomain::new("strict-detect");
     // The pipe is read only after the run (a late reader), so the pwrite conflicts.
     let mut child = splicecow()
-        .args(["run", "--strict", "--mode", "detect", "--report"])
+        .args(domain.run_args(&["--strict", "--mode", "detect", "--report"]))
         .arg(&report)
         .arg("--")
         .arg(prog)
@@ -173,9 +178,10 @@ fn trapped_calls_answer_as_without_strict_mode() {
     let Some(prog) = prog() else { return };
     let run = |strict: bool| {
         let file = data_file(&format!("fidelity-{strict}"));
+        let domain = TestDomain::new("strict-fidelity");
         let mut cmd = if strict {
             let mut c = splicecow();
-            c.args(["run", "--strict", "--"]).arg(prog);
+            c.args(domain.run_args(&["--strict", "--"])).arg(prog);
             c
         } else {
             Command::new(prog)
@@ -201,8 +207,9 @@ fn a_killed_supervisor_fails_the_waiting_call() {
     let Some(prog) = prog() else { return };
     let file = data_file("pending");
     let dir = file.parent().unwrap().to_path_buf();
+    let domain = TestDomain::new("strict-pending");
     let mut run = splicecow()
-        .args(["run", "--strict", "--"])
+        .args(domain.run_args(&["--strict", "--"]))
         .arg(prog)
         .arg("pending")
         .arg(&dir)

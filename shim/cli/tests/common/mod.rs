@@ -1,5 +1,5 @@
 //! Helpers the CLI's tests share: commands that inherit nothing of splicecow from the
-//! test, their output, and scratch directories.
+//! test, their output, scratch directories, and domains that do not outlive a test.
 
 #![allow(dead_code)]
 
@@ -57,5 +57,34 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A domain of its own for one `splicecow run` of a test (`run --domain NAME`), whose
+/// registry is removed when dropped: a run whose bytes are still in flight in a pipe
+/// outside the domain keeps its registry at exit (by design), and a test's must not
+/// stay behind in `/dev/shm` (its live segments would keep every later process of the
+/// user on the busy path until a sweep).
+pub struct TestDomain(String);
+
+impl TestDomain {
+    /// A fresh name `test-cli-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> TestDomain {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TestDomain(format!("test-cli-{tag}-{}-{n}", std::process::id()))
+    }
+
+    /// `run --domain NAME` followed by `rest`.
+    pub fn run_args<'a>(&'a self, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["run", "--domain", self.0.as_str()];
+        v.extend_from_slice(rest);
+        v
+    }
+}
+
+impl Drop for TestDomain {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(splicecow_registry::registry_path(&self.0));
     }
 }
