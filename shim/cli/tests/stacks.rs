@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{clean, text, Scratch};
+use common::{clean, text, Scratch, TestDomain};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -155,7 +155,8 @@ fn detect_with(
     env: &[(&str, &str)],
 ) -> (String, String) {
     let report = dir.join(report);
-    let mut cmd = clean(BIN, &["run", "--mode", "detect", "--report"]);
+    let domain = TestDomain::new("stacks");
+    let mut cmd = clean(BIN, &domain.run_args(&["--mode", "detect", "--report"]));
     cmd.envs(env.iter().copied());
     cmd.arg(&report)
         .arg("--")
@@ -353,7 +354,8 @@ fn a_rust_program_through_std_names_its_functions_and_lines() {
     .expect("rustc runs");
     assert!(o.status.success(), "rustc: {}", text(&o.stderr));
     let report = s.0.join("report.jsonl");
-    let mut cmd = clean(BIN, &["run", "--mode", "detect", "--report"]);
+    let domain = TestDomain::new("stacks-rust");
+    let mut cmd = clean(BIN, &domain.run_args(&["--mode", "detect", "--report"]));
     cmd.arg(&report).arg("--").arg(&exe).arg(s.0.join("data"));
     let o = finish(cmd);
     let err = text(&o.stderr);
