@@ -269,6 +269,30 @@ fn differential_with(what: &str, expect: Expect, scenario: impl Fn(&Run) -> Mism
     }
 }
 
+/// The victim splices 64 KiB of F into pipe A and is killed at `point`; then G is spliced
+/// into pipe B, F into A again, and both files are overwritten at 100 by later processes.
+/// Returns the mismatched bytes of each pipe's reader.
+fn victim_splice_then_two_conflicts(run: &Run, point: &str) -> Mismatches {
+    let f = TempFile::with_pattern(&format!("killed-{point}-f"), 256 << 10).expect("file");
+    let g = TempFile::with_pattern(&format!("killed-{point}-g"), 256 << 10).expect("file");
+    let (fp, gp) = (
+        f.path().display().to_string(),
+        g.path().display().to_string(),
+    );
+    let (a, b) = (TestPipe::new(), TestPipe::new());
+    let killed = run.victim(point, &[s("splice"), fp.clone(), a.path(), s(0), s(LEN)]);
+    run.step(&[s("splice"), gp.clone(), b.path(), s(0), s(LEN)]);
+    run.step(&[s("splice"), fp.clone(), a.path(), s(0), s(LEN)]);
+    run.step(&[s("pwrite"), fp, s(100)]);
+    run.step(&[s("pwrite"), gp, s(100)]);
+    // The killed victim's splice never reached the kernel.
+    let a_copies = if killed { 1 } else { 2 };
+    vec![
+        ("pipe A (F)", mismatched(&a.read_all(), a_copies)),
+        ("pipe B (G)", mismatched(&b.read_all(), 1)),
+    ]
+}
+
 /// Killed at `record`: the victim's segment of F is in pipe A's ring but in no count.
 /// Later, B splices G into pipe B and C splices F into pipe A: the counts say 2 live
 /// segments, the rings hold 3. The `pwrite` of F settles pipe A and retires all three
@@ -278,24 +302,7 @@ fn differential_with(what: &str, expect: Expect, scenario: impl Fn(&Run) -> Mism
 #[test]
 fn killed_while_recording_a_segment() {
     differential("killed at record", true, |run| {
-        let f = TempFile::with_pattern("killed-record-f", 256 << 10).expect("file");
-        let g = TempFile::with_pattern("killed-record-g", 256 << 10).expect("file");
-        let (fp, gp) = (
-            f.path().display().to_string(),
-            g.path().display().to_string(),
-        );
-        let (a, b) = (TestPipe::new(), TestPipe::new());
-        let killed = run.victim("record", &[s("splice"), fp.clone(), a.path(), s(0), s(LEN)]);
-        run.step(&[s("splice"), gp.clone(), b.path(), s(0), s(LEN)]);
-        run.step(&[s("splice"), fp.clone(), a.path(), s(0), s(LEN)]);
-        run.step(&[s("pwrite"), fp, s(100)]);
-        run.step(&[s("pwrite"), gp, s(100)]);
-        // The killed victim's splice never reached the kernel.
-        let a_copies = if killed { 1 } else { 2 };
-        vec![
-            ("pipe A (F)", mismatched(&a.read_all(), a_copies)),
-            ("pipe B (G)", mismatched(&b.read_all(), 1)),
-        ]
+        victim_splice_then_two_conflicts(run, "record")
     });
 }
 
@@ -311,24 +318,7 @@ fn killed_while_in_a_kernel_call() {
         repairs: false,
     };
     differential_with("killed in a call", expect, |run| {
-        let f = TempFile::with_pattern("killed-call-f", 256 << 10).expect("file");
-        let g = TempFile::with_pattern("killed-call-g", 256 << 10).expect("file");
-        let (fp, gp) = (
-            f.path().display().to_string(),
-            g.path().display().to_string(),
-        );
-        let (a, b) = (TestPipe::new(), TestPipe::new());
-        let killed = run.victim("call", &[s("splice"), fp.clone(), a.path(), s(0), s(LEN)]);
-        run.step(&[s("splice"), gp.clone(), b.path(), s(0), s(LEN)]);
-        run.step(&[s("splice"), fp.clone(), a.path(), s(0), s(LEN)]);
-        run.step(&[s("pwrite"), fp, s(100)]);
-        run.step(&[s("pwrite"), gp, s(100)]);
-        // The killed victim's splice never reached the kernel.
-        let a_copies = if killed { 1 } else { 2 };
-        vec![
-            ("pipe A (F)", mismatched(&a.read_all(), a_copies)),
-            ("pipe B (G)", mismatched(&b.read_all(), 1)),
-        ]
+        victim_splice_then_two_conflicts(run, "call")
     });
 }
 

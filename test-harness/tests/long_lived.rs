@@ -486,6 +486,21 @@ fn n(stats: &serde_json::Value, name: &str) -> u64 {
     counter(stats, name).unwrap_or(0)
 }
 
+/// Starts `helper ARGS` under `prot` with its stdin and stdout piped to the test (its
+/// stderr shown), and the reader of its lines.
+fn spawn_helper(prot: &Protection, args: &[&str]) -> (KillOnDrop, Lines) {
+    let mut child = KillOnDrop(
+        helper_cmd(prot, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn helper {args:?}: {e}")),
+    );
+    let lines = Lines::new(child.0.stdout.take().expect("stdout"));
+    (child, lines)
+}
+
 /// A later mutating call in `domain`: once the sweep interval has passed, a shimmed
 /// `pwrite` of 16 bytes into an unrelated file, repeated while something is in flight.
 fn later_mutating_call(prot: &Protection, domain: &TempDomain) {
@@ -839,18 +854,10 @@ enum CloseOutcome {
 fn close_path_run(path: &str, prot: &Protection, domain: Option<&TempDomain>) -> CloseOutcome {
     let file = TempFile::with_pattern("long-lived-close", 256 << 10).expect("file");
     let prime = TempFile::with_pattern("long-lived-prime", 4096).expect("file");
-    let mut child = KillOnDrop(
-        helper_cmd(
-            prot,
-            &["close-path", path, arg(file.path()), arg(prime.path())],
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn close-path"),
+    let (mut child, lines) = spawn_helper(
+        prot,
+        &["close-path", path, arg(file.path()), arg(prime.path())],
     );
-    let lines = Lines::new(child.0.stdout.take().expect("stdout"));
     let mut stdin = child.0.stdin.take().expect("stdin");
     let expect = |prefix: &str| {
         let line = lines.next_line(TIMEOUT).unwrap_or_default();
@@ -979,15 +986,7 @@ fn dead_mapper_leaves_no_shared_writable_map() {
     let domain = TempDomain::new();
     let prot = domain.protection(&lib);
     let file = TempFile::with_pattern("long-lived-mapper", 256 << 10).expect("file");
-    let mut mapper = KillOnDrop(
-        helper_cmd(&prot, &["map", arg(file.path())])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mapper"),
-    );
-    let lines = Lines::new(mapper.0.stdout.take().expect("stdout"));
+    let (mut mapper, lines) = spawn_helper(&prot, &["map", arg(file.path())]);
     assert_eq!(
         lines.next_line(TIMEOUT).as_deref(),
         Some("mapped"),
@@ -1017,15 +1016,7 @@ fn dead_mapper_leaves_no_shared_writable_map() {
 /// store); only then does the test read the pipe. Returns the mismatched bytes.
 fn mapped_then_spliced_then_stored(prot: &Protection) -> usize {
     let file = TempFile::with_pattern("long-lived-mapped", 256 << 10).expect("file");
-    let mut mapper = KillOnDrop(
-        helper_cmd(prot, &["map", arg(file.path())])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mapper"),
-    );
-    let lines = Lines::new(mapper.0.stdout.take().expect("stdout"));
+    let (mut mapper, lines) = spawn_helper(prot, &["map", arg(file.path())]);
     let mut stdin = mapper.0.stdin.take().expect("stdin");
     assert_eq!(
         lines.next_line(TIMEOUT).as_deref(),
@@ -1104,15 +1095,8 @@ fn dead_splicer_whose_bytes_were_read_leaves_nothing_in_flight() {
     // The test holds both ends: the pipe outlives the splicer.
     let (r, w) = pipe().expect("pipe");
     let target = format!("/proc/{}/fd/{}", std::process::id(), w.as_raw_fd());
-    let mut splicer = KillOnDrop(
-        helper_cmd(&prot, &["splice-hold", arg(file.path()), &target, "65536"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn splicer"),
-    );
-    let lines = Lines::new(splicer.0.stdout.take().expect("stdout"));
+    let (mut splicer, lines) =
+        spawn_helper(&prot, &["splice-hold", arg(file.path()), &target, "65536"]);
     assert_eq!(
         lines.next_line(TIMEOUT).as_deref(),
         Some("spliced"),

@@ -232,7 +232,7 @@ pub(crate) fn worker_calls(
     std::thread::scope(|s| -> Res<()> {
         let handles: Vec<_> = files
             .iter()
-            .map(|f| s.spawn(move || splice_and_read(f.as_raw_fd(), chunk, iters, nonblock)))
+            .map(|f| s.spawn(move || splice_and_read(f, chunk, iters, nonblock)))
             .collect();
         for h in handles {
             h.join().map_err(|_| "thread panicked")??;
@@ -243,55 +243,67 @@ pub(crate) fn worker_calls(
     Ok(json!({ "ns_per_iter": ns }))
 }
 
-/// One thread of [`worker_calls`].
-fn splice_and_read(fd: RawFd, chunk: usize, iters: usize, nonblock: bool) -> Res<()> {
-    let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
-    let size = File::from(fd_dup(fd)?)
-        .metadata()
-        .map_err(|e| e.to_string())?
-        .len() as i64;
-    let mut buf = vec![0u8; chunk];
-    let flags = if nonblock { libc::SPLICE_F_NONBLOCK } else { 0 };
-    let mut off = 0i64;
-    for _ in 0..iters {
-        if off + chunk as i64 > size {
-            off = 0;
+/// A file spliced piece by piece into a pipe of its own and read back, from offset 0
+/// again once the file's end is near.
+struct SpliceLoop<'f> {
+    file: &'f File,
+    size: i64,
+    off: i64,
+    pipe: (OwnedFd, OwnedFd),
+    buf: Vec<u8>,
+    flags: u32,
+}
+
+impl<'f> SpliceLoop<'f> {
+    /// `chunk`-byte pieces of `file`, with `SPLICE_F_NONBLOCK` (and `poll` on `EAGAIN`)
+    /// when `nonblock`.
+    fn new(file: &'f File, chunk: usize, nonblock: bool) -> Res<SpliceLoop<'f>> {
+        Ok(SpliceLoop {
+            file,
+            size: file.metadata().map_err(|e| e.to_string())?.len() as i64,
+            off: 0,
+            pipe: pipe().map_err(|e| format!("pipe: {e}"))?,
+            buf: vec![0u8; chunk],
+            flags: if nonblock { libc::SPLICE_F_NONBLOCK } else { 0 },
+        })
+    }
+
+    /// Splices the next piece into the pipe and reads it back.
+    fn step(&mut self) -> Res<()> {
+        let chunk = self.buf.len();
+        if self.off + chunk as i64 > self.size {
+            self.off = 0;
         }
+        let (fd, w) = (self.file.as_raw_fd(), self.pipe.1.as_raw_fd());
         let n = loop {
-            let n = splice_at(fd, &mut off, w.as_raw_fd(), chunk, flags);
-            if n >= 0
-                || !nonblock
-                || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
-            {
+            let n = splice_at(fd, &mut self.off, w, chunk, self.flags);
+            let again = std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
+            if n >= 0 || self.flags == 0 || !again {
                 break n;
             }
-            splicecow_test_harness::sys::wait_fd(w.as_raw_fd(), libc::POLLOUT);
+            splicecow_test_harness::sys::wait_fd(w, libc::POLLOUT);
         };
         if n <= 0 {
             return Err(os_err("splice"));
         }
-        read_exact_fd(r.as_raw_fd(), &mut buf[..n as usize])?;
+        read_exact_fd(self.pipe.0.as_raw_fd(), &mut self.buf[..n as usize])
     }
-    Ok(())
 }
 
-/// A duplicate of `fd` (to ask its size without taking ownership of it).
-fn fd_dup(fd: RawFd) -> Res<OwnedFd> {
-    // SAFETY: dup takes no pointer; the new fd is ours.
-    let d = unsafe { libc::dup(fd) };
-    if d < 0 {
-        return Err(os_err("dup"));
+/// One thread of [`worker_calls`].
+fn splice_and_read(f: &File, chunk: usize, iters: usize, nonblock: bool) -> Res<()> {
+    let mut pieces = SpliceLoop::new(f, chunk, nonblock)?;
+    for _ in 0..iters {
+        pieces.step()?;
     }
-    // SAFETY: `d` is a fresh fd nobody else owns.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(d) })
+    Ok(())
 }
 
 /// `bench worker streamer FILE`: splices 64 KiB pieces of FILE into its own pipe and
 /// reads them back until stdin is closed; prints `ready` after the first piece.
 pub(crate) fn worker_streamer(path: &Path) -> Res<()> {
     let file = File::open(path).map_err(|e| e.to_string())?;
-    let size = file.metadata().map_err(|e| e.to_string())?.len() as i64;
-    let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let mut pieces = SpliceLoop::new(&file, 64 * KIB, false)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();
@@ -301,18 +313,9 @@ pub(crate) fn worker_streamer(path: &Path) -> Res<()> {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         })
     };
-    let mut buf = vec![0u8; 64 * KIB];
-    let mut off = 0i64;
     let mut first = true;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        if off + (64 * KIB) as i64 > size {
-            off = 0;
-        }
-        let n = splice_at(file.as_raw_fd(), &mut off, w.as_raw_fd(), 64 * KIB, 0);
-        if n <= 0 {
-            return Err(os_err("streamer splice"));
-        }
-        read_exact_fd(r.as_raw_fd(), &mut buf[..n as usize])?;
+        pieces.step()?;
         if first {
             println!("ready");
             std::io::stdout().flush().map_err(|e| e.to_string())?;
