@@ -228,8 +228,11 @@ fn round(reg: &Registry, scratch: &mut Scratch) -> usize {
     for i in 0..n_unreached {
         let u = *at(&scratch.unreached, i);
         let Some(slot) = u.slot else { continue };
-        let rec = *t.pipe(slot);
-        let changed = rec.key != u.key || rec.bytes_in != u.bytes_in || rec.count == 0;
+        let (key, bytes_in, count) = {
+            let rec = t.pipe(slot);
+            (rec.key, rec.bytes_in, rec.count)
+        };
+        let changed = key != u.key || bytes_in != u.bytes_in || count == 0;
         if changed || settle::in_another_call(&mut t, slot) {
             continue;
         }
@@ -247,7 +250,7 @@ fn round(reg: &Registry, scratch: &mut Scratch) -> usize {
                 let c = t.counters();
                 c.unreachable_pipes.fetch_add(1, Ordering::Relaxed);
                 c.retired_stale
-                    .fetch_add(u64::from(rec.count), Ordering::Relaxed);
+                    .fetch_add(u64::from(count), Ordering::Relaxed);
                 t.retire_all(slot);
             }
         }

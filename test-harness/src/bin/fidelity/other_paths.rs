@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// Other paths into the file (issue 3's hooks): mappings, `copy_file_range`, `ioctl`, stdio output.
+/// Other paths into the file (the mapping, copy, ioctl and stdio hooks): mappings,
+/// `copy_file_range`, `ioctl`, stdio output.
 pub(crate) fn battery_other_paths(b: &mut Battery) -> Res<()> {
     let (f, g, fro) = (b.f, b.g, b.f_rdonly);
     let (pr, pw) = b.loaded_pipe(0)?;
