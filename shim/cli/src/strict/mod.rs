@@ -21,6 +21,12 @@ use std::process::Command;
 
 /// `SECCOMP_FILTER_FLAG_NEW_LISTENER` (Linux 5.0).
 const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+/// `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (Linux 5.19): once the supervisor has taken a
+/// notification, only a fatal signal ends the caller's wait. Without it any handled
+/// signal withdraws the call mid-answer: a `pwrite` to a regular file fails with `EINTR`
+/// (never so without the filter), and an emulated splice that already moved bytes runs
+/// again when the call restarts.
+const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: libc::c_ulong = 1 << 5;
 
 /// What strict mode would do with a program.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,13 +77,18 @@ pub fn coverage(program: &OsStr) -> Coverage {
     if mode & 0o6000 != 0 {
         return Coverage::Setuid;
     }
-    let is_go = data.windows(14).any(|w| w == b"\xff Go buildinf:");
+    let is_go = is_go(&data);
     match elf_linking(&data) {
         None => Coverage::Unknown("not an ELF executable".into()),
         Some(_) if is_go => Coverage::Go,
         Some(Linking::Static) => Coverage::Static,
         Some(Linking::Dynamic(_)) => Coverage::Dynamic,
     }
+}
+
+/// True when the ELF image `data` is a Go program (it has Go's build information).
+pub(crate) fn is_go(data: &[u8]) -> bool {
+    data.windows(14).any(|w| w == b"\xff Go buildinf:")
 }
 
 /// True when this kernel offers user notification (`/proc/sys/kernel/seccomp/actions_avail`).
@@ -173,15 +184,22 @@ fn install_in_child(prog: &[libc::sock_filter], sock: RawFd) {
         len: prog.len() as u16,
         filter: prog.as_ptr().cast_mut(),
     };
-    // SAFETY: fprog points at the filter, which outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &fprog as *const libc::sock_fprog,
-        )
-    } as i32;
+    let install = |flags: libc::c_ulong| {
+        // SAFETY: fprog points at the filter, which outlives the call.
+        unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                flags,
+                &fprog as *const libc::sock_fprog,
+            ) as i32
+        }
+    };
+    let mut fd = install(SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
+    if fd < 0 && errno() == libc::EINVAL {
+        // Before Linux 5.19: signals may interrupt a trapped call (see the README).
+        fd = install(SECCOMP_FILTER_FLAG_NEW_LISTENER);
+    }
     if fd < 0 {
         send_errno(errno());
         return;

@@ -22,6 +22,16 @@ struct Caller {
     pidfd: OwnedFd,
     /// Its process has the preload loaded (it protects itself).
     preloaded: bool,
+    /// Where a preloaded Go program's executable is mapped: calls made from there (Go's
+    /// own system calls) bypass the preload, so they are served.
+    go_text: Vec<(u64, u64)>,
+}
+
+impl Caller {
+    /// Its preload's hooks saw the call made from `ip` (so they protect it).
+    fn hooked(&self, ip: u64) -> bool {
+        self.preloaded && !self.go_text.iter().any(|&(a, b)| (a..b).contains(&ip))
+    }
 }
 
 /// Most threads remembered before the memory is dropped (dead ones are not noticed).
@@ -85,10 +95,10 @@ impl Supervisor {
         if !transfer && !sv::anything_live() {
             return notif::proceed(self.fd(), c.id);
         }
-        let Some((tgid, preloaded)) = self.caller(c.tid) else {
+        let Some((tgid, hooked)) = self.caller(c.tid, n.data.instruction_pointer) else {
             return notif::proceed(self.fd(), c.id);
         };
-        if preloaded {
+        if hooked {
             // Its own hooks protect it (and would wait for us if we acted too).
             return notif::proceed(self.fd(), c.id);
         }
@@ -99,8 +109,9 @@ impl Supervisor {
         notif::proceed(self.fd(), c.id);
     }
 
-    /// The caller's process id and whether it has the preload, learned once per thread.
-    fn caller(&mut self, tid: i32) -> Option<(i32, bool)> {
+    /// The caller's process id and whether its preload's hooks saw the call it made from
+    /// `ip`, learned once per thread.
+    fn caller(&mut self, tid: i32, ip: u64) -> Option<(i32, bool)> {
         if let Some(c) = self.callers.get(&tid) {
             // A remembered thread that died may have left its number to a new one: the
             // pidfd tells (the caller is alive, it is waiting for us).
@@ -109,7 +120,7 @@ impl Supervisor {
                 unsafe { libc::syscall(libc::SYS_pidfd_send_signal, c.pidfd.as_raw_fd(), 0, 0, 0) }
                     == 0;
             if alive {
-                return Some((c.tgid, c.preloaded));
+                return Some((c.tgid, c.hooked(ip)));
             }
             self.callers.remove(&tid);
         }
@@ -118,16 +129,29 @@ impl Supervisor {
         }
         let tgid = target::tgid(tid)?;
         let pidfd = target::pidfd(tid, tgid)?;
-        let preloaded = target::preloaded(tid);
-        self.callers.insert(
-            tid,
-            Caller {
-                tgid,
-                pidfd,
-                preloaded,
-            },
-        );
-        Some((tgid, preloaded))
+        // Another thread of its process already told (an exec forgets them all).
+        let known = self.callers.values().find(|o| o.tgid == tgid);
+        let (preloaded, go_text) = match known {
+            Some(o) => (o.preloaded, o.go_text.clone()),
+            None => {
+                let preloaded = target::preloaded(tid);
+                let go_text = if preloaded {
+                    target::go_text(tid)
+                } else {
+                    Vec::new()
+                };
+                (preloaded, go_text)
+            }
+        };
+        let c = Caller {
+            tgid,
+            pidfd,
+            preloaded,
+            go_text,
+        };
+        let hooked = c.hooked(ip);
+        self.callers.insert(tid, c);
+        Some((tgid, hooked))
     }
 
     /// Forgets thread `tid` and every thread of its process.
@@ -374,8 +398,13 @@ impl Supervisor {
 /// Every `SPLICE_F_*` flag (move, nonblock, more, gift).
 const SPLICE_F_ALL: u32 = 0x0f;
 
-/// How often a waiting transfer checks that its caller still waits.
-const WAIT_SLICE: Duration = Duration::from_millis(50);
+/// How often a waiting transfer checks that its caller still waits and has no signal.
+const WAIT_SLICE: Duration = Duration::from_millis(10);
+
+/// `ERESTARTSYS`, the kernel's own answer of a wait that a signal interrupts: the kernel
+/// turns it into `EINTR` or a restart, as the signal's handler asks (the caller has a
+/// signal pending whenever it is sent).
+const ERESTARTSYS: i32 = 512;
 
 /// A file→pipe transfer served for a filtered process.
 struct Transfer {
@@ -450,10 +479,14 @@ impl Transfer {
         self.flags & libc::SPLICE_F_NONBLOCK == 0 && fl >= 0 && fl & libc::O_NONBLOCK == 0
     }
 
-    /// Waits for room in the pipe, then tries again, for as long as the caller waits (a
-    /// signal or its death withdraws the notification: then nothing has moved).
+    /// Waits for room in the pipe, then tries again, for as long as the caller waits (its
+    /// death withdraws the notification; a signal for it ends the wait as the kernel's
+    /// pipe wait ends: `ERESTARTSYS`, nothing moved).
     fn wait_and_finish(self) {
         loop {
+            if target::signal_pending(self.tid) {
+                return notif::fail(self.listener.as_raw_fd(), self.id, ERESTARTSYS);
+            }
             let mut p = libc::pollfd {
                 fd: self.pipe.local,
                 events: libc::POLLOUT,

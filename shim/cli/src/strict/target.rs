@@ -183,6 +183,54 @@ pub fn preloaded(tid: i32) -> bool {
         .is_ok_and(|m| m.windows(16).any(|w| w == b"/libsplicecow.so"))
 }
 
+/// True when thread `tid` has a signal pending that it does not block (its own or its
+/// process's, from `/proc/<tid>/status`): one that would interrupt a blocking call.
+pub fn signal_pending(tid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
+}
+
+/// When thread `tid`'s process runs a Go program, the address ranges where its executable
+/// is mapped executable: Go makes its system calls from there, past any preload (empty
+/// for any other program).
+pub fn go_text(tid: i32) -> Vec<(u64, u64)> {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{tid}/exe")) else {
+        return Vec::new();
+    };
+    if !std::fs::read(format!("/proc/{tid}/exe")).is_ok_and(|d| super::is_go(&d)) {
+        return Vec::new();
+    }
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{tid}/maps")) else {
+        return Vec::new();
+    };
+    let exe = exe.to_string_lossy();
+    maps.lines()
+        .filter_map(|l| {
+            // start-end perms offset dev inode path
+            let mut f = l.splitn(6, ' ');
+            let (range, perms) = (f.next()?, f.next()?);
+            let path = f.nth(3)?.trim_start();
+            if path != exe || !perms.contains('x') {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
 /// The user-notification ioctls (`linux/seccomp.h`; `libc` has the numbers).
 pub mod notif {
     use std::os::fd::RawFd;
