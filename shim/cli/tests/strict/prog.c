@@ -1,4 +1,4 @@
-/* Statically linked helper of tests/strict.rs (built there with gcc -static).
+/* Statically linked helper of tests/strict.rs (built there with gcc -static -pthread).
  *
  *   prog splice FILE LEN [MUTATOR ARGS...]  splice LEN bytes of FILE (with an offset
  *        pointer) into stdout, a pipe; then run MUTATOR in a child process and wait
@@ -6,13 +6,28 @@
  *        cut at 30000, or punch 100..65100)
  *   prog fidelity FILE   trapped calls with bad arguments: one "name result errno" line
  *        each (a segment of FILE is live meanwhile)
+ *   prog signals FILE    blocking splices, sendfiles and writes into a full pipe that a
+ *        timer signal interrupts, with and without SA_RESTART (a child empties the pipe
+ *        later for the restarted ones): one "name result errno" line each, with the
+ *        offsets and handler counts after them
+ *   prog forks FILE N    splice FILE into stdout, then N children at once each splice
+ *        640 bytes of it (at 640*i) into a pipe of its own and write 16 'X' into that
+ *        piece (at 640*i+100); then the children's pipes are copied to stdout in order
+ *   prog threads FILE    splice FILE into stdout, then 8 threads at once each write 'X'
+ *        (pwrite, write, punch: 16 bytes every 256) all over their eighth of FILE
  *   prog pwrite-loop FILE N   N 64-byte pwrites; prints the nanoseconds per call
+ *   prog write-loop FILE N    N 1 MiB pwrites; prints the nanoseconds per call
+ *   prog splice-loop FILE N   N times: splice FILE (1 MiB chunks) into a 1 MiB pipe and
+ *        read it out; prints the nanoseconds per MiB
  *   prog pending DIR     fill a pipe, then a blocking splice into it; the result is
  *        reported as the directory DIR/result-<errno> (mkdir is not trapped: once the
  *        supervisor is gone every trapped call, write included, fails)
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/time.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,6 +132,298 @@ static int pending(const char *dir) {
     return 0;
 }
 
+static volatile sig_atomic_t caught;
+static void on_alarm(int sig) { (void)sig; caught++; }
+
+/* One SIGALRM after ms milliseconds, handled with or without SA_RESTART. */
+static void alarm_in(int ms, int restart) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sa.sa_flags = restart ? SA_RESTART : 0;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval t = {{0, 0}, {0, ms * 1000}};
+    setitimer(ITIMER_REAL, &t, NULL);
+}
+
+/* A pipe of 4096 bytes, full. */
+static int full_pipe(int p[2]) {
+    if (pipe(p)) return -1;
+    fcntl(p[1], F_SETPIPE_SZ, 4096);
+    static char page[4096];
+    return write(p[1], page, sizeof page) == sizeof page ? 0 : -1;
+}
+
+/* A child that empties pipe p after ms milliseconds, until the writer closes it (reads
+ * are not trapped). */
+static pid_t drain_later(int p[2], int ms) {
+    pid_t c = fork();
+    if (c == 0) {
+        close(p[1]);
+        usleep(ms * 1000);
+        char buf[65536];
+        while (read(p[0], buf, sizeof buf) > 0) {}
+        _exit(0);
+    }
+    return c;
+}
+
+static int signals(const char *file) {
+    int fd = open(file, O_RDWR);
+    int keep[2];
+    if (fd < 0 || pipe(keep)) return 2;
+    loff_t off = 0;
+    /* A live segment, so the supervisor's slow paths run for the calls below. */
+    report("splice_live", splice(fd, &off, keep[1], NULL, 4096, 0));
+    for (int restart = 0; restart < 2; restart++) {
+        const char *tag = restart ? "restart" : "intr";
+        char name[64];
+        int p[2];
+        pid_t c = -1;
+        /* splice with an offset pointer, waiting in the supervisor's transfer thread */
+        if (full_pipe(p)) return 3;
+        if (restart) c = drain_later(p, 400);
+        caught = 0;
+        loff_t o = 100;
+        alarm_in(150, restart);
+        snprintf(name, sizeof name, "splice_off_%s", tag);
+        report(name, splice(fd, &o, p[1], NULL, 16, 0));
+        snprintf(name, sizeof name, "splice_off_%s_offset", tag);
+        report(name, (long)o);
+        snprintf(name, sizeof name, "splice_off_%s_caught", tag);
+        report(name, caught);
+        close(p[1]);
+        if (c > 0) waitpid(c, NULL, 0);
+        close(p[0]);
+        /* splice at the file's own offset */
+        if (full_pipe(p)) return 3;
+        if (restart) c = drain_later(p, 400);
+        caught = 0;
+        lseek(fd, 200, SEEK_SET);
+        alarm_in(150, restart);
+        snprintf(name, sizeof name, "splice_cursor_%s", tag);
+        report(name, splice(fd, NULL, p[1], NULL, 32, 0));
+        snprintf(name, sizeof name, "splice_cursor_%s_lseek", tag);
+        report(name, lseek(fd, 0, SEEK_CUR));
+        snprintf(name, sizeof name, "splice_cursor_%s_caught", tag);
+        report(name, caught);
+        close(p[1]);
+        if (c > 0) waitpid(c, NULL, 0);
+        close(p[0]);
+        /* sendfile with an offset */
+        if (full_pipe(p)) return 3;
+        if (restart) c = drain_later(p, 400);
+        caught = 0;
+        off_t so = 300;
+        alarm_in(150, restart);
+        snprintf(name, sizeof name, "sendfile_%s", tag);
+        report(name, sendfile(p[1], fd, &so, 64));
+        snprintf(name, sizeof name, "sendfile_%s_offset", tag);
+        report(name, (long)so);
+        snprintf(name, sizeof name, "sendfile_%s_caught", tag);
+        report(name, caught);
+        close(p[1]);
+        if (c > 0) waitpid(c, NULL, 0);
+        close(p[0]);
+        /* write into a full pipe: nothing fits */
+        if (full_pipe(p)) return 3;
+        if (restart) c = drain_later(p, 400);
+        caught = 0;
+        alarm_in(150, restart);
+        snprintf(name, sizeof name, "write_full_%s", tag);
+        report(name, write(p[1], (char[100]){0}, 100));
+        snprintf(name, sizeof name, "write_full_%s_caught", tag);
+        report(name, caught);
+        close(p[1]);
+        if (c > 0) waitpid(c, NULL, 0);
+        close(p[0]);
+        /* a write larger than the room: part of it fits before it waits */
+        if (pipe(p)) return 3;
+        fcntl(p[1], F_SETPIPE_SZ, 4096);
+        if (restart) c = drain_later(p, 400);
+        caught = 0;
+        alarm_in(150, restart);
+        static char big[3 * 4096];
+        snprintf(name, sizeof name, "write_partial_%s", tag);
+        report(name, write(p[1], big, sizeof big));
+        snprintf(name, sizeof name, "write_partial_%s_caught", tag);
+        report(name, caught);
+        close(p[1]);
+        if (c > 0) waitpid(c, NULL, 0);
+        close(p[0]);
+        /* pwrite into the file while the signal is pending: it runs as usual */
+        caught = 0;
+        alarm_in(1, restart);
+        usleep(20000);
+        snprintf(name, sizeof name, "pwrite_after_%s", tag);
+        report(name, pwrite(fd, "abcdefgh", 8, 60000));
+        snprintf(name, sizeof name, "pwrite_after_%s_caught", tag);
+        report(name, caught);
+    }
+    return 0;
+}
+
+/* Splices all of FILE (len bytes) into stdout, with room for extra more bytes later. */
+static int splice_all(int fd, size_t len, size_t extra) {
+    fcntl(1, F_SETPIPE_SZ, (int)(len + extra + 65536));
+    loff_t off = 0;
+    while (off < (loff_t)len) {
+        ssize_t n = splice(fd, &off, 1, NULL, len - off, 0);
+        if (n <= 0) return -1;
+    }
+    return 0;
+}
+
+static int write_all(int out, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(out, p, n);
+        if (w <= 0) return -1;
+        p += w;
+        n -= w;
+    }
+    return 0;
+}
+
+static int forks(const char *file, int n) {
+    int fd = open(file, O_RDWR);
+    if (fd < 0) return 2;
+    off_t len = lseek(fd, 0, SEEK_END);
+    if (n * 640 > len || splice_all(fd, len, n * 640)) return 3;
+    int (*p)[2] = calloc(n, sizeof *p);
+    pid_t *kids = calloc(n, sizeof *kids);
+    for (int i = 0; i < n; i++)
+        if (pipe(p[i])) return 4;
+    for (int i = 0; i < n; i++) {
+        kids[i] = fork();
+        if (kids[i] < 0) return 5;
+        if (kids[i] == 0) {
+            loff_t off = 640 * i;
+            ssize_t got = 0;
+            while (got < 640) {
+                ssize_t r = splice(fd, &off, p[i][1], NULL, 640 - got, 0);
+                if (r <= 0) _exit(6);
+                got += r;
+            }
+            char x[16];
+            memset(x, 'X', sizeof x);
+            _exit(pwrite(fd, x, 16, 640 * i + 100) == 16 ? 0 : 7);
+        }
+    }
+    int failed = 0;
+    for (int i = 0; i < n; i++) {
+        int st;
+        waitpid(kids[i], &st, 0);
+        failed |= !WIFEXITED(st) || WEXITSTATUS(st);
+    }
+    if (failed) return 8;
+    for (int i = 0; i < n; i++) {
+        char buf[640];
+        ssize_t got = 0;
+        while (got < 640) {
+            ssize_t r = read(p[i][0], buf + got, 640 - got);
+            if (r <= 0) return 9;
+            got += r;
+        }
+        if (write_all(1, buf, 640)) return 10;
+    }
+    return 0;
+}
+
+struct mutator {
+    const char *file;
+    int fd;
+    int t;
+    off_t part;
+};
+
+static void *mutate_part(void *arg) {
+    struct mutator *m = arg;
+    char x[16];
+    memset(x, 'X', sizeof x);
+    off_t base = m->t * m->part;
+    int own = open(m->file, O_RDWR); /* a cursor of its own, for write */
+    if (own < 0) return (void *)1;
+    for (off_t at = 0; at + 16 <= m->part; at += 256) {
+        switch ((at / 256) % 3) {
+        case 0:
+            if (pwrite(m->fd, x, 16, base + at) != 16) return (void *)2;
+            break;
+        case 1:
+            if (lseek(own, base + at, SEEK_SET) < 0 || write(own, x, 16) != 16) return (void *)3;
+            break;
+        default:
+            if (fallocate(m->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, base + at, 16))
+                return (void *)4;
+        }
+    }
+    close(own);
+    return NULL;
+}
+
+static int threads(const char *file) {
+    int fd = open(file, O_RDWR);
+    if (fd < 0) return 2;
+    off_t len = lseek(fd, 0, SEEK_END);
+    if (splice_all(fd, len, 0)) return 3;
+    pthread_t th[8];
+    struct mutator m[8];
+    for (int t = 0; t < 8; t++) {
+        m[t] = (struct mutator){file, fd, t, len / 8};
+        if (pthread_create(&th[t], NULL, mutate_part, &m[t])) return 4;
+    }
+    int failed = 0;
+    for (int t = 0; t < 8; t++) {
+        void *r;
+        pthread_join(th[t], &r);
+        failed |= r != NULL;
+    }
+    return failed ? 5 : 0;
+}
+
+static int write_loop(const char *file, long n) {
+    int fd = open(file, O_RDWR);
+    if (fd < 0) return 2;
+    static char buf[1 << 20];
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++)
+        if (pwrite(fd, buf, sizeof buf, 0) != sizeof buf) return 3;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    long ns = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+    printf("%ld\n", ns / n);
+    return 0;
+}
+
+static int splice_loop(const char *file, long n) {
+    int fd = open(file, O_RDONLY);
+    int p[2];
+    if (fd < 0 || pipe(p)) return 2;
+    const size_t chunk = 1 << 20;
+    if (fcntl(p[1], F_SETPIPE_SZ, (int)chunk) < (int)chunk) return 3;
+    off_t len = lseek(fd, 0, SEEK_END);
+    static char buf[1 << 20];
+    struct timespec a, b;
+    long moved = 0;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++) {
+        loff_t off = 0;
+        while (off < len) {
+            ssize_t s = splice(fd, &off, p[1], NULL, chunk, 0);
+            if (s <= 0) return 4;
+            for (ssize_t got = 0; got < s;) {
+                ssize_t r = read(p[0], buf, s - got);
+                if (r <= 0) return 5;
+                got += r;
+            }
+            moved += s;
+        }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    long ns = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+    printf("%ld\n", (long)((double)ns * (1 << 20) / moved));
+    return 0;
+}
+
 static int pwrite_loop(const char *file, long n) {
     int fd = open(file, O_RDWR);
     if (fd < 0) return 2;
@@ -134,7 +441,12 @@ static int pwrite_loop(const char *file, long n) {
 int main(int argc, char **argv) {
     if (argc < 3) return 1;
     if (!strcmp(argv[1], "pwrite-loop") && argc > 3) return pwrite_loop(argv[2], atol(argv[3]));
+    if (!strcmp(argv[1], "write-loop") && argc > 3) return write_loop(argv[2], atol(argv[3]));
+    if (!strcmp(argv[1], "splice-loop") && argc > 3) return splice_loop(argv[2], atol(argv[3]));
     if (!strcmp(argv[1], "fidelity")) return fidelity(argv[2]);
+    if (!strcmp(argv[1], "signals")) return signals(argv[2]);
+    if (!strcmp(argv[1], "forks") && argc > 3) return forks(argv[2], atoi(argv[3]));
+    if (!strcmp(argv[1], "threads")) return threads(argv[2]);
     if (!strcmp(argv[1], "pending")) return pending(argv[2]);
     if (strcmp(argv[1], "splice")) return mutate(argv[1], argv[2]);
     if (argc < 4) return 1;
