@@ -383,6 +383,19 @@ fn interrupted_calls_answer_as_without_strict_mode() {
 }
 
 #[test]
+fn a_signal_storm_neither_repeats_nor_fails_trapped_calls() {
+    let Some(prog) = prog() else { return };
+    // A SA_RESTART signal every 37 us lands in most round trips to the supervisor: a
+    // splice it has run must not run again when the call restarts (its bytes twice in
+    // the pipe, the offset moved twice), nor any call fail.
+    let plain = answers(prog, "storm", false);
+    let strict = answers(prog, "storm", true);
+    assert!(plain.contains("storm_bytes_twice 0 0"), "{plain}");
+    assert!(plain.contains("storm_signals 1 0"), "{plain}");
+    assert_eq!(plain, strict);
+}
+
+#[test]
 fn a_killed_supervisor_fails_the_waiting_call() {
     let Some(prog) = prog() else { return };
     let file = data_file("pending");

@@ -10,6 +10,10 @@
  *        timer signal interrupts, with and without SA_RESTART (a child empties the pipe
  *        later for the restarted ones): one "name result errno" line each, with the
  *        offsets and handler counts after them
+ *   prog storm FILE      with a SA_RESTART timer signal every 37 us: 3000 splices of 4096
+ *        bytes of FILE (offset pointer) into an empty pipe, each read out and checked,
+ *        and 3000 pwrites; counts what went wrong (a splice moving its bytes twice, a
+ *        pwrite failing)
  *   prog forks FILE N    splice FILE into stdout, then N children at once each splice
  *        640 bytes of it (at 640*i) into a pipe of its own and write 16 'X' into that
  *        piece (at 640*i+100); then the children's pipes are copied to stdout in order
@@ -32,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -263,6 +268,47 @@ static int signals(const char *file) {
     return 0;
 }
 
+static int storm(const char *file) {
+    int fd = open(file, O_RDWR);
+    int p[2];
+    if (fd < 0 || pipe(p)) return 2;
+    static char want[65536], got[8192];
+    if (pread(fd, want, sizeof want, 0) != sizeof want) return 3;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval t = {{0, 37}, {0, 37}};
+    caught = 0;
+    setitimer(ITIMER_REAL, &t, NULL);
+    long bad_splice = 0, bad_offset = 0, bad_data = 0, left = 0, bad_pwrite = 0;
+    for (int i = 0; i < 3000; i++) {
+        loff_t at = (i * 4096) % 61440, off = at;
+        ssize_t n = splice(fd, &off, p[1], NULL, 4096, 0);
+        bad_splice += n != 4096;
+        bad_offset += off != at + 4096;
+        ssize_t r = read(p[0], got, 4096);
+        bad_data += r != 4096 || memcmp(got, want + at, 4096);
+        int queued = 0;
+        ioctl(p[0], FIONREAD, &queued);
+        if (queued > 0) {
+            left++;
+            while (queued > 0 && (r = read(p[0], got, sizeof got)) > 0) queued -= r;
+        }
+        bad_pwrite += pwrite(fd, want + 61440, 64, 61440) != 64;
+    }
+    struct itimerval z = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &z, NULL);
+    report("storm_splice_failed", bad_splice);
+    report("storm_offset_wrong", bad_offset);
+    report("storm_data_wrong", bad_data);
+    report("storm_bytes_twice", left);
+    report("storm_pwrite_failed", bad_pwrite);
+    report("storm_signals", caught > 0);
+    return 0;
+}
+
 /* Splices all of FILE (len bytes) into stdout, with room for extra more bytes later. */
 static int splice_all(int fd, size_t len, size_t extra) {
     fcntl(1, F_SETPIPE_SZ, (int)(len + extra + 65536));
@@ -445,6 +491,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "splice-loop") && argc > 3) return splice_loop(argv[2], atol(argv[3]));
     if (!strcmp(argv[1], "fidelity")) return fidelity(argv[2]);
     if (!strcmp(argv[1], "signals")) return signals(argv[2]);
+    if (!strcmp(argv[1], "storm")) return storm(argv[2]);
     if (!strcmp(argv[1], "forks") && argc > 3) return forks(argv[2], atoi(argv[3]));
     if (!strcmp(argv[1], "threads")) return threads(argv[2]);
     if (!strcmp(argv[1], "pending")) return pending(argv[2]);
