@@ -483,10 +483,17 @@ impl Transfer {
     /// death withdraws the notification; a signal for it ends the wait as the kernel's
     /// pipe wait ends: `ERESTARTSYS`, nothing moved).
     fn wait_and_finish(self) {
+        let mut before = 0;
         loop {
-            if target::signal_pending(self.tid) {
+            // The kernel wakes one thread for a signal to the process: in a process of
+            // several, the signal is taken as this thread's when no other took it for a
+            // whole slice (an answer of ERESTARTSYS to a thread the kernel did not wake
+            // would reach the program as errno 512).
+            let p = target::pending(self.tid);
+            if p.thread != 0 || (p.process != 0 && (p.threads == 1 || p.process & before != 0)) {
                 return notif::fail(self.listener.as_raw_fd(), self.id, ERESTARTSYS);
             }
+            before = p.process;
             let mut p = libc::pollfd {
                 fd: self.pipe.local,
                 events: libc::POLLOUT,

@@ -183,20 +183,39 @@ pub fn preloaded(tid: i32) -> bool {
         .is_ok_and(|m| m.windows(16).any(|w| w == b"/libsplicecow.so"))
 }
 
-/// True when thread `tid` has a signal pending that it does not block (its own or its
-/// process's, from `/proc/<tid>/status`): one that would interrupt a blocking call.
-pub fn signal_pending(tid: i32) -> bool {
+/// What thread `tid` has pending and does not block, from `/proc/<tid>/status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pending {
+    /// Signals sent to the thread itself.
+    pub thread: u64,
+    /// Signals sent to its process (any thread not blocking one may take it).
+    pub process: u64,
+    /// The threads of its process.
+    pub threads: u32,
+}
+
+/// See [`Pending`]; all empty when the thread is gone.
+pub fn pending(tid: i32) -> Pending {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return false;
+        return Pending::default();
     };
-    let mask = |name: &str| {
+    let field = |name: &str| {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .map(str::trim)
+    };
+    let mask = |name: &str| {
+        field(name)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
             .unwrap_or(0)
     };
-    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
+    let blocked = mask("SigBlk:");
+    Pending {
+        thread: mask("SigPnd:") & !blocked,
+        process: mask("ShdPnd:") & !blocked,
+        threads: field("Threads:").and_then(|v| v.parse().ok()).unwrap_or(1),
+    }
 }
 
 /// When thread `tid`'s process runs a Go program, the address ranges where its executable

@@ -7,8 +7,9 @@
  *   prog fidelity FILE   trapped calls with bad arguments: one "name result errno" line
  *        each (a segment of FILE is live meanwhile)
  *   prog signals FILE    blocking splices, sendfiles and writes into a full pipe that a
- *        timer signal interrupts, with and without SA_RESTART (a child empties the pipe
- *        later for the restarted ones): one "name result errno" line each, with the
+ *        timer signal interrupts (also with a second thread in the process), with and
+ *        without SA_RESTART (a child empties the pipe later for the restarted ones):
+ *        one "name result errno" line each, with the
  *        offsets and handler counts after them
  *   prog storm FILE      with a SA_RESTART timer signal every 37 us: 3000 splices of 4096
  *        bytes of FILE (offset pointer) into an empty pipe, each read out and checked,
@@ -173,6 +174,13 @@ static pid_t drain_later(int p[2], int ms) {
     return c;
 }
 
+static volatile int stop_idle;
+static void *idle(void *arg) {
+    (void)arg;
+    while (!stop_idle) usleep(1000);
+    return NULL;
+}
+
 static int signals(const char *file) {
     int fd = open(file, O_RDWR);
     int keep[2];
@@ -212,6 +220,25 @@ static int signals(const char *file) {
         report(name, lseek(fd, 0, SEEK_CUR));
         snprintf(name, sizeof name, "splice_cursor_%s_caught", tag);
         report(name, caught);
+        close(p[1]);
+        if (c > 0) waitpid(c, NULL, 0);
+        close(p[0]);
+        /* splice with a second thread in the process (the timer's signal is the
+         * process's: the kernel picks the thread) */
+        if (full_pipe(p)) return 3;
+        if (restart) c = drain_later(p, 400);
+        pthread_t th;
+        stop_idle = 0;
+        if (pthread_create(&th, NULL, idle, NULL)) return 3;
+        caught = 0;
+        o = 100;
+        alarm_in(150, restart);
+        snprintf(name, sizeof name, "splice_threaded_%s", tag);
+        report(name, splice(fd, &o, p[1], NULL, 16, 0));
+        snprintf(name, sizeof name, "splice_threaded_%s_caught", tag);
+        report(name, caught);
+        stop_idle = 1;
+        pthread_join(th, NULL);
         close(p[1]);
         if (c > 0) waitpid(c, NULL, 0);
         close(p[0]);
