@@ -61,8 +61,33 @@ pub fn serve(listener: OwnedFd) {
         listener: Arc::new(listener),
         callers: HashMap::new(),
     };
-    while let Some(n) = notif::recv(s.fd()) {
+    loop {
+        spin_for_next(s.fd());
+        let Some(n) = notif::recv(s.fd()) else { break };
         s.handle(&n);
+    }
+}
+
+/// How long the supervisor polls for the next notification before it sleeps in
+/// `SECCOMP_IOCTL_NOTIF_RECV` (see the README, "Strict mode", for what it costs).
+const SPIN: Duration = Duration::from_micros(50);
+
+/// Polls `listener` (without sleeping) until a notification waits or [`SPIN`] has
+/// passed: a program that makes trapped calls back to back finds the supervisor awake,
+/// instead of waiting for its thread to be woken and scheduled each time.
+fn spin_for_next(listener: RawFd) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < SPIN {
+        let mut p = libc::pollfd {
+            fd: listener,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of ours; a zero timeout never sleeps.
+        if unsafe { libc::poll(&mut p, 1, 0) } != 0 {
+            return;
+        }
+        std::hint::spin_loop();
     }
 }
 
