@@ -257,3 +257,168 @@ fn doctor_says_strict_mode_covers_a_static_program() {
         "{text}"
     );
 }
+
+/// How a dynamically linked parent starts the static splicer: each gets the splicer's
+/// path and then its arguments (the PATH-searching ones exec it by its name, `prog`).
+const LAUNCHERS: [(&str, &[&str]); 4] = [
+    ("sh exec (execve)", &["sh", "-c", "exec \"$0\" \"$@\""]),
+    (
+        "python subprocess (vfork, execve)",
+        &[
+            "python3",
+            "-c",
+            "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)",
+        ],
+    ),
+    (
+        "python posix_spawnp (PATH search)",
+        &[
+            "python3",
+            "-c",
+            "import os, sys; p = os.posix_spawnp('prog', ['prog'] + sys.argv[2:], os.environ); \
+             sys.exit(os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]))",
+        ],
+    ),
+    (
+        "python execvp (PATH search)",
+        &[
+            "python3",
+            "-c",
+            "import os, sys; os.execvp('prog', ['prog'] + sys.argv[2:])",
+        ],
+    ),
+];
+
+/// The static splicer (and its static mutator child) started by a dynamically linked
+/// `launcher` under `run` or `run --strict`; the pipe is read once every process is gone.
+fn late_read_launched(strict: bool, launcher: &[&str], prog: &Path, file: &Path) -> Vec<u8> {
+    let opts: &[&str] = if strict { &["--strict", "--"] } else { &["--"] };
+    late_read_run(opts, None, launcher, prog, file)
+}
+
+/// [`late_read_launched`] with `run`'s options and one variable of its environment.
+fn late_read_run(
+    opts: &[&str],
+    env: Option<(&str, &str)>,
+    launcher: &[&str],
+    prog: &Path,
+    file: &Path,
+) -> Vec<u8> {
+    let domain = TestDomain::new("strict-exec");
+    let dir = prog.parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = splicecow()
+        .args(domain.run_args(opts))
+        .args(launcher)
+        .arg(prog)
+        .arg("splice")
+        .arg(file)
+        .arg(LEN.to_string())
+        .arg(prog)
+        .arg("pwrite")
+        .arg(file)
+        .env("PATH", path)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{launcher:?} {opts:?}: {status}");
+    let mut got = Vec::new();
+    out.read_to_end(&mut got).unwrap();
+    got
+}
+
+#[test]
+fn static_programs_a_dynamic_parent_execs_get_the_filter() {
+    let Some(prog) = prog() else { return };
+    for (what, launcher) in LAUNCHERS {
+        for strict in [false, true] {
+            let file = data_file(&format!("exec-{}-{strict}", what.len()));
+            let got = late_read_launched(strict, launcher, prog, &file);
+            let changed = got
+                .iter()
+                .zip(original())
+                .filter(|(a, b)| **a != *b)
+                .count()
+                + LEN.abs_diff(got.len());
+            eprintln!("{what}, strict={strict}: {changed} bytes differ");
+            if strict {
+                assert_eq!(changed, 0, "{what}: a static child must get the filter");
+            } else {
+                assert!(changed > 0, "{what} under plain run: the hazard must show");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_strict_variable_turns_strict_mode_on_and_bad_values_off() {
+    let Some(prog) = prog() else { return };
+    let sh = LAUNCHERS[0].1;
+    let differ = |got: Vec<u8>| {
+        got.iter()
+            .zip(original())
+            .filter(|(a, b)| **a != *b)
+            .count()
+            + LEN.abs_diff(got.len())
+    };
+    let file = data_file("strict-variable-1");
+    let got = late_read_run(&["--"], Some(("SPLICECOW_STRICT", "1")), sh, prog, &file);
+    assert_eq!(differ(got), 0, "SPLICECOW_STRICT=1 is --strict");
+    let file = data_file("strict-variable-0");
+    let got = late_read_run(&["--"], Some(("SPLICECOW_STRICT", "0")), sh, prog, &file);
+    assert!(
+        differ(got) > 0,
+        "SPLICECOW_STRICT=0 is off: the hazard must show"
+    );
+
+    let out = splicecow()
+        .args(["run", "--", "true"])
+        .env("SPLICECOW_STRICT", "yes")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        err.trim(),
+        "splicecow: SPLICECOW_STRICT=yes: not 0 or 1; strict mode is off"
+    );
+}
+
+#[test]
+fn a_strict_exec_without_a_supervisor_says_so_and_runs() {
+    let Some(prog) = prog() else { return };
+    let Some(lib) = std::env::var_os("SPLICECOW_LIB") else {
+        eprintln!("skipped: SPLICECOW_LIB is not set");
+        return;
+    };
+    let file = data_file("no-supervisor");
+    let domain = TestDomain::new("strict-no-supervisor");
+    let out = Command::new("sh")
+        .args(["-c", "exec \"$0\" \"$@\""])
+        .arg(prog)
+        .arg("pwrite")
+        .arg(&file)
+        .env("LD_PRELOAD", lib)
+        .env("SPLICECOW_DOMAIN", domain.name())
+        .env("SPLICECOW_STRICT", "1")
+        .env_remove("SPLICECOW_SUPERVISOR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("splicecow: SPLICECOW_STRICT=1 but no supervisor"),
+        "{err}"
+    );
+    let data = std::fs::read(&file).unwrap();
+    assert_eq!(&data[4096..4112], b"XXXXXXXXXXXXXXXX", "the program ran");
+}

@@ -18,6 +18,7 @@ use crate::state::{fdcache, guard::Inside, runtime};
 use splicecow_registry::sys;
 use std::ffi::CStr;
 
+pub use crate::state::program::{classify, Program};
 pub use splicecow_registry::env::Mode;
 
 /// Makes this process the supervisor of `domain` (whose registry exists), in `mode`,

@@ -13,5 +13,6 @@ pub mod settle;
 pub mod snapshot;
 pub mod stacks;
 pub mod streams;
+pub mod strict_exec;
 pub mod sweep;
 pub mod transfer;
