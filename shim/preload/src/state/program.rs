@@ -239,7 +239,13 @@ fn has_go_note(fd: i32, head: &[u8], ph: &Phdr) -> bool {
     ) {
         let name_at = at + 12;
         let pad = |n: u32| (n as usize).div_ceil(4) * 4;
-        if kind == NT_GO_BUILDID && notes.get(name_at..name_at + namesz as usize) == Some(b"Go\0") {
+        // The name is "Go" and one or more NULs (Go's linker pads it to 4 bytes).
+        let name = notes.get(name_at..name_at + namesz as usize);
+        let go = name.is_some_and(|n| {
+            n.strip_prefix(b"Go")
+                .is_some_and(|z| z.iter().all(|&b| b == 0))
+        });
+        if kind == NT_GO_BUILDID && go {
             return true;
         }
         at = name_at + pad(namesz) + pad(descsz);
@@ -271,4 +277,128 @@ pub fn find_in_path(name: &[u8], search: &[u8]) -> Option<CPath> {
         let ok = unsafe { libc::syscall(libc::SYS_access, p.as_cstr().as_ptr(), libc::X_OK) } == 0;
         ok.then_some(p)
     })
+}
+
+#[cfg(test)]
+// Test images are built at fixed offsets; a wrong one should panic.
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    /// A minimal 64-bit little-endian ELF image with the given program headers
+    /// (type, offset, size) and `tail` from offset 0x200.
+    fn image(phdrs: &[(u32, u64, u64)], tail: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 0x200];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[5] = 1;
+        b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        b[0x38..0x3a].copy_from_slice(&(phdrs.len() as u16).to_le_bytes());
+        for (i, (kind, off, size)) in phdrs.iter().enumerate() {
+            let at = 64 + 56 * i;
+            b[at..at + 4].copy_from_slice(&kind.to_le_bytes());
+            b[at + 8..at + 16].copy_from_slice(&off.to_le_bytes());
+            b[at + 32..at + 40].copy_from_slice(&size.to_le_bytes());
+        }
+        b.extend_from_slice(tail);
+        b
+    }
+
+    /// A note: name, type, 8 bytes of description.
+    fn note(name: &[u8], kind: u32) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        n.extend_from_slice(&8u32.to_le_bytes());
+        n.extend_from_slice(&kind.to_le_bytes());
+        n.extend_from_slice(name);
+        n.resize(n.len().div_ceil(4) * 4, 0);
+        n.extend_from_slice(&[7; 8]);
+        n
+    }
+
+    fn classify_bytes(data: &[u8]) -> Program {
+        let dir = std::env::temp_dir().join(format!("splicecow-program-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("p{n}"));
+        std::fs::write(&path, data).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let r = classify(&c);
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    #[test]
+    fn tells_static_dynamic_and_go_apart() {
+        let gnu = note(b"GNU\0", 3);
+        let go4 = note(b"Go\0\0", NT_GO_BUILDID);
+        let go3 = note(b"Go\0", NT_GO_BUILDID);
+        let interp = (PT_INTERP, 0x300, 28);
+        let at = |n: &[u8]| (PT_NOTE, 0x200, n.len() as u64);
+        let cases: [(Vec<u8>, &str); 6] = [
+            (image(&[at(&gnu)], &gnu), "static"),
+            (image(&[interp, at(&gnu)], &gnu), "dynamic"),
+            (image(&[at(&go4)], &go4), "go"),
+            (image(&[interp, at(&go4)], &go4), "go"),
+            (
+                image(
+                    &[at(&[gnu.clone(), go3.clone()].concat())],
+                    &[gnu.clone(), go3].concat(),
+                ),
+                "go",
+            ),
+            (
+                image(&[interp, at(&note(b"Go\0\0", 1))], &note(b"Go\0\0", 1)),
+                "dynamic",
+            ),
+        ];
+        for (i, (data, want)) in cases.iter().enumerate() {
+            let got = match classify_bytes(data) {
+                Program::Static => "static",
+                Program::Dynamic => "dynamic",
+                Program::Go => "go",
+                _ => "other",
+            };
+            assert_eq!(got, *want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn reads_script_lines_and_refuses_other_files() {
+        let interp = |data: &[u8]| match classify_bytes(data) {
+            Program::Script {
+                interpreter,
+                via_env,
+            } => Some((
+                String::from_utf8(interpreter.bytes().to_vec()).unwrap(),
+                via_env,
+            )),
+            _ => None,
+        };
+        assert_eq!(
+            interp(b"#!/bin/sh -e\necho"),
+            Some(("/bin/sh".into(), false))
+        );
+        assert_eq!(
+            interp(b"#! /usr/bin/env -S python3 -u\n"),
+            Some(("python3".into(), true))
+        );
+        assert_eq!(
+            interp(b"#!/usr/bin/env\n"),
+            Some(("/usr/bin/env".into(), false))
+        );
+        assert!(matches!(classify_bytes(b"#!\n"), Program::NotElf));
+        assert!(matches!(classify_bytes(b"hello"), Program::NotElf));
+        assert!(matches!(
+            classify_bytes(b"\x7fELF\x01\x01"),
+            Program::NotElf
+        ));
+        let missing = std::ffi::CString::new("/nonexistent/splicecow-program").unwrap();
+        assert!(matches!(
+            classify(&missing),
+            Program::Unreadable(libc::ENOENT)
+        ));
+    }
 }
