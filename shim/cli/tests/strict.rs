@@ -422,3 +422,26 @@ fn a_strict_exec_without_a_supervisor_says_so_and_runs() {
     let data = std::fs::read(&file).unwrap();
     assert_eq!(&data[4096..4112], b"XXXXXXXXXXXXXXXX", "the program ran");
 }
+
+#[test]
+fn the_supervisor_lets_go_of_each_filter_once_its_programs_are_gone() {
+    let Some(prog) = prog() else { return };
+    let file = data_file("many-filters");
+    let domain = TestDomain::new("strict-many-filters");
+    // Twenty static programs, one after the other, each with a filter of its own; then
+    // the run's threads are counted (main, the accepting thread, and any still serving).
+    let script = "sup=${SPLICECOW_SUPERVISOR%%:*}; i=0; while [ $i -lt 20 ]; do \
+                  \"$0\" pwrite \"$1\" || exit 9; i=$((i+1)); done; ls /proc/$sup/task | wc -l";
+    let out = splicecow()
+        .args(domain.run_args(&["--strict", "--", "sh", "-c", script]))
+        .arg(prog)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let threads: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(
+        threads <= 3,
+        "{threads} threads left in the supervisor after 20 filters"
+    );
+}

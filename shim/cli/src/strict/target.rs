@@ -217,9 +217,28 @@ pub mod notif {
     /// `SECCOMP_USER_NOTIF_FLAG_CONTINUE`: let the call run as it is.
     const FLAG_CONTINUE: u32 = 1;
 
-    /// Waits for the next notification; `None` when the listener failed for good.
+    /// Waits for the next notification; `None` when no process uses the filter any more
+    /// (the kernel reports `POLLHUP` then, Linux 5.9+) or the listener failed for good.
     pub fn recv(listener: RawFd) -> Option<libc::seccomp_notif> {
         loop {
+            let mut p = libc::pollfd {
+                fd: listener,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd of ours.
+            let r = unsafe { libc::poll(&mut p, 1, -1) };
+            if r < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return None;
+            }
+            if p.revents & libc::POLLIN == 0
+                && p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+            {
+                return None;
+            }
             // SAFETY: the kernel wants a zeroed struct and fills it.
             let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
             // SAFETY: n is the struct the ioctl fills.
