@@ -11,7 +11,7 @@
 //! Like `hooks`, this is an entry floor: it builds intents and calls one operation.
 
 use crate::ops::intent::{Kind, Mutation, Span, Target};
-use crate::ops::{mutation, transfer};
+use crate::ops::{clones, mutation, transfer};
 use crate::state::fd::FdKind;
 use crate::state::subject::{self, Subject};
 use crate::state::{fdcache, guard::Inside, runtime};
@@ -83,8 +83,6 @@ pub enum Change {
     SpliceInto,
     /// A shared writable mapping of the file.
     SharedMapping,
-    /// `ioctl` `FICLONE`, `FICLONERANGE`.
-    Clone,
 }
 
 impl Change {
@@ -105,7 +103,6 @@ impl Change {
             Change::SendfileInto => Kind::SendfileInto,
             Change::SpliceInto => Kind::SpliceInto,
             Change::SharedMapping => Kind::SharedMapping,
-            Change::Clone => Kind::Clone,
         }
     }
 }
@@ -151,6 +148,52 @@ pub fn before_change(pid: i32, fd: Fd, change: Change, range: Range) {
         target: Target::Fd(fd.local),
         span: range.span(),
         kind: change.kind(),
+    };
+    serving(pid, [fd, fd], || mutation::before(m));
+}
+
+/// A change a call is about to make to the file of one of the caller's fds, described as
+/// the hooks describe it; the fd is the caller's number ([`FdChange::fd`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FdChange(Mutation);
+
+impl FdChange {
+    /// The caller's fd whose file changes.
+    pub fn fd(&self) -> i32 {
+        match self.0.target {
+            Target::Fd(fd) => fd,
+            _ => -1,
+        }
+    }
+}
+
+/// True for the `ioctl` requests that write into a destination file (the clone and
+/// dedupe requests; the filter sends these to the supervisor).
+pub fn is_clone_request(request: u32) -> bool {
+    clones::is_clone_request(request)
+}
+
+/// The destinations of `ioctl(fd, request, arg)` by a filtered process, read by the
+/// hooks' own parser through `read(addr, buf)` (false: unreadable), which reads the
+/// process's memory.
+pub fn clone_destinations(
+    fd: i32,
+    request: u32,
+    arg: u64,
+    read: impl Fn(u64, &mut [u8]) -> bool,
+) -> Vec<FdChange> {
+    let mut out = Vec::new();
+    let read = |addr: usize, buf: &mut [u8]| read(addr as u64, buf);
+    clones::destinations(fd, request, arg as usize, read, |m| out.push(FdChange(m)));
+    out
+}
+
+/// Before process `pid` makes `change` to the file of its fd `fd.theirs` (our duplicate
+/// `fd.local`): as [`before_change`].
+pub fn before_fd_change(pid: i32, fd: Fd, change: FdChange) {
+    let m = Mutation {
+        target: Target::Fd(fd.local),
+        ..change.0
     };
     serving(pid, [fd, fd], || mutation::before(m));
 }

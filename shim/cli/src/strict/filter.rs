@@ -12,10 +12,11 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const RET_ALLOW: u32 = 0x7fff_0000;
 const RET_USER_NOTIF: u32 = 0x7fc0_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
-/// `FICLONE`, `FICLONERANGE` (`_IOW(0x94, 9, int)`, `_IOW(0x94, 13, struct file_clone_range)`).
-pub const FICLONE: u32 = 0x4004_9409;
-/// See [`FICLONE`].
-pub const FICLONERANGE: u32 = 0x4020_940d;
+/// `FICLONE`, `FICLONERANGE`, `FIDEDUPERANGE` (`_IOW(0x94, 9, int)`,
+/// `_IOW(0x94, 13, struct file_clone_range)`, `_IOWR(0x94, 54, struct file_dedupe_range)`).
+const FICLONE: u32 = 0x4004_9409;
+const FICLONERANGE: u32 = 0x4020_940d;
+const FIDEDUPERANGE: u32 = 0xc018_9436;
 
 /// Offsets in `struct seccomp_data`: the number, the architecture, the arguments (the low
 /// 32 bits of argument i are at 16 + 8i on a little-endian machine).
@@ -104,7 +105,8 @@ fn labelled(label: &'static str, mut i: Ins) -> Ins {
 /// - `io_uring_setup`: `ENOSYS` (programs fall back to system calls, which are seen);
 /// - [`TRAPPED`]: to the supervisor;
 /// - `open` and `openat` with `O_TRUNC` in their flags argument, `mmap` with `MAP_SHARED`
-///   and `PROT_WRITE`, `ioctl` `FICLONE`/`FICLONERANGE`: to the supervisor;
+///   and `PROT_WRITE`, `ioctl` `FICLONE`/`FICLONERANGE`/`FIDEDUPERANGE`: to the
+///   supervisor;
 /// - everything else runs.
 pub fn program() -> Vec<libc::sock_filter> {
     let jeq = libc::BPF_JEQ;
@@ -139,7 +141,8 @@ pub fn program() -> Vec<libc::sock_filter> {
         jump(jset, libc::PROT_WRITE as u32, notify, allow),
         labelled("ioctl", ld(arg(1))),
         jump(jeq, FICLONE, notify, To::Next),
-        jump(jeq, FICLONERANGE, notify, allow),
+        jump(jeq, FICLONERANGE, notify, To::Next),
+        jump(jeq, FIDEDUPERANGE, notify, allow),
         labelled("notify", ret(RET_USER_NOTIF)),
         labelled("allow", ret(RET_ALLOW)),
         labelled("enosys", ret(RET_ERRNO | libc::ENOSYS as u32)),
@@ -233,6 +236,8 @@ mod tests {
         assert_eq!(go(libc::SYS_mmap, [0, 4096, rw, 2, 3, 0]), RET_ALLOW);
         let clone = u64::from(FICLONE);
         assert_eq!(go(libc::SYS_ioctl, [3, clone, 4, 0, 0, 0]), RET_USER_NOTIF);
+        let dedupe = u64::from(FIDEDUPERANGE);
+        assert_eq!(go(libc::SYS_ioctl, [3, dedupe, 4, 0, 0, 0]), RET_USER_NOTIF);
         assert_eq!(go(libc::SYS_ioctl, [3, 0x5401, 4, 0, 0, 0]), RET_ALLOW);
         // x32 and i386 calls are refused.
         assert_eq!(run(&p, x86, X32_SYSCALL_BIT | 1, [0; 6]), RET_ERRNO | 38);

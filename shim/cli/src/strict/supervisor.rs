@@ -3,7 +3,6 @@
 //! `splice`/`sendfile` is run here, recorded, and answered with its result; a transfer
 //! that would block goes to a thread of its own, so the loop never waits for a pipe.
 
-use super::filter::{FICLONE, FICLONERANGE};
 use super::target::{self, notif, GetFd};
 use splicecow_core::supervised::{self as sv, Change, Fd, Range, Spliced};
 use std::collections::HashMap;
@@ -209,21 +208,7 @@ impl Supervisor {
                 range.map(|r| (a[2], Change::SpliceInto, r))
             }
             libc::SYS_mmap => Some((a[4], Change::SharedMapping, Range::At(a[5] as i64, a[1]))),
-            libc::SYS_ioctl => match a[1] as u32 {
-                FICLONE => fd_change(Change::Clone, Range::From(0)),
-                FICLONERANGE => {
-                    // struct file_clone_range { s64 src_fd; u64 src_offset, src_length,
-                    // dest_offset; }
-                    let len = target::read_u64(c.tid, a[2].wrapping_add(16));
-                    let dest = target::read_u64(c.tid, a[2].wrapping_add(24));
-                    match (len, dest) {
-                        (Some(0), Some(d)) => fd_change(Change::Clone, Range::From(d as i64)),
-                        (Some(l), Some(d)) => fd_change(Change::Clone, Range::At(d as i64, l)),
-                        _ => None,
-                    }
-                }
-                _ => None,
-            },
+            libc::SYS_ioctl => return self.clone_request(c, pid),
             libc::SYS_truncate => {
                 return self.path_mutation(c, pid, libc::AT_FDCWD as u64, a[0], 0, a[1] as i64);
             }
@@ -253,6 +238,25 @@ impl Supervisor {
         }
         if let Some((_local, f)) = self.dup(c, fd) {
             sv::before_change(pid, f, change, range);
+        }
+    }
+
+    /// An `ioctl` clone or dedupe request: every destination range is settled.
+    fn clone_request(&mut self, c: &Call, pid: i32) {
+        let (fd, request, arg) = (c.args[0] as i32, c.args[1] as u32, c.args[2]);
+        if !sv::is_clone_request(request) {
+            return;
+        }
+        let read = |addr: u64, buf: &mut [u8]| target::read_mem(c.tid, addr, buf);
+        let changes = sv::clone_destinations(fd, request, arg, read);
+        // What was read from the caller's memory is only good while the call waits.
+        if changes.is_empty() || !notif::valid(self.fd(), c.id) {
+            return;
+        }
+        for change in changes {
+            if let Some((_local, f)) = self.dup(c, change.fd() as u64) {
+                sv::before_fd_change(pid, f, change);
+            }
         }
     }
 

@@ -2,8 +2,11 @@
  *
  *   prog splice FILE LEN [MUTATOR ARGS...]  splice LEN bytes of FILE (with an offset
  *        pointer) into stdout, a pipe; then run MUTATOR in a child process and wait
+ *        (exits with the mutator's status when it fails)
  *   prog pwrite|write|ftruncate|truncate|punch FILE   change FILE (16 'X' at 4096, or
  *        cut at 30000, or punch 100..65100)
+ *   prog dedupe FILE     FIDEDUPERANGE of bytes 4096..8192 from FILE.twin, a copy made
+ *        here, into FILE (the same bytes: only the pages change; exit 6: unsupported)
  *   prog fidelity FILE   trapped calls with bad arguments: one "name result errno" line
  *        each (a segment of FILE is live meanwhile)
  *   prog pwrite-loop FILE N   N 64-byte pwrites; prints the nanoseconds per call
@@ -17,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <linux/fs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -30,9 +35,37 @@ static void report(const char *name, long r) {
     fflush(stdout);
 }
 
+/* A twin of FILE with the same bytes, then bytes 4096..8192 of FILE deduplicated
+ * against it: the kernel drops FILE's pages of that range from the page cache (it zeroes
+ * the part of a large folio it cannot split off, which a pipe may still show). */
+static int dedupe(const char *file) {
+    static char bytes[1 << 20];
+    int fd = open(file, O_RDWR);
+    char twin[4096];
+    snprintf(twin, sizeof twin, "%s.twin", file);
+    int t = open(twin, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || t < 0) return 2;
+    ssize_t n = read(fd, bytes, sizeof bytes);
+    if (n < 8192 || write(t, bytes, n) != n || fsync(t)) return 3;
+    struct {
+        struct file_dedupe_range range;
+        struct file_dedupe_range_info info;
+    } req;
+    memset(&req, 0, sizeof req);
+    req.range.src_offset = 4096;
+    req.range.src_length = 4096;
+    req.range.dest_count = 1;
+    req.info.dest_fd = fd;
+    req.info.dest_offset = 4096;
+    if (ioctl(t, FIDEDUPERANGE, &req))
+        return errno == EOPNOTSUPP || errno == EINVAL || errno == ENOTTY ? 6 : 3;
+    return req.info.status == FILE_DEDUPE_RANGE_SAME && req.info.bytes_deduped == 4096 ? 0 : 3;
+}
+
 static int mutate(const char *how, const char *file) {
     char x[16];
     memset(x, 'X', sizeof x);
+    if (!strcmp(how, "dedupe")) return dedupe(file);
     int fd = open(file, O_RDWR);
     if (fd < 0) return 2;
     if (!strcmp(how, "pwrite")) return pwrite(fd, x, 16, 4096) == 16 ? 0 : 3;
@@ -154,7 +187,8 @@ int main(int argc, char **argv) {
         }
         int st;
         waitpid(c, &st, 0);
-        if (!WIFEXITED(st) || WEXITSTATUS(st)) return 5;
+        if (!WIFEXITED(st)) return 5;
+        if (WEXITSTATUS(st)) return WEXITSTATUS(st);
     }
     return 0;
 }
