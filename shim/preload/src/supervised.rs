@@ -11,11 +11,12 @@
 //! Like `hooks`, this is an entry floor: it builds intents and calls one operation.
 
 use crate::ops::intent::{Kind, Mutation, Span, Target};
-use crate::ops::{clones, mutation, transfer};
+use crate::ops::maps::LocalMap;
+use crate::ops::{clones, mappings, mutation, transfer};
 use crate::state::fd::FdKind;
 use crate::state::subject::{self, Subject};
 use crate::state::{fdcache, guard::Inside, runtime};
-use splicecow_registry::sys;
+use splicecow_registry::{sys, FileKey};
 use std::ffi::CStr;
 
 pub use splicecow_registry::env::Mode;
@@ -223,6 +224,39 @@ pub fn before_path_change(
         theirs: -1,
     };
     serving(pid, [none, none], || mutation::before(m));
+}
+
+/// Before process `pid` calls `mmap(_, len, prot, flags, fd, offset)`: a shared
+/// writable mapping of a regular file is counted, so that splices of the file take the
+/// copy path from now on, and the range it maps is settled, as the `mmap` hook does. The
+/// count is this process's (the supervisor sees no `munmap`): it lasts until the run ends.
+pub fn before_map(pid: i32, fd: Fd, len: usize, prot: i32, flags: i32, offset: i64) {
+    serving(pid, [fd, fd], || {
+        if let Some(planned) = mappings::plan(len, prot, flags, fd.local, offset) {
+            mappings::before_map(planned, fd.local);
+        }
+    });
+}
+
+/// Before process `pid` gives write access to its shared mapping of the file with
+/// device `dev` and inode `ino` that shows file bytes `[lo, hi)` (`mprotect`): counted
+/// and settled as [`before_map`] does.
+pub fn before_write_access(pid: i32, dev: u64, ino: u64, lo: u64, hi: u64) {
+    let m = LocalMap {
+        start: 0,
+        end: hi.saturating_sub(lo) as usize,
+        key: FileKey { dev, ino },
+        file_off: lo,
+        prot: libc::PROT_READ | libc::PROT_WRITE,
+        private: false,
+    };
+    let none = Fd {
+        local: -1,
+        theirs: -1,
+    };
+    serving(pid, [none, none], || {
+        mappings::before_untracked_write_access(m)
+    });
 }
 
 /// What [`file_to_pipe`] did.

@@ -105,7 +105,7 @@ fn labelled(label: &'static str, mut i: Ins) -> Ins {
 /// - `io_uring_setup`: `ENOSYS` (programs fall back to system calls, which are seen);
 /// - [`TRAPPED`]: to the supervisor;
 /// - `open` and `openat` with `O_TRUNC` in their flags argument, `mmap` with `MAP_SHARED`
-///   and `PROT_WRITE`, `ioctl` `FICLONE`/`FICLONERANGE`/`FIDEDUPERANGE`: to the
+///   and `PROT_WRITE`, `mprotect`/`pkey_mprotect` with `PROT_WRITE`, `ioctl` `FICLONE`/`FICLONERANGE`/`FIDEDUPERANGE`: to the
 ///   supervisor;
 /// - everything else runs.
 pub fn program() -> Vec<libc::sock_filter> {
@@ -129,6 +129,18 @@ pub fn program() -> Vec<libc::sock_filter> {
         jump(jeq, libc::SYS_open as u32, To::Label("open"), To::Next),
         jump(jeq, libc::SYS_openat as u32, To::Label("openat"), To::Next),
         jump(jeq, libc::SYS_mmap as u32, To::Label("mmap"), To::Next),
+        jump(
+            jeq,
+            libc::SYS_mprotect as u32,
+            To::Label("mprotect"),
+            To::Next,
+        ),
+        jump(
+            jeq,
+            libc::SYS_pkey_mprotect as u32,
+            To::Label("mprotect"),
+            To::Next,
+        ),
         jump(jeq, libc::SYS_ioctl as u32, To::Label("ioctl"), To::Next),
         ret(RET_ALLOW),
         labelled("open", ld(arg(1))),
@@ -138,6 +150,8 @@ pub fn program() -> Vec<libc::sock_filter> {
         labelled("mmap", ld(arg(3))),
         jump(jset, libc::MAP_SHARED as u32, To::Next, allow),
         ld(arg(2)),
+        jump(jset, libc::PROT_WRITE as u32, notify, allow),
+        labelled("mprotect", ld(arg(2))),
         jump(jset, libc::PROT_WRITE as u32, notify, allow),
         labelled("ioctl", ld(arg(1))),
         jump(jeq, FICLONE, notify, To::Next),
@@ -234,6 +248,16 @@ mod tests {
         );
         assert_eq!(go(libc::SYS_mmap, [0, 4096, 1, shared, 3, 0]), RET_ALLOW);
         assert_eq!(go(libc::SYS_mmap, [0, 4096, rw, 2, 3, 0]), RET_ALLOW);
+        let rwx = 7;
+        assert_eq!(
+            go(libc::SYS_mprotect, [4096, 4096, rwx, 0, 0, 0]),
+            RET_USER_NOTIF
+        );
+        assert_eq!(go(libc::SYS_mprotect, [4096, 4096, 1, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(
+            go(libc::SYS_pkey_mprotect, [0, 1, 3, 0, 0, 0]),
+            RET_USER_NOTIF
+        );
         let clone = u64::from(FICLONE);
         assert_eq!(go(libc::SYS_ioctl, [3, clone, 4, 0, 0, 0]), RET_USER_NOTIF);
         let dedupe = u64::from(FIDEDUPERANGE);

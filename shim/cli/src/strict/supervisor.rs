@@ -81,7 +81,13 @@ impl Supervisor {
             return notif::proceed(self.fd(), c.id);
         }
         let transfer = c.nr == libc::SYS_splice || c.nr == libc::SYS_sendfile;
-        if !transfer && !sv::anything_live() {
+        // A shared writable mapping is counted even when nothing is live yet: later
+        // splices of its file must take the copy path.
+        let mapping = matches!(
+            c.nr,
+            libc::SYS_mmap | libc::SYS_mprotect | libc::SYS_pkey_mprotect
+        );
+        if !transfer && !mapping && !sv::anything_live() {
             return notif::proceed(self.fd(), c.id);
         }
         let Some((tgid, preloaded)) = self.caller(c.tid) else {
@@ -207,7 +213,19 @@ impl Supervisor {
                 };
                 range.map(|r| (a[2], Change::SpliceInto, r))
             }
-            libc::SYS_mmap => Some((a[4], Change::SharedMapping, Range::At(a[5] as i64, a[1]))),
+            libc::SYS_mmap => {
+                if let Some((_local, f)) = self.dup(c, a[4]) {
+                    let (len, prot, flags) = (a[1] as usize, a[2] as i32, a[3] as i32);
+                    sv::before_map(pid, f, len, prot, flags, a[5] as i64);
+                }
+                return;
+            }
+            libc::SYS_mprotect | libc::SYS_pkey_mprotect => {
+                for m in target::shared_file_mappings(c.tid, a[0], a[1]) {
+                    sv::before_write_access(pid, m.dev, m.ino, m.file_lo, m.file_hi);
+                }
+                return;
+            }
             libc::SYS_ioctl => return self.clone_request(c, pid),
             libc::SYS_truncate => {
                 return self.path_mutation(c, pid, libc::AT_FDCWD as u64, a[0], 0, a[1] as i64);

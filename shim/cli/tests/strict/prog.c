@@ -5,6 +5,10 @@
  *        (exits with the mutator's status when it fails)
  *   prog pwrite|write|ftruncate|truncate|punch FILE   change FILE (16 'X' at 4096, or
  *        cut at 30000, or punch 100..65100)
+ *   prog mprotect FILE   map FILE shared read-only, mprotect it writable, store 16 'X'
+ *        at 4096 through the mapping
+ *   prog map-splice FILE LEN   map FILE shared and writable first, then splice LEN bytes
+ *        of it into stdout, then store 16 'X' at 4096 through the mapping
  *   prog dedupe FILE     FIDEDUPERANGE of bytes 4096..8192 from FILE.twin, a copy made
  *        here, into FILE (the same bytes: only the pages change; exit 6: unsupported)
  *   prog fidelity FILE   trapped calls with bad arguments: one "name result errno" line
@@ -21,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <linux/fs.h>
 #include <sys/syscall.h>
@@ -66,6 +71,14 @@ static int mutate(const char *how, const char *file) {
     char x[16];
     memset(x, 'X', sizeof x);
     if (!strcmp(how, "dedupe")) return dedupe(file);
+    if (!strcmp(how, "mprotect")) {
+        int fd = open(file, O_RDWR);
+        char *p = fd < 0 ? MAP_FAILED : mmap(NULL, 65536, PROT_READ, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) return 2;
+        if (mprotect(p, 65536, PROT_READ | PROT_WRITE)) return 3;
+        memset(p + 4096, 'X', 16);
+        return munmap(p, 65536) ? 3 : 0;
+    }
     int fd = open(file, O_RDWR);
     if (fd < 0) return 2;
     if (!strcmp(how, "pwrite")) return pwrite(fd, x, 16, 4096) == 16 ? 0 : 3;
@@ -150,6 +163,25 @@ static int pending(const char *dir) {
     return 0;
 }
 
+/* Splices LEN bytes of fd (from offset 0, through an offset pointer) into stdout. */
+static int splice_out(int fd, size_t len) {
+    loff_t off = 0;
+    while (off < (loff_t)len) {
+        ssize_t n = splice(fd, &off, 1, NULL, len - off, 0);
+        if (n <= 0) return 3;
+    }
+    return 0;
+}
+
+static int map_splice(const char *file, size_t len) {
+    int fd = open(file, O_RDWR);
+    char *p = fd < 0 ? MAP_FAILED : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) return 2;
+    if (splice_out(fd, len)) return 3;
+    memset(p + 4096, 'X', 16);
+    return munmap(p, len) ? 3 : 0;
+}
+
 static int pwrite_loop(const char *file, long n) {
     int fd = open(file, O_RDWR);
     if (fd < 0) return 2;
@@ -169,16 +201,13 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "pwrite-loop") && argc > 3) return pwrite_loop(argv[2], atol(argv[3]));
     if (!strcmp(argv[1], "fidelity")) return fidelity(argv[2]);
     if (!strcmp(argv[1], "pending")) return pending(argv[2]);
+    if (!strcmp(argv[1], "map-splice") && argc > 3)
+        return map_splice(argv[2], strtoul(argv[3], NULL, 10));
     if (strcmp(argv[1], "splice")) return mutate(argv[1], argv[2]);
     if (argc < 4) return 1;
     int fd = open(argv[2], O_RDONLY);
     if (fd < 0) return 2;
-    size_t len = strtoul(argv[3], NULL, 10);
-    loff_t off = 0;
-    while (off < (loff_t)len) {
-        ssize_t n = splice(fd, &off, 1, NULL, len - off, 0);
-        if (n <= 0) return 3;
-    }
+    if (splice_out(fd, strtoul(argv[3], NULL, 10))) return 3;
     if (argc > 4) {
         pid_t c = fork();
         if (c == 0) {
