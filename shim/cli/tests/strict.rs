@@ -199,6 +199,36 @@ fn static_shared_mappings_are_protected_only_in_strict_mode() {
     }
 }
 
+/// Bytes a static program spliced into a pipe of its own and then moved on into the
+/// late reader's pipe with `tee` or a pipe→pipe `splice` are settled when a mutator
+/// changes the file: under `run --strict` only.
+#[test]
+fn static_tee_and_pipe_to_pipe_splice_are_protected_only_in_strict_mode() {
+    let Some(prog) = prog() else { return };
+    for how in ["tee", "splice"] {
+        for under in [Under::Nothing, Under::Run, Under::Strict] {
+            let file = data_file(&format!("via-{how}-{under:?}"));
+            let domain = TestDomain::new("strict-via");
+            let mut cmd = under.command(&domain, prog);
+            cmd.args(["via", how])
+                .arg(&file)
+                .arg(LEN.to_string())
+                .arg(prog)
+                .arg("pwrite")
+                .arg(&file);
+            let (status, got) = read_late(cmd);
+            assert!(status.success(), "{how} under {under:?}: {status}");
+            let changed = changed_bytes(&got);
+            eprintln!("{how} under {under:?}: {changed} bytes differ");
+            if under == Under::Strict {
+                assert_eq!(changed, 0, "{how}: strict mode must be exact");
+            } else {
+                assert!(changed > 0, "{how} under {under:?}: the hazard must show");
+            }
+        }
+    }
+}
+
 /// A loop-mounted XFS image (reflink and dedupe; ext4 and tmpfs have neither), removed
 /// on drop.
 struct XfsMount {

@@ -262,8 +262,9 @@ pub fn before_write_access(pid: i32, dev: u64, ino: u64, lo: u64, hi: u64) {
 /// What [`file_to_pipe`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spliced {
-    /// Not a regular file into a pipe: the call is not a transfer to record.
-    NotFileToPipe,
+    /// Not the transfer asked for (a regular file into a pipe, a pipe into a pipe): the
+    /// call is not one to record.
+    Elsewhere,
     /// Bytes moved (the call's result).
     Moved(usize),
     /// The call failed with this `errno` (`EAGAIN`: the pipe is full; wait and retry if
@@ -286,7 +287,7 @@ pub fn file_to_pipe(
     let (FdKind::Regular(fkey), FdKind::Pipe(pkey)) =
         (fdcache::kind(file.local), fdcache::kind(pipe.local))
     else {
-        return Spliced::NotFileToPipe;
+        return Spliced::Elsewhere;
     };
     let off_in = off.map_or(std::ptr::null_mut(), |o| o as *mut i64);
     let x = transfer::FileToPipe {
@@ -300,6 +301,43 @@ pub fn file_to_pipe(
     };
     serving(pid, [file, pipe], || {
         let r = transfer::file_to_pipe(x);
+        if r >= 0 {
+            Spliced::Moved(r as usize)
+        } else {
+            Spliced::Failed(sys::errno())
+        }
+    })
+}
+
+/// True when `fd` is a pipe (or FIFO).
+pub fn is_pipe(fd: Fd) -> bool {
+    matches!(fdcache::kind(fd.local), FdKind::Pipe(_))
+}
+
+/// A `tee` (or a `splice` without offsets) of up to `len` bytes from pipe `src` into
+/// pipe `dst` by process `pid`, run here without blocking (`SPLICE_F_NONBLOCK` added to
+/// `flags`): the destination gets the source's segments for the bytes that move, as the
+/// hooks' pipe→pipe path gives them.
+pub fn pipe_to_pipe(pid: i32, src: Fd, dst: Fd, len: usize, flags: u32, tee: bool) -> Spliced {
+    let (FdKind::Pipe(src_key), FdKind::Pipe(dst_key)) =
+        (fdcache::kind(src.local), fdcache::kind(dst.local))
+    else {
+        return Spliced::Elsewhere;
+    };
+    let call = |fl: u32| -> isize {
+        let null = std::ptr::null_mut::<i64>();
+        // SAFETY: plain system calls on our duplicates; no pointer but the null offsets.
+        unsafe {
+            if tee {
+                libc::syscall(libc::SYS_tee, src.local, dst.local, len, fl) as isize
+            } else {
+                libc::syscall(libc::SYS_splice, src.local, null, dst.local, null, len, fl) as isize
+            }
+        }
+    };
+    let nb = flags | libc::SPLICE_F_NONBLOCK;
+    serving(pid, [src, dst], || {
+        let r = transfer::pipe_to_pipe(src.local, dst.local, src_key, dst_key, len, nb, call);
         if r >= 0 {
             Spliced::Moved(r as usize)
         } else {

@@ -27,8 +27,8 @@ fn arg(i: u32) -> u32 {
 }
 
 /// System calls always sent to the supervisor.
-/// (Not trapped: `tee` and `vmsplice`; see the README, "Strict mode".)
-pub const TRAPPED: [libc::c_long; 15] = [
+/// (Not trapped: `vmsplice`, which puts the process's own pages into a pipe.)
+pub const TRAPPED: [libc::c_long; 16] = [
     libc::SYS_write,
     libc::SYS_pwrite64,
     libc::SYS_writev,
@@ -41,6 +41,7 @@ pub const TRAPPED: [libc::c_long; 15] = [
     libc::SYS_copy_file_range,
     libc::SYS_sendfile,
     libc::SYS_splice,
+    libc::SYS_tee,
     // Its flags are in memory, which a filter cannot read.
     libc::SYS_openat2,
     // The supervisor forgets what it knew of the process (the preload may come or go).

@@ -80,7 +80,9 @@ impl Supervisor {
             self.forget(c.tid);
             return notif::proceed(self.fd(), c.id);
         }
-        let transfer = c.nr == libc::SYS_splice || c.nr == libc::SYS_sendfile;
+        let transfer = c.nr == libc::SYS_splice
+            || c.nr == libc::SYS_sendfile
+            || (c.nr == libc::SYS_tee && sv::anything_live());
         // A shared writable mapping is counted even when nothing is live yet: later
         // splices of its file must take the copy path.
         let mapping = matches!(
@@ -329,25 +331,42 @@ impl Supervisor {
         sv::before_path_change(pid, dirfd, &p, follow, change, Range::From(off));
     }
 
-    /// A `splice` or `sendfile` from a regular file into a pipe, run here. Returns false
-    /// when the call is something else (then a mutation or nothing, and it runs itself).
+    /// A `splice` or `sendfile` from a regular file into a pipe, or a `tee` or `splice`
+    /// from a pipe into a pipe, run here. Returns false when the call is something else
+    /// (then a mutation or nothing, and it runs itself).
     fn transfer(&mut self, c: &Call, pid: i32) -> bool {
         let a = c.args;
-        // splice(in, off_in, out, off_out, len, flags); sendfile(out, in, off, count).
-        let (fd_in, off_ptr, fd_out, len, flags) = if c.nr == libc::SYS_splice {
-            if a[3] != 0 || a[5] as u32 & !SPLICE_F_ALL != 0 {
-                return false;
+        // splice(in, off_in, out, off_out, len, flags); sendfile(out, in, off, count);
+        // tee(in, out, len, flags).
+        let (fd_in, off_ptr, fd_out, len, flags) = match c.nr {
+            libc::SYS_splice => {
+                if a[3] != 0 || a[5] as u32 & !SPLICE_F_ALL != 0 {
+                    return false;
+                }
+                (a[0], a[1], a[2], a[4], a[5] as u32)
             }
-            (a[0], a[1], a[2], a[4], a[5] as u32)
-        } else {
-            (a[1], a[2], a[0], a[3], 0)
+            libc::SYS_tee => {
+                if a[3] as u32 & !SPLICE_F_ALL != 0 {
+                    return false;
+                }
+                (a[0], 0, a[1], a[2], a[3] as u32)
+            }
+            _ => (a[1], a[2], a[0], a[3], 0),
         };
-        let Some((file_local, file)) = self.dup(c, fd_in) else {
+        let Some((from_local, from)) = self.dup(c, fd_in) else {
             return false;
         };
-        let Some((pipe_local, pipe)) = self.dup(c, fd_out) else {
+        let Some((to_local, to)) = self.dup(c, fd_out) else {
             return false;
         };
+        let from_pipe = sv::is_pipe(from);
+        let between_pipes = from_pipe && sv::is_pipe(to);
+        let tee = c.nr == libc::SYS_tee;
+        let pipe_call = c.nr != libc::SYS_sendfile && between_pipes && off_ptr == 0;
+        if (tee || from_pipe) && !pipe_call {
+            // Refused by the kernel (EINVAL, ESPIPE), or a pipe into a file: runs itself.
+            return false;
+        }
         let mut off = None;
         if off_ptr != 0 {
             match target::read_u64(c.tid, off_ptr) {
@@ -367,9 +386,10 @@ impl Supervisor {
             id: c.id,
             tid: c.tid,
             pid,
-            file,
-            pipe,
-            _keep: [file_local, pipe_local],
+            from,
+            to,
+            _keep: [from_local, to_local],
+            between_pipes: between_pipes.then_some(tee),
             off_ptr,
             off,
             len: len as usize,
@@ -377,7 +397,7 @@ impl Supervisor {
         };
         match job.attempt() {
             Attempt::Done => true,
-            Attempt::NotFileToPipe => false,
+            Attempt::Elsewhere => false,
             Attempt::WouldBlock => {
                 // A blocking caller waits for room: in a thread of its own.
                 let spawned = std::thread::Builder::new()
@@ -399,47 +419,50 @@ const SPLICE_F_ALL: u32 = 0x0f;
 /// How often a waiting transfer checks that its caller still waits.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
-/// A file→pipe transfer served for a filtered process.
+/// A transfer into a pipe served for a filtered process: from a regular file, or from
+/// another pipe.
 struct Transfer {
     listener: Arc<OwnedFd>,
     id: u64,
     tid: i32,
     pid: i32,
-    file: Fd,
-    pipe: Fd,
-    /// The duplicates `file` and `pipe` name, open for the transfer's life.
+    /// The file or pipe the bytes come from.
+    from: Fd,
+    /// The pipe they go into.
+    to: Fd,
+    /// The duplicates `from` and `to` name, open for the transfer's life.
     _keep: [OwnedFd; 2],
     /// The caller's offset pointer (0: none) and the offset read from it.
     off_ptr: u64,
     off: Option<i64>,
     len: usize,
     flags: u32,
+    /// From a pipe: `Some(true)` for a `tee`, `Some(false)` for a `splice`.
+    between_pipes: Option<bool>,
 }
 
 /// What one try of a [`Transfer`] did.
 enum Attempt {
     /// Answered.
     Done,
-    /// Not a regular file into a pipe: the call runs itself.
-    NotFileToPipe,
-    /// The pipe is full and the caller asked for blocking: nothing moved, not answered.
+    /// Not the transfer it seemed (the fds changed meanwhile): the call runs itself.
+    Elsewhere,
+    /// The pipe is full (or the source pipe empty) and the caller asked for blocking:
+    /// nothing moved, not answered.
     WouldBlock,
 }
 
 impl Transfer {
     fn attempt(&self) -> Attempt {
         let mut off = self.off;
-        let r = sv::file_to_pipe(
-            self.pid,
-            self.file,
-            self.pipe,
-            off.as_mut(),
-            self.len,
-            self.flags,
-        );
+        let (from, to, len, flags) = (self.from, self.to, self.len, self.flags);
+        let r = match self.between_pipes {
+            Some(tee) => sv::pipe_to_pipe(self.pid, from, to, len, flags, tee),
+            None => sv::file_to_pipe(self.pid, from, to, off.as_mut(), len, flags),
+        };
         let fd = self.listener.as_raw_fd();
         match r {
-            Spliced::NotFileToPipe => Attempt::NotFileToPipe,
+            Spliced::Elsewhere => Attempt::Elsewhere,
             Spliced::Failed(libc::EAGAIN) if self.blocking() => Attempt::WouldBlock,
             Spliced::Failed(e) => {
                 notif::fail(fd, self.id, e);
@@ -465,31 +488,51 @@ impl Transfer {
     }
 
     /// The caller asked for a blocking call: no `SPLICE_F_NONBLOCK`, no `O_NONBLOCK` on
-    /// the pipe (the duplicate shares its status flags).
+    /// the pipes (the duplicates share their status flags), as the hooks decide it.
     fn blocking(&self) -> bool {
-        // SAFETY: F_GETFL on our duplicate.
-        let fl = unsafe { libc::fcntl(self.pipe.local, libc::F_GETFL) };
-        self.flags & libc::SPLICE_F_NONBLOCK == 0 && fl >= 0 && fl & libc::O_NONBLOCK == 0
+        let nonblock = |fd: Fd| {
+            // SAFETY: F_GETFL on our duplicate.
+            let fl = unsafe { libc::fcntl(fd.local, libc::F_GETFL) };
+            fl < 0 || fl & libc::O_NONBLOCK != 0
+        };
+        let source_pipe = self.between_pipes.is_some() && nonblock(self.from);
+        self.flags & libc::SPLICE_F_NONBLOCK == 0 && !nonblock(self.to) && !source_pipe
     }
 
-    /// Waits for room in the pipe, then tries again, for as long as the caller waits (a
-    /// signal or its death withdraws the notification: then nothing has moved).
-    fn wait_and_finish(self) {
+    /// Waits until `fd` is ready for `events` (`None`: the caller no longer waits).
+    fn ready(&self, fd: Fd, events: libc::c_short) -> Option<()> {
         loop {
             let mut p = libc::pollfd {
-                fd: self.pipe.local,
-                events: libc::POLLOUT,
+                fd: fd.local,
+                events,
                 revents: 0,
             };
             // SAFETY: one pollfd of ours.
-            unsafe { libc::poll(&mut p, 1, WAIT_SLICE.as_millis() as i32) };
+            let n = unsafe { libc::poll(&mut p, 1, WAIT_SLICE.as_millis() as i32) };
             if !notif::valid(self.listener.as_raw_fd(), self.id) {
+                return None;
+            }
+            if n > 0 {
+                return Some(());
+            }
+        }
+    }
+
+    /// Waits for bytes in the source pipe (from a pipe) and room in the destination, then
+    /// tries again, for as long as the caller waits (a signal or its death withdraws the
+    /// notification: then nothing has moved).
+    fn wait_and_finish(self) {
+        loop {
+            if self.between_pipes.is_some() && self.ready(self.from, libc::POLLIN).is_none() {
+                return;
+            }
+            if self.ready(self.to, libc::POLLOUT).is_none() {
                 return;
             }
             match self.attempt() {
                 Attempt::WouldBlock => continue,
                 Attempt::Done => return,
-                Attempt::NotFileToPipe => {
+                Attempt::Elsewhere => {
                     return notif::proceed(self.listener.as_raw_fd(), self.id);
                 }
             }

@@ -5,6 +5,9 @@
  *        (exits with the mutator's status when it fails)
  *   prog pwrite|write|ftruncate|truncate|punch FILE   change FILE (16 'X' at 4096, or
  *        cut at 30000, or punch 100..65100)
+ *   prog via tee|splice FILE LEN [MUTATOR ARGS...]  splice LEN bytes of FILE into a pipe
+ *        of its own, tee or splice them from there into stdout, then run MUTATOR in a
+ *        child process and wait
  *   prog mprotect FILE   map FILE shared read-only, mprotect it writable, store 16 'X'
  *        at 4096 through the mapping
  *   prog map-splice FILE LEN   map FILE shared and writable first, then splice LEN bytes
@@ -139,6 +142,17 @@ static int fidelity(const char *file) {
     report("fill", write(full[1], (char[4096]){0}, 4096));
     report("splice_full_nonblock", splice(fd, NULL, full[1], NULL, 16, 0));
     report("splice_full_flag", splice(fd, NULL, keep[1], NULL, 16, SPLICE_F_NONBLOCK) >= 0);
+    int empty[2];
+    if (pipe(empty)) return 2;
+    report("tee_notpipe", tee(fd, p[1], 16, 0));
+    report("tee_same", tee(keep[0], keep[1], 16, 0));
+    report("tee_empty_nonblock", tee(empty[0], p[1], 16, SPLICE_F_NONBLOCK));
+    report("tee_badflags", tee(keep[0], p[1], 16, 0x100));
+    report("tee_live", tee(keep[0], p[1], 100, 0));
+    loff_t poff = 0;
+    report("splice_pipe_offset", splice(keep[0], &poff, p[1], NULL, 16, 0));
+    report("splice_pipes", splice(keep[0], NULL, p[1], NULL, 50, 0));
+    report("splice_pipes_empty", splice(empty[0], NULL, p[1], NULL, 50, SPLICE_F_NONBLOCK));
     report("io_uring_setup", syscall(425, 1, NULL));
     return 0;
 }
@@ -182,6 +196,27 @@ static int map_splice(const char *file, size_t len) {
     return munmap(p, len) ? 3 : 0;
 }
 
+/* Through a pipe of its own: FILE into it, then tee or splice into stdout. */
+static int via(const char *how, const char *file, size_t len) {
+    int fd = open(file, O_RDONLY), p[2];
+    if (fd < 0 || pipe(p)) return 2;
+    fcntl(p[1], F_SETPIPE_SZ, (int)len);
+    loff_t off = 0;
+    while (off < (loff_t)len) {
+        ssize_t n = splice(fd, &off, p[1], NULL, len - off, 0);
+        if (n <= 0) return 3;
+    }
+    size_t moved = 0;
+    while (moved < len) {
+        ssize_t n = !strcmp(how, "tee") ? tee(p[0], 1, len - moved, 0)
+                                        : splice(p[0], NULL, 1, NULL, len - moved, 0);
+        if (n <= 0) return 3;
+        moved += n;
+        if (!strcmp(how, "tee")) break; /* tee does not consume: once is all */
+    }
+    return moved == len ? 0 : 4;
+}
+
 static int pwrite_loop(const char *file, long n) {
     int fd = open(file, O_RDWR);
     if (fd < 0) return 2;
@@ -201,6 +236,18 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "pwrite-loop") && argc > 3) return pwrite_loop(argv[2], atol(argv[3]));
     if (!strcmp(argv[1], "fidelity")) return fidelity(argv[2]);
     if (!strcmp(argv[1], "pending")) return pending(argv[2]);
+    if (!strcmp(argv[1], "via") && argc > 4) {
+        int r = via(argv[2], argv[3], strtoul(argv[4], NULL, 10));
+        if (r || argc < 6) return r;
+        pid_t c = fork();
+        if (c == 0) {
+            execv(argv[5], argv + 5);
+            _exit(127);
+        }
+        int st;
+        waitpid(c, &st, 0);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 5;
+    }
     if (!strcmp(argv[1], "map-splice") && argc > 3)
         return map_splice(argv[2], strtoul(argv[3], NULL, 10));
     if (strcmp(argv[1], "splice")) return mutate(argv[1], argv[2]);

@@ -583,7 +583,7 @@ pub fn pipe_to_pipe(
         if let Some(d) = dst_slot {
             t.commit(d, r.max(0) as u64);
             if r > 0 {
-                t.add_holder(d, sys::getpid(), fd_out);
+                t.add_holder(d, subject::pid(), subject::fd(fd_out));
                 lifetime::noticed(fd_out);
             }
         }
