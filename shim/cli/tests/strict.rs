@@ -229,6 +229,37 @@ fn static_tee_and_pipe_to_pipe_splice_are_protected_only_in_strict_mode() {
     }
 }
 
+/// A `write` into a pipe holding a static program's spliced bytes goes in between them
+/// (under `run --strict` written by the supervisor under the registry lock): the late
+/// reader gets the bytes in order, exact under `run --strict` only.
+#[test]
+fn a_static_write_between_splices_keeps_its_place_in_strict_mode() {
+    let Some(prog) = prog() else { return };
+    let mut expected = original()[..32768].to_vec();
+    expected.extend_from_slice(&[b'M'; 16]);
+    expected.extend_from_slice(&original()[32768..61440]);
+    for under in [Under::Nothing, Under::Run, Under::Strict] {
+        let file = data_file(&format!("marked-{under:?}"));
+        let domain = TestDomain::new("strict-marked");
+        let mut cmd = under.command(&domain, prog);
+        cmd.arg("marked")
+            .arg(&file)
+            .arg(prog)
+            .arg("pwrite")
+            .arg(&file);
+        let (status, got) = read_late(cmd);
+        assert!(status.success(), "under {under:?}: {status}");
+        let changed = got.iter().zip(&expected).filter(|(a, b)| a != b).count()
+            + expected.len().abs_diff(got.len());
+        eprintln!("marked under {under:?}: {changed} bytes differ");
+        if under == Under::Strict {
+            assert_eq!(changed, 0, "strict mode must be exact");
+        } else {
+            assert!(changed > 0, "{under:?}: the hazard must show");
+        }
+    }
+}
+
 /// A loop-mounted XFS image (reflink and dedupe; ext4 and tmpfs have neither), removed
 /// on drop.
 struct XfsMount {

@@ -345,3 +345,46 @@ pub fn pipe_to_pipe(pid: i32, src: Fd, dst: Fd, len: usize, flags: u32, tee: boo
         }
     })
 }
+
+/// Before process `pid` writes `len` bytes (`u64::MAX`: unknown) at the offset of its fd
+/// `fd` (`write`, `writev`): a regular file's range is settled, as the hooks do. True
+/// when `fd` is a pipe the registry tracks (protect mode): the bytes must then go in
+/// through [`write_into_tracked_pipe`], so that no settle of the pipe reorders them.
+pub fn before_write(pid: i32, fd: Fd, len: u64, change: Change) -> bool {
+    let route = serving(pid, [fd, fd], || {
+        transfer::route_write(fd.local, len, change.kind())
+    });
+    matches!(route, transfer::WriteRoute::TrackedPipe(..))
+}
+
+/// What [`write_into_tracked_pipe`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeWrite {
+    /// The pipe has no reader (or is no longer tracked): the call runs itself (the
+    /// kernel's `EPIPE` and `SIGPIPE`).
+    Direct,
+    /// Bytes written.
+    Wrote(usize),
+    /// The write failed with this `errno` (`EAGAIN`: the pipe is full).
+    Failed(i32),
+}
+
+/// One non-blocking `write` of `data` (the bytes process `pid` writes, copied from its
+/// memory) into its pipe `fd`, under the lock as the hooks' `write` does it.
+pub fn write_into_tracked_pipe(pid: i32, fd: Fd, data: &[u8]) -> PipeWrite {
+    let (Some(reg), FdKind::Pipe(key)) = (mutation::active_registry(), fdcache::kind(fd.local))
+    else {
+        return PipeWrite::Direct;
+    };
+    let mut iov = [libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    }];
+    serving(pid, [fd, fd], || {
+        match transfer::write_into_pipe_waiting(reg, fd.local, key, &mut iov, false) {
+            None => PipeWrite::Direct,
+            Some(r) if r >= 0 => PipeWrite::Wrote(r as usize),
+            Some(_) => PipeWrite::Failed(sys::errno()),
+        }
+    })
+}

@@ -102,6 +102,9 @@ impl Supervisor {
         if transfer && self.transfer(&c, tgid) {
             return;
         }
+        if (c.nr == libc::SYS_write || c.nr == libc::SYS_writev) && self.write(&c, tgid) {
+            return;
+        }
         self.mutation(&c, tgid);
         notif::proceed(self.fd(), c.id);
     }
@@ -169,12 +172,7 @@ impl Supervisor {
         let a = c.args;
         let fd_change = |change, range| Some((a[0], change, range));
         let what = match c.nr {
-            libc::SYS_write => fd_change(Change::Write, Range::Cursor(a[2])),
             libc::SYS_pwrite64 => fd_change(Change::Pwrite, Range::At(a[3] as i64, a[2])),
-            libc::SYS_writev => {
-                let len = self.iov_len(c, a[1], a[2]);
-                fd_change(Change::Writev, len.map_or(Range::FromCursor, Range::Cursor))
-            }
             libc::SYS_pwritev => fd_change(Change::Pwritev, Range::From(a[3] as i64)),
             libc::SYS_pwritev2 => {
                 if a[5] & libc::RWF_APPEND as u64 != 0 {
@@ -278,6 +276,81 @@ impl Supervisor {
                 sv::before_fd_change(pid, f, change);
             }
         }
+    }
+
+    /// A `write` or `writev`: a regular file's range is settled (then the call runs
+    /// itself); into a pipe the registry tracks, the bytes are copied from the caller
+    /// and written here under the lock, as the hooks' `write` does, and the call is
+    /// answered (true).
+    fn write(&mut self, c: &Call, pid: i32) -> bool {
+        let a = c.args;
+        let (change, len) = if c.nr == libc::SYS_write {
+            (Change::Write, Some(a[2]))
+        } else {
+            (Change::Writev, self.iov_len(c, a[1], a[2]))
+        };
+        let Some((local, f)) = self.dup(c, a[0]) else {
+            return false;
+        };
+        if !sv::before_write(pid, f, len.unwrap_or(u64::MAX), change) {
+            return false;
+        }
+        let Some(data) = self.written_bytes(c) else {
+            // Unreadable or too large: the kernel writes what it can by itself.
+            return false;
+        };
+        if !notif::valid(self.fd(), c.id) {
+            return true;
+        }
+        let job = PipeWriteJob {
+            listener: Arc::clone(&self.listener),
+            id: c.id,
+            pid,
+            pipe: f,
+            _keep: local,
+            data,
+            done: 0,
+        };
+        job.run()
+    }
+
+    /// The bytes the caller's `write`/`writev` would write, copied from its memory
+    /// (`None`: unreadable, or more than [`MAX_PIPE_WRITE`]).
+    fn written_bytes(&self, c: &Call) -> Option<Vec<u8>> {
+        let a = c.args;
+        let pieces: Vec<(u64, u64)> = if c.nr == libc::SYS_write {
+            vec![(a[1], a[2])]
+        } else {
+            if a[2] > 1024 {
+                return None;
+            }
+            let mut raw = vec![0u8; a[2] as usize * 16];
+            if !target::read_mem(c.tid, a[1], &mut raw) {
+                return None;
+            }
+            raw.chunks(16)
+                .map(|e| {
+                    let word = |r: std::ops::Range<usize>| {
+                        u64::from_ne_bytes(e[r].try_into().unwrap_or([0; 8]))
+                    };
+                    (word(0..8), word(8..16))
+                })
+                .collect()
+        };
+        let total = pieces.iter().try_fold(0u64, |t, p| t.checked_add(p.1))?;
+        if total > MAX_PIPE_WRITE {
+            return None;
+        }
+        let mut data = vec![0u8; total as usize];
+        let mut at = 0usize;
+        for (base, len) in pieces {
+            let piece = data.get_mut(at..at + len as usize)?;
+            if !target::read_mem(c.tid, base, piece) {
+                return None;
+            }
+            at += len as usize;
+        }
+        Some(data)
     }
 
     /// The total length of the caller's `iovec` array at `iov` (`cnt` entries).
@@ -408,6 +481,106 @@ impl Supervisor {
                     notif::fail(self.fd(), c.id, libc::EAGAIN);
                 }
                 true
+            }
+        }
+    }
+}
+
+/// Most bytes of one `write` into a tracked pipe copied from a filtered process; a
+/// larger write runs itself, unserialised with settles (see the README).
+const MAX_PIPE_WRITE: u64 = 16 << 20;
+
+/// A `write`/`writev` into a tracked pipe served for a filtered process.
+struct PipeWriteJob {
+    listener: Arc<OwnedFd>,
+    id: u64,
+    pid: i32,
+    pipe: Fd,
+    /// The duplicate `pipe` names.
+    _keep: OwnedFd,
+    /// The caller's bytes, and how many of them are in the pipe.
+    data: Vec<u8>,
+    done: usize,
+}
+
+impl PipeWriteJob {
+    /// Writes what fits now; a blocking caller's rest is written by a thread of its own
+    /// as room comes. False when the call must run itself (no reader).
+    fn run(mut self) -> bool {
+        match self.attempt() {
+            Some(true) => true,
+            Some(false) => {
+                let fd = self.listener.as_raw_fd();
+                let id = self.id;
+                let spawned = std::thread::Builder::new()
+                    .name("splicecow-pipe-write".into())
+                    .spawn(move || self.wait_and_finish());
+                if spawned.is_err() {
+                    notif::fail(fd, id, libc::EAGAIN);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One non-blocking try: `Some(true)` answered, `Some(false)` a blocking caller must
+    /// wait for room, `None` the call runs itself.
+    fn attempt(&mut self) -> Option<bool> {
+        let fd = self.listener.as_raw_fd();
+        let rest = self.data.get(self.done..).unwrap_or_default();
+        match sv::write_into_tracked_pipe(self.pid, self.pipe, rest) {
+            sv::PipeWrite::Direct if self.done == 0 => None,
+            sv::PipeWrite::Direct => {
+                // The reader left after a part went in: what a blocking write returns.
+                notif::answer(fd, self.id, self.done as i64);
+                Some(true)
+            }
+            sv::PipeWrite::Wrote(n) => {
+                self.done += n;
+                if self.done >= self.data.len() || !self.blocking() {
+                    notif::answer(fd, self.id, self.done as i64);
+                    return Some(true);
+                }
+                Some(false)
+            }
+            sv::PipeWrite::Failed(libc::EAGAIN) if self.blocking() => Some(false),
+            sv::PipeWrite::Failed(_) if self.done > 0 => {
+                notif::answer(fd, self.id, self.done as i64);
+                Some(true)
+            }
+            sv::PipeWrite::Failed(e) => {
+                notif::fail(fd, self.id, e);
+                Some(true)
+            }
+        }
+    }
+
+    /// The caller's pipe is blocking (the duplicate shares its status flags).
+    fn blocking(&self) -> bool {
+        // SAFETY: F_GETFL on our duplicate.
+        let fl = unsafe { libc::fcntl(self.pipe.local, libc::F_GETFL) };
+        fl >= 0 && fl & libc::O_NONBLOCK == 0
+    }
+
+    /// Waits for room and writes on, for as long as the caller waits (a signal or its
+    /// death withdraws the notification: bytes already written stay in the pipe).
+    fn wait_and_finish(mut self) {
+        loop {
+            let mut p = libc::pollfd {
+                fd: self.pipe.local,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one pollfd of ours.
+            unsafe { libc::poll(&mut p, 1, WAIT_SLICE.as_millis() as i32) };
+            if !notif::valid(self.listener.as_raw_fd(), self.id) {
+                return;
+            }
+            match self.attempt() {
+                Some(false) => continue,
+                Some(true) => return,
+                None => return notif::proceed(self.listener.as_raw_fd(), self.id),
             }
         }
     }

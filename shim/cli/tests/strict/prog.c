@@ -8,6 +8,8 @@
  *   prog via tee|splice FILE LEN [MUTATOR ARGS...]  splice LEN bytes of FILE into a pipe
  *        of its own, tee or splice them from there into stdout, then run MUTATOR in a
  *        child process and wait
+ *   prog marked FILE [MUTATOR ARGS...]  splice bytes 0..32768 of FILE into stdout, write
+ *        16 'M' into it, splice bytes 32768..61440, then run MUTATOR (16 pipe buffers)
  *   prog mprotect FILE   map FILE shared read-only, mprotect it writable, store 16 'X'
  *        at 4096 through the mapping
  *   prog map-splice FILE LEN   map FILE shared and writable first, then splice LEN bytes
@@ -217,6 +219,18 @@ static int via(const char *how, const char *file, size_t len) {
     return moved == len ? 0 : 4;
 }
 
+static int marked_splice(const char *file) {
+    int fd = open(file, O_RDONLY);
+    if (fd < 0) return 2;
+    loff_t off = 0;
+    while (off < 32768)
+        if (splice(fd, &off, 1, NULL, 32768 - off, 0) <= 0) return 3;
+    if (write(1, "MMMMMMMMMMMMMMMM", 16) != 16) return 3;
+    while (off < 61440)
+        if (splice(fd, &off, 1, NULL, 61440 - off, 0) <= 0) return 3;
+    return 0;
+}
+
 static int pwrite_loop(const char *file, long n) {
     int fd = open(file, O_RDWR);
     if (fd < 0) return 2;
@@ -236,12 +250,14 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "pwrite-loop") && argc > 3) return pwrite_loop(argv[2], atol(argv[3]));
     if (!strcmp(argv[1], "fidelity")) return fidelity(argv[2]);
     if (!strcmp(argv[1], "pending")) return pending(argv[2]);
-    if (!strcmp(argv[1], "via") && argc > 4) {
-        int r = via(argv[2], argv[3], strtoul(argv[4], NULL, 10));
-        if (r || argc < 6) return r;
+    int marked = !strcmp(argv[1], "marked");
+    if ((!strcmp(argv[1], "via") && argc > 4) || marked) {
+        int r = marked ? marked_splice(argv[2]) : via(argv[2], argv[3], strtoul(argv[4], NULL, 10));
+        int m = marked ? 3 : 5;
+        if (r || argc <= m) return r;
         pid_t c = fork();
         if (c == 0) {
-            execv(argv[5], argv + 5);
+            execv(argv[m], argv + m);
             _exit(127);
         }
         int st;
