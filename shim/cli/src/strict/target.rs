@@ -210,6 +210,52 @@ pub fn preloaded(tid: i32) -> bool {
         .is_ok_and(|m| m.windows(16).any(|w| w == b"/libsplicecow.so"))
 }
 
+/// The part of a shared file mapping that a range of addresses covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedFileMapping {
+    /// The file's device (as `st_dev`) and inode.
+    pub dev: u64,
+    /// See `dev`.
+    pub ino: u64,
+    /// The file bytes `[file_lo, file_hi)` the covered part shows.
+    pub file_lo: u64,
+    /// See `file_lo`.
+    pub file_hi: u64,
+}
+
+/// The shared file mappings of thread `tid`'s process that addresses `[addr, addr+len)`
+/// (rounded out to pages, as `mprotect` does) overlap, from `/proc/<tid>/maps`.
+pub fn shared_file_mappings(tid: i32, addr: u64, len: u64) -> Vec<SharedFileMapping> {
+    const PAGE: u64 = 4096;
+    let start = addr & !(PAGE - 1);
+    let end = addr.saturating_add(len).saturating_add(PAGE - 1) & !(PAGE - 1);
+    let Ok(maps) = std::fs::read(format!("/proc/{tid}/maps")) else {
+        return Vec::new();
+    };
+    maps.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            // start-end perms offset major:minor inode [path]
+            let text = std::str::from_utf8(line.get(..line.len().min(256))?).ok()?;
+            let mut words = text.split_ascii_whitespace();
+            let (lo, hi) = words.next()?.split_once('-')?;
+            let (lo, hi) = (
+                u64::from_str_radix(lo, 16).ok()?,
+                u64::from_str_radix(hi, 16).ok()?,
+            );
+            let shared = words.next()?.as_bytes().get(3) == Some(&b's');
+            let off = u64::from_str_radix(words.next()?, 16).ok()?;
+            let (dev, ino) = crate::domains::maps_line_file(line)?;
+            let (from, to) = (lo.max(start), hi.min(end));
+            (shared && from < to).then_some(SharedFileMapping {
+                dev,
+                ino,
+                file_lo: off + (from - lo),
+                file_hi: off + (to - lo),
+            })
+        })
+        .collect()
+}
+
 /// The user-notification ioctls (`linux/seccomp.h`; `libc` has the numbers).
 pub mod notif {
     use std::os::fd::RawFd;

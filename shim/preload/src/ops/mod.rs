@@ -1,6 +1,7 @@
 //! The middle floor: what the hooks ask for. Each module owns one concern and the
 //! per-process state that goes with it; nothing here imports from the hooks.
 
+pub mod clones;
 pub mod exec_env;
 pub mod intent;
 pub mod lifetime;
