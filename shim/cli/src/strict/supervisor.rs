@@ -558,23 +558,14 @@ impl PipeWriteJob {
 
     /// The caller's pipe is blocking (the duplicate shares its status flags).
     fn blocking(&self) -> bool {
-        // SAFETY: F_GETFL on our duplicate.
-        let fl = unsafe { libc::fcntl(self.pipe.local, libc::F_GETFL) };
-        fl >= 0 && fl & libc::O_NONBLOCK == 0
+        !nonblocking(self.pipe)
     }
 
     /// Waits for room and writes on, for as long as the caller waits (a signal or its
     /// death withdraws the notification: bytes already written stay in the pipe).
     fn wait_and_finish(mut self) {
         loop {
-            let mut p = libc::pollfd {
-                fd: self.pipe.local,
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: one pollfd of ours.
-            unsafe { libc::poll(&mut p, 1, WAIT_SLICE.as_millis() as i32) };
-            if !notif::valid(self.listener.as_raw_fd(), self.id) {
+            if !ready_while_waited(&self.listener, self.id, self.pipe, libc::POLLOUT) {
                 return;
             }
             match self.attempt() {
@@ -591,6 +582,35 @@ const SPLICE_F_ALL: u32 = 0x0f;
 
 /// How often a waiting transfer checks that its caller still waits.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// True when the duplicate `fd` has `O_NONBLOCK` (it shares the caller's status flags),
+/// or its flags cannot be read.
+fn nonblocking(fd: Fd) -> bool {
+    // SAFETY: F_GETFL on our duplicate.
+    let fl = unsafe { libc::fcntl(fd.local, libc::F_GETFL) };
+    fl < 0 || fl & libc::O_NONBLOCK != 0
+}
+
+/// Waits until `fd` is ready for `events`, checking every [`WAIT_SLICE`] that
+/// notification `id` still waits for its answer; false once it does not (the caller
+/// was interrupted or died).
+fn ready_while_waited(listener: &OwnedFd, id: u64, fd: Fd, events: libc::c_short) -> bool {
+    loop {
+        let mut p = libc::pollfd {
+            fd: fd.local,
+            events,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of ours.
+        let n = unsafe { libc::poll(&mut p, 1, WAIT_SLICE.as_millis() as i32) };
+        if !notif::valid(listener.as_raw_fd(), id) {
+            return false;
+        }
+        if n > 0 {
+            return true;
+        }
+    }
+}
 
 /// A transfer into a pipe served for a filtered process: from a regular file, or from
 /// another pipe.
@@ -663,32 +683,8 @@ impl Transfer {
     /// The caller asked for a blocking call: no `SPLICE_F_NONBLOCK`, no `O_NONBLOCK` on
     /// the pipes (the duplicates share their status flags), as the hooks decide it.
     fn blocking(&self) -> bool {
-        let nonblock = |fd: Fd| {
-            // SAFETY: F_GETFL on our duplicate.
-            let fl = unsafe { libc::fcntl(fd.local, libc::F_GETFL) };
-            fl < 0 || fl & libc::O_NONBLOCK != 0
-        };
-        let source_pipe = self.between_pipes.is_some() && nonblock(self.from);
-        self.flags & libc::SPLICE_F_NONBLOCK == 0 && !nonblock(self.to) && !source_pipe
-    }
-
-    /// Waits until `fd` is ready for `events` (`None`: the caller no longer waits).
-    fn ready(&self, fd: Fd, events: libc::c_short) -> Option<()> {
-        loop {
-            let mut p = libc::pollfd {
-                fd: fd.local,
-                events,
-                revents: 0,
-            };
-            // SAFETY: one pollfd of ours.
-            let n = unsafe { libc::poll(&mut p, 1, WAIT_SLICE.as_millis() as i32) };
-            if !notif::valid(self.listener.as_raw_fd(), self.id) {
-                return None;
-            }
-            if n > 0 {
-                return Some(());
-            }
-        }
+        let source_pipe = self.between_pipes.is_some() && nonblocking(self.from);
+        self.flags & libc::SPLICE_F_NONBLOCK == 0 && !nonblocking(self.to) && !source_pipe
     }
 
     /// Waits for bytes in the source pipe (from a pipe) and room in the destination, then
@@ -696,10 +692,13 @@ impl Transfer {
     /// notification: then nothing has moved).
     fn wait_and_finish(self) {
         loop {
-            if self.between_pipes.is_some() && self.ready(self.from, libc::POLLIN).is_none() {
+            let (listener, id) = (&self.listener, self.id);
+            if self.between_pipes.is_some()
+                && !ready_while_waited(listener, id, self.from, libc::POLLIN)
+            {
                 return;
             }
-            if self.ready(self.to, libc::POLLOUT).is_none() {
+            if !ready_while_waited(listener, id, self.to, libc::POLLOUT) {
                 return;
             }
             match self.attempt() {
