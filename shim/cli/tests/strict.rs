@@ -655,3 +655,41 @@ fn the_supervisor_lets_go_of_each_filter_once_its_programs_are_gone() {
         "{threads} threads left in the supervisor after 20 filters"
     );
 }
+
+#[test]
+fn a_splice_into_a_pipe_without_reader_raises_sigpipe_as_without_strict_mode() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(prog) = prog() else { return };
+    for ignore in [false, true] {
+        let run = |strict: bool| {
+            let file = data_file(&format!("epipe-{ignore}-{strict}"));
+            let domain = TestDomain::new("strict-epipe");
+            let mut cmd = if strict {
+                let mut c = splicecow();
+                c.args(domain.run_args(&["--strict", "--"])).arg(prog);
+                c
+            } else {
+                Command::new(prog)
+            };
+            cmd.arg("epipe").arg(&file);
+            if ignore {
+                cmd.arg("ignore");
+            }
+            let out = cmd.output().unwrap();
+            // `run` exits with 128 + N for a command killed by signal N.
+            let status = out
+                .status
+                .signal()
+                .map_or(out.status.code().unwrap_or(-1), |s| 128 + s);
+            (status, String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let (bare, strict) = (run(false), run(true));
+        eprintln!("ignore={ignore}: bare {bare:?}, strict {strict:?}");
+        assert_eq!(bare, strict, "ignore={ignore}");
+        if ignore {
+            assert_eq!(bare.1, "splice -1 32\ntee -1 32\nwrite -1 32\n");
+        } else {
+            assert_eq!(bare, (128 + libc::SIGPIPE, String::new()));
+        }
+    }
+}

@@ -305,6 +305,7 @@ impl Supervisor {
         let job = PipeWriteJob {
             listener: Arc::clone(&self.listener),
             id: c.id,
+            tid: c.tid,
             pid,
             pipe: f,
             _keep: local,
@@ -494,6 +495,7 @@ const MAX_PIPE_WRITE: u64 = 16 << 20;
 struct PipeWriteJob {
     listener: Arc<OwnedFd>,
     id: u64,
+    tid: i32,
     pid: i32,
     pipe: Fd,
     /// The duplicate `pipe` names.
@@ -550,7 +552,7 @@ impl PipeWriteJob {
                 Some(true)
             }
             sv::PipeWrite::Failed(e) => {
-                notif::fail(fd, self.id, e);
+                fail_as_the_kernel(fd, self.id, (self.pid, self.tid), e);
                 Some(true)
             }
         }
@@ -582,6 +584,18 @@ const SPLICE_F_ALL: u32 = 0x0f;
 
 /// How often a waiting transfer checks that its caller still waits.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// Fails notification `id` of thread `tid` of process `pid` with `errno`, and, for
+/// `EPIPE`, raises `SIGPIPE` in that thread as the kernel's pipe write does (right after
+/// the answer: raised while the call still waits, it would withdraw the notification,
+/// and a restarting handler would bring the call back for ever).
+fn fail_as_the_kernel(listener: RawFd, id: u64, (pid, tid): (i32, i32), errno: i32) {
+    notif::fail(listener, id, errno);
+    if errno == libc::EPIPE {
+        // SAFETY: plain system call; a thread that is gone makes it fail harmlessly.
+        unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGPIPE) };
+    }
+}
 
 /// True when the duplicate `fd` has `O_NONBLOCK` (it shares the caller's status flags),
 /// or its flags cannot be read.
@@ -658,7 +672,7 @@ impl Transfer {
             Spliced::Elsewhere => Attempt::Elsewhere,
             Spliced::Failed(libc::EAGAIN) if self.blocking() => Attempt::WouldBlock,
             Spliced::Failed(e) => {
-                notif::fail(fd, self.id, e);
+                fail_as_the_kernel(fd, self.id, (self.pid, self.tid), e);
                 Attempt::Done
             }
             Spliced::Moved(n) => {

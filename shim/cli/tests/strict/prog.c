@@ -18,6 +18,9 @@
  *        here, into FILE (the same bytes: only the pages change; exit 6: unsupported)
  *   prog fidelity FILE   trapped calls with bad arguments: one "name result errno" line
  *        each (a segment of FILE is live meanwhile)
+ *   prog epipe FILE [ignore]   splice FILE and then tee and write into a pipe whose
+ *        reader is closed (SIGPIPE ignored with "ignore"): "name result errno" lines,
+ *        or death by SIGPIPE at the first
  *   prog pwrite-loop FILE N   N 64-byte pwrites; prints the nanoseconds per call
  *   prog pending DIR     fill a pipe, then a blocking splice into it; the result is
  *        reported as the directory DIR/result-<errno> (mkdir is not trapped: once the
@@ -26,6 +29,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -245,11 +249,30 @@ static int pwrite_loop(const char *file, long n) {
     return 0;
 }
 
+static int epipe(const char *file, int ignore) {
+    if (ignore) signal(SIGPIPE, SIG_IGN);
+    int fd = open(file, O_RDONLY);
+    int p[2], q[2];
+    if (fd < 0 || pipe(p) || pipe(q)) return 2;
+    close(p[0]);
+    ssize_t r = splice(fd, NULL, p[1], NULL, 4096, 0);
+    printf("splice %zd %d\n", r, r < 0 ? errno : 0);
+    fflush(stdout);
+    if (write(q[1], "data", 4) != 4) return 3;
+    r = tee(q[0], p[1], 4, 0);
+    printf("tee %zd %d\n", r, r < 0 ? errno : 0);
+    fflush(stdout);
+    r = write(p[1], "data", 4);
+    printf("write %zd %d\n", r, r < 0 ? errno : 0);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) return 1;
     if (!strcmp(argv[1], "pwrite-loop") && argc > 3) return pwrite_loop(argv[2], atol(argv[3]));
     if (!strcmp(argv[1], "fidelity")) return fidelity(argv[2]);
     if (!strcmp(argv[1], "pending")) return pending(argv[2]);
+    if (!strcmp(argv[1], "epipe")) return epipe(argv[2], argc > 3 && !strcmp(argv[3], "ignore"));
     int marked = !strcmp(argv[1], "marked");
     if ((!strcmp(argv[1], "via") && argc > 4) || marked) {
         int r = marked ? marked_splice(argv[2]) : via(argv[2], argv[3], strtoul(argv[4], NULL, 10));
