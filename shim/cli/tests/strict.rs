@@ -693,3 +693,45 @@ fn a_splice_into_a_pipe_without_reader_raises_sigpipe_as_without_strict_mode() {
         }
     }
 }
+
+#[test]
+fn a_static_writer_keeps_its_order_while_another_process_settles_its_pipe() {
+    let Some(prog) = prog() else { return };
+    const ROUNDS: usize = 10000;
+    let file = data_file("interleave");
+    let domain = TestDomain::new("strict-interleave");
+    // A preloaded mutator in the domain writes the file's own bytes back over and over:
+    // the content never changes, but every write settles the pipe the static program
+    // splices into, while that program writes markers into the same pipe.
+    // (Without the supervisor's serialised pipe writes, the first marker out of place
+    // came within the first 400 KB here.)
+    let mutator = "import os, random, sys\n\
+                   f = os.open(sys.argv[1], os.O_RDWR); data = os.pread(f, 65536, 0)\n\
+                   open(sys.argv[1] + '.ready', 'w').close()\n\
+                   while not os.path.exists(sys.argv[1] + '.stop'):\n    \
+                   o = random.randrange(0, 61440); os.pwrite(f, data[o:o + 16], o)\n";
+    let script = "python3 -c \"$3\" \"$1\" & m=$!; \
+                  while [ ! -e \"$1.ready\" ]; do sleep 0.01; done; \
+                  \"$0\" interleave \"$1\" \"$2\"; s=$?; touch \"$1.stop\"; wait $m; exit $s";
+    let mut child = splicecow()
+        .args(domain.run_args(&["--strict", "--", "sh", "-c", script]))
+        .arg(prog)
+        .arg(&file)
+        .arg(ROUNDS.to_string())
+        .arg(mutator)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut got).unwrap();
+    assert!(child.wait().unwrap().success());
+    let orig = original();
+    let mut want = Vec::new();
+    for i in 0..ROUNDS {
+        want.extend_from_slice(&orig[(i % 15) * 4096..][..4096]);
+        want.extend_from_slice(format!("M{i:07}").as_bytes());
+    }
+    let first_bad = got.iter().zip(&want).position(|(a, b)| a != b);
+    assert_eq!(got.len(), want.len(), "first difference at {first_bad:?}");
+    assert_eq!(first_bad, None, "the markers must stay between their pages");
+}

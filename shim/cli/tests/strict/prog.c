@@ -21,6 +21,8 @@
  *   prog epipe FILE [ignore]   splice FILE and then tee and write into a pipe whose
  *        reader is closed (SIGPIPE ignored with "ignore"): "name result errno" lines,
  *        or death by SIGPIPE at the first
+ *   prog interleave FILE N   N times: splice page i%15 of FILE into stdout, then write
+ *        the 8-byte marker "M%07d" of i into it
  *   prog pwrite-loop FILE N   N 64-byte pwrites; prints the nanoseconds per call
  *   prog pending DIR     fill a pipe, then a blocking splice into it; the result is
  *        reported as the directory DIR/result-<errno> (mkdir is not trapped: once the
@@ -267,11 +269,29 @@ static int epipe(const char *file, int ignore) {
     return 0;
 }
 
+static int interleave(const char *file, long n) {
+    int fd = open(file, O_RDONLY);
+    if (fd < 0) return 2;
+    for (long i = 0; i < n; i++) {
+        loff_t off = (i % 15) * 4096;
+        for (size_t left = 4096; left;) {
+            ssize_t r = splice(fd, &off, 1, NULL, left, 0);
+            if (r <= 0) return 3;
+            left -= r;
+        }
+        char m[9];
+        snprintf(m, sizeof m, "M%07ld", i);
+        if (write(1, m, 8) != 8) return 4;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) return 1;
     if (!strcmp(argv[1], "pwrite-loop") && argc > 3) return pwrite_loop(argv[2], atol(argv[3]));
     if (!strcmp(argv[1], "fidelity")) return fidelity(argv[2]);
     if (!strcmp(argv[1], "pending")) return pending(argv[2]);
+    if (!strcmp(argv[1], "interleave") && argc > 3) return interleave(argv[2], atol(argv[3]));
     if (!strcmp(argv[1], "epipe")) return epipe(argv[2], argc > 3 && !strcmp(argv[3], "ignore"));
     int marked = !strcmp(argv[1], "marked");
     if ((!strcmp(argv[1], "via") && argc > 4) || marked) {
