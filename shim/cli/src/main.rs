@@ -214,6 +214,12 @@ pub fn library_path() -> PathBuf {
 }
 
 fn main() {
+    // The filtered-exec entry is not a subcommand: its arguments are another program's,
+    // passed on untouched (the library's exec hooks exec it, never a user).
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == strict::FILTERED_EXEC) {
+        std::process::exit(strict::filtered_exec(args.collect()));
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run::main(args),

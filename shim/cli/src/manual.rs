@@ -103,6 +103,21 @@ pub const ENVIRONMENT: &[Variable] = &[
                   once when a process starts.",
     },
     Variable {
+        name: env::STRICT,
+        meaning: "1: strict mode for the programs the domain's processes exec: an exec (execve, \
+                  execv, execvp, execvpe, execl*, posix_spawn, posix_spawnp) of a statically \
+                  linked or Go program puts the new program under strict mode's seccomp \
+                  filter, served by the domain's splicecow run --strict. Set by splicecow run \
+                  --strict; given to splicecow run, it is the same as --strict. 0 or unset: \
+                  off. Another value prints one line and is taken as 0.",
+    },
+    Variable {
+        name: env::SUPERVISOR,
+        meaning: "Set by splicecow run --strict, for the library: PID:EXE, the run that \
+                  supervises the domain's filters and the splicecow program that installs one \
+                  before it execs a static program. Not meant to be set by hand.",
+    },
+    Variable {
         name: env::TEST_PAUSE,
         meaning: "For splicecow's own fault tests only: POINT:MICROSECONDS[,...] makes a \
                   process sleep at a point inside a registry update (record, commit, retire, \
@@ -160,6 +175,8 @@ pub const TOP: Page = Page {
         "SPLICECOW_PRIVATE_SNAPSHOTS",
         "SPLICECOW_SNAPSHOT_TIMEOUT_MS",
         "SPLICECOW_REGISTRY_PIPES",
+        "SPLICECOW_STRICT",
+        "SPLICECOW_SUPERVISOR",
         "SPLICECOW_TEST_PAUSE",
         "LD_PRELOAD",
     ],
@@ -236,6 +253,8 @@ pub const RUN: Page = Page {
         "SPLICECOW_STACKS",
         "SPLICECOW_PRIVATE_SNAPSHOTS",
         "SPLICECOW_REGISTRY_PIPES",
+        "SPLICECOW_STRICT",
+        "SPLICECOW_SUPERVISOR",
     ],
 };
 
@@ -863,6 +882,8 @@ pub fn library_page(version: &str, library: &str) -> String {
             "SPLICECOW_PRIVATE_SNAPSHOTS",
             "SPLICECOW_SNAPSHOT_TIMEOUT_MS",
             "SPLICECOW_REGISTRY_PIPES",
+            "SPLICECOW_STRICT",
+            "SPLICECOW_SUPERVISOR",
             "SPLICECOW_TEST_PAUSE",
         ]))],
     );

@@ -124,16 +124,11 @@ pub fn main(args: RunArgs) -> i32 {
         });
     }
 
-    let strict_end = if args.strict && mode != Mode::Off {
-        strict(&mut cmd, &program, &domain, mode, report.as_deref())
-    } else {
-        None
-    };
+    if strict_wanted(args.strict) && mode != Mode::Off {
+        strict(&mut cmd, &program, &domain, mode, report.as_deref());
+    }
 
     let spawned = cmd.spawn();
-    // The child has its copy of the socket's end (or never will): the supervisor then sees
-    // the end of file if the child dies before sending the filter's listener.
-    drop(strict_end);
     let child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -224,36 +219,47 @@ pub fn main(args: RunArgs) -> i32 {
     code
 }
 
-/// `--strict`: puts a statically linked or Go CMD under the seccomp filter and starts the
-/// supervisor (see `strict`); says in one line why it does not when it cannot. Returns the
-/// child's end of the listener's socket, to drop once CMD is spawned.
-fn strict(
-    cmd: &mut Command,
-    program: &OsStr,
-    domain: &str,
-    mode: Mode,
-    report: Option<&Path>,
-) -> Option<std::os::fd::OwnedFd> {
+/// True when the run is strict: `--strict`, or `SPLICECOW_STRICT=1` in its environment
+/// (another value than 0 or 1 prints one line and counts as 0).
+fn strict_wanted(flag: bool) -> bool {
+    if flag {
+        return true;
+    }
+    match std::env::var_os(names::STRICT) {
+        None => false,
+        Some(v) if v == "1" => true,
+        Some(v) if v == "0" || v.is_empty() => false,
+        Some(v) => {
+            eprintln!(
+                "splicecow: {}={}: not 0 or 1; strict mode is off",
+                names::STRICT,
+                v.to_string_lossy()
+            );
+            false
+        }
+    }
+}
+
+/// Strict mode: starts the domain's supervisor (see `strict`), with a statically linked
+/// or Go CMD under the filter from its start; a dynamically linked CMD keeps the preload
+/// alone, and the static programs it or its descendants exec get the filter through the
+/// library's exec hooks. Says in one line why not when it cannot.
+fn strict(cmd: &mut Command, program: &OsStr, domain: &str, mode: Mode, report: Option<&Path>) {
     use crate::strict::Coverage;
     let shown = program.to_string_lossy();
-    match crate::strict::coverage(program) {
-        c if c.filtered() => {}
-        Coverage::Setuid => {
-            eprintln!(
-                "splicecow: {shown} is setuid/setgid: strict mode leaves it out \
-                 (no_new_privs would run it without its privileges)"
-            );
-            return None;
-        }
-        // Dynamically linked (the preload serves it), or not a program we can judge.
-        _ => return None,
-    }
     if !crate::strict::kernel_supports() {
         eprintln!(
-            "splicecow: this kernel has no seccomp user notification: {shown} runs without \
-             strict mode's filter"
+            "splicecow: this kernel has no seccomp user notification: {shown} and its \
+             children run without strict mode's filter"
         );
-        return None;
+        return;
+    }
+    let coverage = crate::strict::coverage(program);
+    if coverage == Coverage::Setuid {
+        eprintln!(
+            "splicecow: {shown} is setuid/setgid: strict mode leaves it out \
+             (no_new_privs would run it without its privileges)"
+        );
     }
     let report = report.map(|p| p.as_os_str().as_encoded_bytes().to_vec());
     let domain = crate::strict::Domain {
@@ -261,7 +267,7 @@ fn strict(
         mode,
         report,
     };
-    crate::strict::arrange(cmd, program, domain)
+    crate::strict::arrange(cmd, program, domain, coverage.filtered());
 }
 
 /// The first line of the `--fail-on-conflict` summary. `reported` is the number of

@@ -18,13 +18,19 @@ pub const SNAPSHOT_TIMEOUT_MS: &str = "SPLICECOW_SNAPSHOT_TIMEOUT_MS";
 pub const REGISTRY_PIPES: &str = "SPLICECOW_REGISTRY_PIPES";
 /// Detect mode: `0` keeps no call stacks (default `1`: both stacks of every conflict).
 pub const STACKS: &str = "SPLICECOW_STACKS";
+/// `1`: in a `splicecow run --strict` domain, an exec of a statically linked or Go
+/// program puts it under strict mode's seccomp filter (`run --strict` sets it).
+pub const STRICT: &str = "SPLICECOW_STRICT";
+/// Set by `splicecow run --strict` for its domain: `PID:EXE`, the supervisor's process
+/// (it listens for filters' listeners) and the program that installs the filter.
+pub const SUPERVISOR: &str = "SPLICECOW_SUPERVISOR";
 /// Test pauses: `point:microseconds[,...]` (see [`crate::pause`]).
 pub const TEST_PAUSE: &str = "SPLICECOW_TEST_PAUSE";
 /// What every variable of splicecow's starts with.
 pub const PREFIX: &str = "SPLICECOW_";
 
 /// Every variable above, in the order the manual lists them.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 11] = [
     DOMAIN,
     MODE,
     REPORT,
@@ -33,6 +39,8 @@ pub const ALL: [&str; 9] = [
     PRIVATE_SNAPSHOTS,
     SNAPSHOT_TIMEOUT_MS,
     REGISTRY_PIPES,
+    STRICT,
+    SUPERVISOR,
     TEST_PAUSE,
 ];
 

@@ -12,10 +12,11 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const RET_ALLOW: u32 = 0x7fff_0000;
 const RET_USER_NOTIF: u32 = 0x7fc0_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
-/// `FICLONE`, `FICLONERANGE` (`_IOW(0x94, 9, int)`, `_IOW(0x94, 13, struct file_clone_range)`).
-pub const FICLONE: u32 = 0x4004_9409;
-/// See [`FICLONE`].
-pub const FICLONERANGE: u32 = 0x4020_940d;
+/// `FICLONE`, `FICLONERANGE`, `FIDEDUPERANGE` (`_IOW(0x94, 9, int)`,
+/// `_IOW(0x94, 13, struct file_clone_range)`, `_IOWR(0x94, 54, struct file_dedupe_range)`).
+const FICLONE: u32 = 0x4004_9409;
+const FICLONERANGE: u32 = 0x4020_940d;
+const FIDEDUPERANGE: u32 = 0xc018_9436;
 
 /// Offsets in `struct seccomp_data`: the number, the architecture, the arguments (the low
 /// 32 bits of argument i are at 16 + 8i on a little-endian machine).
@@ -26,8 +27,8 @@ fn arg(i: u32) -> u32 {
 }
 
 /// System calls always sent to the supervisor.
-/// (Not trapped: `tee` and `vmsplice`; see the README, "Strict mode".)
-pub const TRAPPED: [libc::c_long; 15] = [
+/// (Not trapped: `vmsplice`, which puts the process's own pages into a pipe.)
+pub const TRAPPED: [libc::c_long; 16] = [
     libc::SYS_write,
     libc::SYS_pwrite64,
     libc::SYS_writev,
@@ -40,6 +41,7 @@ pub const TRAPPED: [libc::c_long; 15] = [
     libc::SYS_copy_file_range,
     libc::SYS_sendfile,
     libc::SYS_splice,
+    libc::SYS_tee,
     // Its flags are in memory, which a filter cannot read.
     libc::SYS_openat2,
     // The supervisor forgets what it knew of the process (the preload may come or go).
@@ -104,7 +106,8 @@ fn labelled(label: &'static str, mut i: Ins) -> Ins {
 /// - `io_uring_setup`: `ENOSYS` (programs fall back to system calls, which are seen);
 /// - [`TRAPPED`]: to the supervisor;
 /// - `open` and `openat` with `O_TRUNC` in their flags argument, `mmap` with `MAP_SHARED`
-///   and `PROT_WRITE`, `ioctl` `FICLONE`/`FICLONERANGE`: to the supervisor;
+///   and `PROT_WRITE`, `mprotect`/`pkey_mprotect` with `PROT_WRITE`, `ioctl` `FICLONE`/`FICLONERANGE`/`FIDEDUPERANGE`: to the
+///   supervisor;
 /// - everything else runs.
 pub fn program() -> Vec<libc::sock_filter> {
     let jeq = libc::BPF_JEQ;
@@ -127,6 +130,18 @@ pub fn program() -> Vec<libc::sock_filter> {
         jump(jeq, libc::SYS_open as u32, To::Label("open"), To::Next),
         jump(jeq, libc::SYS_openat as u32, To::Label("openat"), To::Next),
         jump(jeq, libc::SYS_mmap as u32, To::Label("mmap"), To::Next),
+        jump(
+            jeq,
+            libc::SYS_mprotect as u32,
+            To::Label("mprotect"),
+            To::Next,
+        ),
+        jump(
+            jeq,
+            libc::SYS_pkey_mprotect as u32,
+            To::Label("mprotect"),
+            To::Next,
+        ),
         jump(jeq, libc::SYS_ioctl as u32, To::Label("ioctl"), To::Next),
         ret(RET_ALLOW),
         labelled("open", ld(arg(1))),
@@ -137,9 +152,12 @@ pub fn program() -> Vec<libc::sock_filter> {
         jump(jset, libc::MAP_SHARED as u32, To::Next, allow),
         ld(arg(2)),
         jump(jset, libc::PROT_WRITE as u32, notify, allow),
+        labelled("mprotect", ld(arg(2))),
+        jump(jset, libc::PROT_WRITE as u32, notify, allow),
         labelled("ioctl", ld(arg(1))),
         jump(jeq, FICLONE, notify, To::Next),
-        jump(jeq, FICLONERANGE, notify, allow),
+        jump(jeq, FICLONERANGE, notify, To::Next),
+        jump(jeq, FIDEDUPERANGE, notify, allow),
         labelled("notify", ret(RET_USER_NOTIF)),
         labelled("allow", ret(RET_ALLOW)),
         labelled("enosys", ret(RET_ERRNO | libc::ENOSYS as u32)),
@@ -231,8 +249,20 @@ mod tests {
         );
         assert_eq!(go(libc::SYS_mmap, [0, 4096, 1, shared, 3, 0]), RET_ALLOW);
         assert_eq!(go(libc::SYS_mmap, [0, 4096, rw, 2, 3, 0]), RET_ALLOW);
+        let rwx = 7;
+        assert_eq!(
+            go(libc::SYS_mprotect, [4096, 4096, rwx, 0, 0, 0]),
+            RET_USER_NOTIF
+        );
+        assert_eq!(go(libc::SYS_mprotect, [4096, 4096, 1, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(
+            go(libc::SYS_pkey_mprotect, [0, 1, 3, 0, 0, 0]),
+            RET_USER_NOTIF
+        );
         let clone = u64::from(FICLONE);
         assert_eq!(go(libc::SYS_ioctl, [3, clone, 4, 0, 0, 0]), RET_USER_NOTIF);
+        let dedupe = u64::from(FIDEDUPERANGE);
+        assert_eq!(go(libc::SYS_ioctl, [3, dedupe, 4, 0, 0, 0]), RET_USER_NOTIF);
         assert_eq!(go(libc::SYS_ioctl, [3, 0x5401, 4, 0, 0, 0]), RET_ALLOW);
         // x32 and i386 calls are refused.
         assert_eq!(run(&p, x86, X32_SYSCALL_BIT | 1, [0; 6]), RET_ERRNO | 38);

@@ -11,11 +11,12 @@ mod filter;
 mod supervisor;
 mod target;
 
-use crate::doctor::{elf_linking, resolve, Linking};
-use splicecow_registry::env::Mode;
-use std::ffi::OsStr;
+use crate::doctor::resolve;
+use splicecow_core::supervised::{self as sv, Program};
+use splicecow_registry::env::{self as names, Mode};
+use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -51,44 +52,35 @@ impl Coverage {
 }
 
 /// How strict mode would treat `program` (a path or a name looked up in PATH; a `#!`
-/// script is judged by its interpreter).
+/// script is judged by its interpreter). The library's exec hooks ask the same
+/// classifier ([`sv::classify`]).
 pub fn coverage(program: &OsStr) -> Coverage {
+    coverage_at_depth(program, 0)
+}
+
+fn coverage_at_depth(program: &OsStr, depth: u32) -> Coverage {
     let Some(path) = resolve(program) else {
         return Coverage::Unknown("not found".into());
     };
-    let data = match std::fs::read(&path) {
-        Ok(d) => d,
-        Err(e) => return Coverage::Unknown(format!("cannot read it: {e}")),
+    let Ok(c_path) = CString::new(path.into_os_string().into_vec()) else {
+        return Coverage::Unknown("a path with a NUL byte".into());
     };
-    if let Some(rest) = data.strip_prefix(b"#!") {
-        let line = rest.split(|b| *b == b'\n').next().unwrap_or(b"");
-        let line = String::from_utf8_lossy(line).into_owned();
-        let mut words = line.split_whitespace();
-        let mut interp = words.next();
-        if interp.is_some_and(|i| i.ends_with("/env")) {
-            interp = words.find(|w| !w.starts_with('-')).or(interp);
+    match sv::classify(&c_path) {
+        Program::Static => Coverage::Static,
+        Program::Go => Coverage::Go,
+        Program::Dynamic => Coverage::Dynamic,
+        Program::Setuid => Coverage::Setuid,
+        // The kernel follows at most four interpreters.
+        Program::Script { interpreter, .. } if depth < 4 => {
+            coverage_at_depth(OsStr::from_bytes(interpreter.bytes()), depth + 1)
         }
-        return match interp {
-            Some(i) => coverage(OsStr::new(i)),
-            None => Coverage::Unknown("a script without an interpreter".into()),
-        };
+        Program::Script { .. } => Coverage::Unknown("too many script interpreters".into()),
+        Program::NotElf => Coverage::Unknown("not an ELF executable".into()),
+        Program::Unreadable(e) => Coverage::Unknown(format!(
+            "cannot read it: {}",
+            std::io::Error::from_raw_os_error(e)
+        )),
     }
-    let mode = std::fs::metadata(&path).map_or(0, |m| m.permissions().mode());
-    if mode & 0o6000 != 0 {
-        return Coverage::Setuid;
-    }
-    let is_go = is_go(&data);
-    match elf_linking(&data) {
-        None => Coverage::Unknown("not an ELF executable".into()),
-        Some(_) if is_go => Coverage::Go,
-        Some(Linking::Static) => Coverage::Static,
-        Some(Linking::Dynamic(_)) => Coverage::Dynamic,
-    }
-}
-
-/// True when the ELF image `data` is a Go program (it has Go's build information).
-pub(crate) fn is_go(data: &[u8]) -> bool {
-    data.windows(14).any(|w| w == b"\xff Go buildinf:")
 }
 
 /// True when this kernel offers user notification (`/proc/sys/kernel/seccomp/actions_avail`).
@@ -107,122 +99,291 @@ pub struct Domain {
     pub report: Option<Vec<u8>>,
 }
 
-/// Arranges for `cmd` to start under the filter and starts the supervisor thread, which
-/// takes the filter's listener from the child. Returns the child's end of the socket
-/// that carries it: drop it once `cmd` is spawned. Prints one `splicecow:` line and
-/// leaves `cmd` alone when the supervisor cannot be set up; if installing the filter
-/// fails in the child, the supervisor prints the line and CMD runs without it.
-pub fn arrange(cmd: &mut Command, program: &OsStr, domain: Domain) -> Option<OwnedFd> {
-    if let Err(e) =
-        splicecow_core::supervised::join(&domain.name, domain.mode, domain.report.as_deref())
-    {
-        let shown = program.to_string_lossy();
-        eprintln!("splicecow: strict mode: {e}; {shown} runs without it");
-        return None;
-    }
-    let mut pair = [0; 2];
-    // SAFETY: socketpair fills the two-element array.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            pair.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        eprintln!(
-            "splicecow: strict mode: socketpair: {}; {} runs without it",
-            std::io::Error::last_os_error(),
-            program.to_string_lossy()
-        );
-        return None;
-    }
-    // SAFETY: socketpair returned two fds that nothing else owns.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
-    let prog = filter::program();
-    let child_end = theirs.as_raw_fd();
+/// The filtered-exec entry: `splicecow __filtered-exec PATH ARGV...` puts itself under
+/// the filter, hands the listener to the domain's supervisor (named in
+/// `SPLICECOW_SUPERVISOR`) and execs PATH with ARGV. The library's exec hooks exec it in
+/// place of a static or Go program (`main` reads it before the subcommands).
+pub const FILTERED_EXEC: &str = "__filtered-exec";
+
+/// Starts the supervisor of a `--strict` domain: a listening socket that filtered
+/// programs hand their filter's listener to (each served by a thread of its own), and the
+/// variables that tell the domain's exec hooks to use it. When `filter_cmd`, `cmd` itself
+/// starts under the filter. Prints one `splicecow:` line and leaves `cmd` alone when the
+/// supervisor cannot be set up; if installing the filter fails in a program, the
+/// supervisor prints the line and the program runs without it.
+pub fn arrange(cmd: &mut Command, program: &OsStr, domain: Domain, filter_cmd: bool) {
     let shown = program.to_string_lossy().into_owned();
+    let unavailable = |e: &dyn std::fmt::Display| {
+        eprintln!("splicecow: strict mode: {e}; {shown} runs without it");
+    };
+    if let Err(e) = sv::join(&domain.name, domain.mode, domain.report.as_deref()) {
+        return unavailable(&e);
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return unavailable(&format!("cannot find splicecow's own program: {e}")),
+    };
+    let pid = std::process::id();
+    let address = Address::of(pid);
+    let socket = match address.listen() {
+        Ok(s) => s,
+        Err(e) => return unavailable(&format!("cannot listen for filters: {e}")),
+    };
     std::thread::Builder::new()
-        .name("splicecow-supervisor".into())
-        .spawn(move || {
-            let listener = receive_listener(&ours);
-            match listener {
-                Ok(fd) => supervisor::serve(fd),
-                Err(e) => eprintln!(
-                    "splicecow: strict mode unavailable ({e}); {shown} runs without its filter"
-                ),
-            }
-        })
-        .expect("the supervisor thread starts");
+        .name("splicecow-strict-accept".into())
+        .spawn(move || accept_listeners(socket))
+        .expect("the supervisor's accepting thread starts");
+    let mut supervisor = OsString::from(format!("{pid}:"));
+    supervisor.push(exe.as_os_str());
+    cmd.env(names::STRICT, "1")
+        .env(names::SUPERVISOR, supervisor);
+    if !filter_cmd {
+        return;
+    }
+    let prog = filter::program();
+    let no_supervisor = format!(
+        "splicecow: strict mode's supervisor is unreachable; {shown} runs without the filter\n"
+    );
+    let name = program.as_encoded_bytes().to_vec();
     // SAFETY: the closure runs in the forked child before exec and makes only system
-    // calls (prctl, seccomp, sendmsg, close), which are async-signal-safe; the filter
-    // program was built before the fork and is only read.
+    // calls (socket, connect, prctl, seccomp, sendmsg, close, write), which are
+    // async-signal-safe; everything it reads was built before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            install_in_child(&prog, child_end);
+            if !install(&prog, &address, &name) {
+                libc::write(2, no_supervisor.as_ptr().cast(), no_supervisor.len());
+            }
             Ok(())
         });
     }
-    Some(theirs)
 }
 
-/// In the child before exec: `no_new_privs`, the filter with a new listener, the listener
-/// sent to the parent over `sock` (or the `errno` of what failed, in 4 bytes).
-fn install_in_child(prog: &[libc::sock_filter], sock: RawFd) {
-    let send_errno = |e: i32| {
-        let bytes = e.to_ne_bytes();
-        // SAFETY: writing 4 bytes of a local array.
-        unsafe { libc::send(sock, bytes.as_ptr().cast(), 4, libc::MSG_NOSIGNAL) };
+/// The abstract unix socket a supervisor listens on for filters' listeners.
+struct Address {
+    addr: libc::sockaddr_un,
+    len: libc::socklen_t,
+}
+
+impl Address {
+    /// The address of the supervisor with process id `pid` (`@splicecow-supervisor-PID`).
+    fn of(pid: u32) -> Address {
+        // SAFETY: sockaddr_un is plain data.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let name = format!("splicecow-supervisor-{pid}");
+        // The first byte stays 0: an abstract name, gone with the socket.
+        for (slot, b) in addr.sun_path[1..].iter_mut().zip(name.bytes()) {
+            *slot = b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sa_family_t>() + 1 + name.len();
+        Address {
+            addr,
+            len: len as libc::socklen_t,
+        }
+    }
+
+    fn socket() -> RawFd {
+        // SAFETY: plain system call.
+        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) }
+    }
+
+    /// A socket bound to the address and listening.
+    fn listen(&self) -> std::io::Result<OwnedFd> {
+        let fd = Self::socket();
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new fd that nothing else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: addr is a valid sockaddr_un of `len` bytes.
+        let bound = unsafe {
+            libc::bind(
+                fd,
+                (&self.addr as *const libc::sockaddr_un).cast(),
+                self.len,
+            ) == 0
+                && libc::listen(fd, 64) == 0
+        };
+        if bound {
+            Ok(sock)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// A socket connected to the address, or -1. Async-signal-safe.
+    fn connect(&self) -> RawFd {
+        let fd = Self::socket();
+        if fd < 0 {
+            return -1;
+        }
+        let addr = (&self.addr as *const libc::sockaddr_un).cast();
+        // SAFETY: addr is a valid sockaddr_un of `len` bytes.
+        if unsafe { libc::connect(fd, addr, self.len) } != 0 {
+            // SAFETY: our own fd.
+            unsafe { libc::close(fd) };
+            return -1;
+        }
+        fd
+    }
+}
+
+/// Accepts filtered programs' connections for as long as the run lives; each hands over
+/// its filter's listener (served by a thread of its own) or says why it has none.
+fn accept_listeners(socket: OwnedFd) {
+    loop {
+        // SAFETY: plain system call; the peer's address is not wanted.
+        let fd = unsafe {
+            libc::accept4(
+                socket.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR | libc::ECONNABORTED | libc::EMFILE | libc::ENFILE) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    continue;
+                }
+                _ => return,
+            }
+        }
+        // SAFETY: a new fd that nothing else owns.
+        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        if !same_user(&conn) {
+            continue;
+        }
+        let _ = std::thread::Builder::new()
+            .name("splicecow-supervisor".into())
+            .spawn(move || match target::recv_fd(conn.as_raw_fd()) {
+                Ok((Ok(listener), _)) => supervisor::serve(listener),
+                Ok((Err(e), program)) => eprintln!(
+                    "splicecow: strict mode unavailable (seccomp user notification: {}); \
+                     {program} runs without its filter",
+                    std::io::Error::from_raw_os_error(e)
+                ),
+                Err(_) => {}
+            });
+    }
+}
+
+/// True when the process at the other end of `conn` runs as this process's user (an
+/// abstract socket has no permissions of its own).
+fn same_user(conn: &OwnedFd) -> bool {
+    // SAFETY: ucred is plain data.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len describe a buffer of the size SO_PEERCRED fills.
+    let r = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
     };
+    // SAFETY: plain system call.
+    r == 0 && cred.uid == unsafe { libc::geteuid() }
+}
+
+/// Puts the calling process under the filter and hands the listener to the supervisor
+/// at `address` (or the `errno` of what failed), naming `program` for its messages.
+/// False when the supervisor cannot be reached (then nothing is installed).
+/// Async-signal-safe (no allocation): it runs in a forked child before exec.
+fn install(prog: &[libc::sock_filter], address: &Address, program: &[u8]) -> bool {
+    let sock = address.connect();
+    if sock < 0 {
+        return false;
+    }
     // SAFETY: plain prctl.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        send_errno(errno());
-        return;
-    }
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr().cast_mut(),
-    };
-    let install = |flags: libc::c_ulong| {
-        // SAFETY: fprog points at the filter, which outlives the call.
-        unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                flags,
-                &fprog as *const libc::sock_fprog,
-            ) as i32
+        target::send_errno(sock, errno(), program);
+    } else {
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr().cast_mut(),
+        };
+        let install = |flags: libc::c_ulong| {
+            // SAFETY: fprog points at the filter, which outlives the call.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    flags,
+                    &fprog as *const libc::sock_fprog,
+                ) as i32
+            }
+        };
+        let mut fd =
+            install(SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
+        if fd < 0 && errno() == libc::EINVAL {
+            // Before Linux 5.19: signals may interrupt a trapped call (see the README).
+            fd = install(SECCOMP_FILTER_FLAG_NEW_LISTENER);
         }
-    };
-    let mut fd = install(SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
-    if fd < 0 && errno() == libc::EINVAL {
-        // Before Linux 5.19: signals may interrupt a trapped call (see the README).
-        fd = install(SECCOMP_FILTER_FLAG_NEW_LISTENER);
+        if fd < 0 {
+            target::send_errno(sock, errno(), program);
+        } else {
+            target::send_fd(sock, fd, program);
+            // SAFETY: the listener is ours; the supervisor has its own copy now. Kept
+            // here, it would keep notifications waiting after the supervisor is gone.
+            unsafe { libc::close(fd) };
+        }
     }
-    if fd < 0 {
-        send_errno(errno());
-        return;
-    }
-    target::send_fd(sock, fd);
-    // SAFETY: the listener is ours; the parent has its own copy now. Kept here, it would
-    // keep notifications waiting for an answer after the supervisor is gone.
-    unsafe { libc::close(fd) };
+    // SAFETY: our own fd.
+    unsafe { libc::close(sock) };
+    true
 }
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-/// Waits for the child's message: the listener, or why there is none (a child that died
-/// before sending: end of file, once `run` dropped its copy of the child's end).
-fn receive_listener(ours: &OwnedFd) -> Result<OwnedFd, String> {
-    match target::recv_fd(ours.as_raw_fd()) {
-        Ok(Ok(fd)) => Ok(fd),
-        Ok(Err(e)) => Err(format!(
-            "seccomp user notification: {}",
-            std::io::Error::from_raw_os_error(e)
-        )),
-        Err(e) => Err(e),
+/// `splicecow __filtered-exec PATH ARGV...` (see [`FILTERED_EXEC`]): installs the filter
+/// for the supervisor named in `SPLICECOW_SUPERVISOR`, then execs PATH. Returns only when
+/// the exec fails (126 or 127, as a shell would).
+pub fn filtered_exec(args: Vec<OsString>) -> i32 {
+    let mut args = args.into_iter();
+    let Some(path) = args.next() else {
+        eprintln!("splicecow: {FILTERED_EXEC} needs a program");
+        return 2;
+    };
+    let shown = path.to_string_lossy().into_owned();
+    let supervisor = std::env::var_os(names::SUPERVISOR)
+        .and_then(|v| v.to_str()?.split(':').next()?.parse::<u32>().ok());
+    let installed = match supervisor {
+        Some(pid) => install(&filter::program(), &Address::of(pid), path.as_bytes()),
+        None => false,
+    };
+    if !installed {
+        eprintln!(
+            "splicecow: strict mode's supervisor is unreachable ({} = {:?}); {shown} runs \
+             without the filter",
+            names::SUPERVISOR,
+            std::env::var_os(names::SUPERVISOR).unwrap_or_default()
+        );
+    }
+    let c = |s: OsString| CString::new(s.into_vec()).ok();
+    let (Some(c_path), Some(argv)) = (c(path), args.map(c).collect::<Option<Vec<_>>>()) else {
+        eprintln!("splicecow: {shown}: an argument with a NUL byte");
+        return 2;
+    };
+    let mut argv: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    extern "C" {
+        static environ: *const *const libc::c_char;
+    }
+    // SAFETY: a C string path and null-terminated argv; `environ` is this process's
+    // environment, which the caller's exec gave us. The raw system call, not libc's
+    // execve: the library's exec hook would send this exec back here.
+    unsafe { libc::syscall(libc::SYS_execve, c_path.as_ptr(), argv.as_ptr(), environ) };
+    let e = std::io::Error::last_os_error();
+    eprintln!("splicecow: cannot run {shown}: {e}");
+    if e.raw_os_error() == Some(libc::ENOENT) {
+        127
+    } else {
+        126
     }
 }

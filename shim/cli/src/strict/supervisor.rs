@@ -3,7 +3,6 @@
 //! `splice`/`sendfile` is run here, recorded, and answered with its result; a transfer
 //! that would block goes to a thread of its own, so the loop never waits for a pipe.
 
-use super::filter::{FICLONE, FICLONERANGE};
 use super::target::{self, notif, GetFd};
 use splicecow_core::supervised::{self as sv, Change, Fd, Range, Spliced};
 use std::collections::HashMap;
@@ -116,8 +115,16 @@ impl Supervisor {
             self.forget(c.tid);
             return notif::proceed(self.fd(), c.id);
         }
-        let transfer = c.nr == libc::SYS_splice || c.nr == libc::SYS_sendfile;
-        if !transfer && !sv::anything_live() {
+        let transfer = c.nr == libc::SYS_splice
+            || c.nr == libc::SYS_sendfile
+            || (c.nr == libc::SYS_tee && sv::anything_live());
+        // A shared writable mapping is counted even when nothing is live yet: later
+        // splices of its file must take the copy path.
+        let mapping = matches!(
+            c.nr,
+            libc::SYS_mmap | libc::SYS_mprotect | libc::SYS_pkey_mprotect
+        );
+        if !transfer && !mapping && !sv::anything_live() {
             return notif::proceed(self.fd(), c.id);
         }
         let Some((tgid, hooked)) = self.caller(c.tid, n.data.instruction_pointer) else {
@@ -130,12 +137,14 @@ impl Supervisor {
         if transfer && self.transfer(&c, tgid) {
             return;
         }
+        if (c.nr == libc::SYS_write || c.nr == libc::SYS_writev) && self.write(&c, tgid) {
+            return;
+        }
         self.mutation(&c, tgid);
         notif::proceed(self.fd(), c.id);
     }
 
-    /// The caller's process id and whether its preload's hooks saw the call it made from
-    /// `ip`, learned once per thread.
+    /// The caller's process id and whether it has the preload, learned once per thread.
     fn caller(&mut self, tid: i32, ip: u64) -> Option<(i32, bool)> {
         if let Some(c) = self.callers.get(&tid) {
             // A remembered thread that died may have left its number to a new one: the
@@ -211,12 +220,7 @@ impl Supervisor {
         let a = c.args;
         let fd_change = |change, range| Some((a[0], change, range));
         let what = match c.nr {
-            libc::SYS_write => fd_change(Change::Write, Range::Cursor(a[2])),
             libc::SYS_pwrite64 => fd_change(Change::Pwrite, Range::At(a[3] as i64, a[2])),
-            libc::SYS_writev => {
-                let len = self.iov_len(c, a[1], a[2]);
-                fd_change(Change::Writev, len.map_or(Range::FromCursor, Range::Cursor))
-            }
             libc::SYS_pwritev => fd_change(Change::Pwritev, Range::From(a[3] as i64)),
             libc::SYS_pwritev2 => {
                 if a[5] & libc::RWF_APPEND as u64 != 0 {
@@ -257,22 +261,20 @@ impl Supervisor {
                 };
                 range.map(|r| (a[2], Change::SpliceInto, r))
             }
-            libc::SYS_mmap => Some((a[4], Change::SharedMapping, Range::At(a[5] as i64, a[1]))),
-            libc::SYS_ioctl => match a[1] as u32 {
-                FICLONE => fd_change(Change::Clone, Range::From(0)),
-                FICLONERANGE => {
-                    // struct file_clone_range { s64 src_fd; u64 src_offset, src_length,
-                    // dest_offset; }
-                    let len = target::read_u64(c.tid, a[2].wrapping_add(16));
-                    let dest = target::read_u64(c.tid, a[2].wrapping_add(24));
-                    match (len, dest) {
-                        (Some(0), Some(d)) => fd_change(Change::Clone, Range::From(d as i64)),
-                        (Some(l), Some(d)) => fd_change(Change::Clone, Range::At(d as i64, l)),
-                        _ => None,
-                    }
+            libc::SYS_mmap => {
+                if let Some((_local, f)) = self.dup(c, a[4]) {
+                    let (len, prot, flags) = (a[1] as usize, a[2] as i32, a[3] as i32);
+                    sv::before_map(pid, f, len, prot, flags, a[5] as i64);
                 }
-                _ => None,
-            },
+                return;
+            }
+            libc::SYS_mprotect | libc::SYS_pkey_mprotect => {
+                for m in target::shared_file_mappings(c.tid, a[0], a[1]) {
+                    sv::before_write_access(pid, m.dev, m.ino, m.file_lo, m.file_hi);
+                }
+                return;
+            }
+            libc::SYS_ioctl => return self.clone_request(c, pid),
             libc::SYS_truncate => {
                 return self.path_mutation(c, pid, libc::AT_FDCWD as u64, a[0], 0, a[1] as i64);
             }
@@ -303,6 +305,101 @@ impl Supervisor {
         if let Some((_local, f)) = self.dup(c, fd) {
             sv::before_change(pid, f, change, range);
         }
+    }
+
+    /// An `ioctl` clone or dedupe request: every destination range is settled.
+    fn clone_request(&mut self, c: &Call, pid: i32) {
+        let (fd, request, arg) = (c.args[0] as i32, c.args[1] as u32, c.args[2]);
+        if !sv::is_clone_request(request) {
+            return;
+        }
+        let read = |addr: u64, buf: &mut [u8]| target::read_mem(c.tid, addr, buf);
+        let changes = sv::clone_destinations(fd, request, arg, read);
+        // What was read from the caller's memory is only good while the call waits.
+        if changes.is_empty() || !notif::valid(self.fd(), c.id) {
+            return;
+        }
+        for change in changes {
+            if let Some((_local, f)) = self.dup(c, change.fd() as u64) {
+                sv::before_fd_change(pid, f, change);
+            }
+        }
+    }
+
+    /// A `write` or `writev`: a regular file's range is settled (then the call runs
+    /// itself); into a pipe the registry tracks, the bytes are copied from the caller
+    /// and written here under the lock, as the hooks' `write` does, and the call is
+    /// answered (true).
+    fn write(&mut self, c: &Call, pid: i32) -> bool {
+        let a = c.args;
+        let (change, len) = if c.nr == libc::SYS_write {
+            (Change::Write, Some(a[2]))
+        } else {
+            (Change::Writev, self.iov_len(c, a[1], a[2]))
+        };
+        let Some((local, f)) = self.dup(c, a[0]) else {
+            return false;
+        };
+        if !sv::before_write(pid, f, len.unwrap_or(u64::MAX), change) {
+            return false;
+        }
+        let Some(data) = self.written_bytes(c) else {
+            // Unreadable or too large: the kernel writes what it can by itself.
+            return false;
+        };
+        if !notif::valid(self.fd(), c.id) {
+            return true;
+        }
+        let job = PipeWriteJob {
+            listener: Arc::clone(&self.listener),
+            id: c.id,
+            tid: c.tid,
+            pid,
+            pipe: f,
+            _keep: local,
+            data,
+            done: 0,
+        };
+        job.run()
+    }
+
+    /// The bytes the caller's `write`/`writev` would write, copied from its memory
+    /// (`None`: unreadable, or more than [`MAX_PIPE_WRITE`]).
+    fn written_bytes(&self, c: &Call) -> Option<Vec<u8>> {
+        let a = c.args;
+        let pieces: Vec<(u64, u64)> = if c.nr == libc::SYS_write {
+            vec![(a[1], a[2])]
+        } else {
+            if a[2] > 1024 {
+                return None;
+            }
+            let mut raw = vec![0u8; a[2] as usize * 16];
+            if !target::read_mem(c.tid, a[1], &mut raw) {
+                return None;
+            }
+            raw.chunks(16)
+                .map(|e| {
+                    let word = |r: std::ops::Range<usize>| {
+                        u64::from_ne_bytes(e[r].try_into().unwrap_or([0; 8]))
+                    };
+                    (word(0..8), word(8..16))
+                })
+                .collect()
+        };
+        let total = pieces.iter().try_fold(0u64, |t, p| t.checked_add(p.1))?;
+        if total > MAX_PIPE_WRITE {
+            return None;
+        }
+        let mut data = vec![0u8; total as usize];
+        let mut at = 0usize;
+        for (base, len) in pieces {
+            let piece = data.get_mut(at..at + len as usize)?;
+            if !target::read_mem(c.tid, base, piece) {
+                return None;
+            }
+            at += len as usize;
+        }
+        Some(data)
     }
 
     /// The total length of the caller's `iovec` array at `iov` (`cnt` entries).
@@ -356,25 +453,42 @@ impl Supervisor {
         sv::before_path_change(pid, dirfd, &p, follow, change, Range::From(off));
     }
 
-    /// A `splice` or `sendfile` from a regular file into a pipe, run here. Returns false
-    /// when the call is something else (then a mutation or nothing, and it runs itself).
+    /// A `splice` or `sendfile` from a regular file into a pipe, or a `tee` or `splice`
+    /// from a pipe into a pipe, run here. Returns false when the call is something else
+    /// (then a mutation or nothing, and it runs itself).
     fn transfer(&mut self, c: &Call, pid: i32) -> bool {
         let a = c.args;
-        // splice(in, off_in, out, off_out, len, flags); sendfile(out, in, off, count).
-        let (fd_in, off_ptr, fd_out, len, flags) = if c.nr == libc::SYS_splice {
-            if a[3] != 0 || a[5] as u32 & !SPLICE_F_ALL != 0 {
-                return false;
+        // splice(in, off_in, out, off_out, len, flags); sendfile(out, in, off, count);
+        // tee(in, out, len, flags).
+        let (fd_in, off_ptr, fd_out, len, flags) = match c.nr {
+            libc::SYS_splice => {
+                if a[3] != 0 || a[5] as u32 & !SPLICE_F_ALL != 0 {
+                    return false;
+                }
+                (a[0], a[1], a[2], a[4], a[5] as u32)
             }
-            (a[0], a[1], a[2], a[4], a[5] as u32)
-        } else {
-            (a[1], a[2], a[0], a[3], 0)
+            libc::SYS_tee => {
+                if a[3] as u32 & !SPLICE_F_ALL != 0 {
+                    return false;
+                }
+                (a[0], 0, a[1], a[2], a[3] as u32)
+            }
+            _ => (a[1], a[2], a[0], a[3], 0),
         };
-        let Some((file_local, file)) = self.dup(c, fd_in) else {
+        let Some((from_local, from)) = self.dup(c, fd_in) else {
             return false;
         };
-        let Some((pipe_local, pipe)) = self.dup(c, fd_out) else {
+        let Some((to_local, to)) = self.dup(c, fd_out) else {
             return false;
         };
+        let from_pipe = sv::is_pipe(from);
+        let between_pipes = from_pipe && sv::is_pipe(to);
+        let tee = c.nr == libc::SYS_tee;
+        let pipe_call = c.nr != libc::SYS_sendfile && between_pipes && off_ptr == 0;
+        if (tee || from_pipe) && !pipe_call {
+            // Refused by the kernel (EINVAL, ESPIPE), or a pipe into a file: runs itself.
+            return false;
+        }
         let mut off = None;
         if off_ptr != 0 {
             match target::read_u64(c.tid, off_ptr) {
@@ -394,9 +508,10 @@ impl Supervisor {
             id: c.id,
             tid: c.tid,
             pid,
-            file,
-            pipe,
-            _keep: [file_local, pipe_local],
+            from,
+            to,
+            _keep: [from_local, to_local],
+            between_pipes: between_pipes.then_some(tee),
             off_ptr,
             off,
             len: len as usize,
@@ -404,7 +519,7 @@ impl Supervisor {
         };
         match job.attempt() {
             Attempt::Done => true,
-            Attempt::NotFileToPipe => false,
+            Attempt::Elsewhere => false,
             Attempt::WouldBlock => {
                 // A blocking caller waits for room: in a thread of its own.
                 let spawned = std::thread::Builder::new()
@@ -415,6 +530,110 @@ impl Supervisor {
                     notif::fail(self.fd(), c.id, libc::EAGAIN);
                 }
                 true
+            }
+        }
+    }
+}
+
+/// Most bytes of one `write` into a tracked pipe copied from a filtered process; a
+/// larger write runs itself, unserialised with settles (see the README).
+const MAX_PIPE_WRITE: u64 = 16 << 20;
+
+/// A `write`/`writev` into a tracked pipe served for a filtered process.
+struct PipeWriteJob {
+    listener: Arc<OwnedFd>,
+    id: u64,
+    tid: i32,
+    pid: i32,
+    pipe: Fd,
+    /// The duplicate `pipe` names.
+    _keep: OwnedFd,
+    /// The caller's bytes, and how many of them are in the pipe.
+    data: Vec<u8>,
+    done: usize,
+}
+
+impl PipeWriteJob {
+    /// Writes what fits now; a blocking caller's rest is written by a thread of its own
+    /// as room comes. False when the call must run itself (no reader).
+    fn run(mut self) -> bool {
+        match self.attempt() {
+            Some(true) => true,
+            Some(false) => {
+                let fd = self.listener.as_raw_fd();
+                let id = self.id;
+                let spawned = std::thread::Builder::new()
+                    .name("splicecow-pipe-write".into())
+                    .spawn(move || self.wait_and_finish());
+                if spawned.is_err() {
+                    notif::fail(fd, id, libc::EAGAIN);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One non-blocking try: `Some(true)` answered, `Some(false)` a blocking caller must
+    /// wait for room, `None` the call runs itself.
+    fn attempt(&mut self) -> Option<bool> {
+        let fd = self.listener.as_raw_fd();
+        let rest = self.data.get(self.done..).unwrap_or_default();
+        match sv::write_into_tracked_pipe(self.pid, self.pipe, rest) {
+            sv::PipeWrite::Direct if self.done == 0 => None,
+            sv::PipeWrite::Direct => {
+                // The reader left after a part went in: what a blocking write returns.
+                notif::answer(fd, self.id, self.done as i64);
+                Some(true)
+            }
+            sv::PipeWrite::Wrote(n) => {
+                self.done += n;
+                if self.done >= self.data.len() || !self.blocking() {
+                    notif::answer(fd, self.id, self.done as i64);
+                    return Some(true);
+                }
+                Some(false)
+            }
+            sv::PipeWrite::Failed(libc::EAGAIN) if self.blocking() => Some(false),
+            sv::PipeWrite::Failed(_) if self.done > 0 => {
+                notif::answer(fd, self.id, self.done as i64);
+                Some(true)
+            }
+            sv::PipeWrite::Failed(e) => {
+                fail_as_the_kernel(fd, self.id, (self.pid, self.tid), e);
+                Some(true)
+            }
+        }
+    }
+
+    /// The caller's pipe is blocking (the duplicate shares its status flags).
+    fn blocking(&self) -> bool {
+        !nonblocking(self.pipe)
+    }
+
+    /// Waits for room and writes on, for as long as the caller waits (its death
+    /// withdraws the notification: bytes already written stay in the pipe). A signal
+    /// ends it as it ends the kernel's pipe write: with the count written, if any.
+    fn wait_and_finish(mut self) {
+        loop {
+            let fd = self.listener.as_raw_fd();
+            match ready_while_waited(
+                &self.listener,
+                (self.id, self.tid),
+                self.pipe,
+                libc::POLLOUT,
+            ) {
+                Waited::Ready => {}
+                Waited::Gone => return,
+                Waited::Signal if self.done > 0 => {
+                    return notif::answer(fd, self.id, self.done as i64)
+                }
+                Waited::Signal => return notif::fail(fd, self.id, ERESTARTSYS),
+            }
+            match self.attempt() {
+                Some(false) => continue,
+                Some(true) => return,
+                None => return notif::proceed(self.listener.as_raw_fd(), self.id),
             }
         }
     }
@@ -431,50 +650,120 @@ const WAIT_SLICE: Duration = Duration::from_millis(10);
 /// signal pending whenever it is sent).
 const ERESTARTSYS: i32 = 512;
 
-/// A file→pipe transfer served for a filtered process.
+/// Fails notification `id` of thread `tid` of process `pid` with `errno`, and, for
+/// `EPIPE`, raises `SIGPIPE` in that thread as the kernel's pipe write does (right after
+/// the answer: raised while the call still waits, it would withdraw the notification,
+/// and a restarting handler would bring the call back for ever).
+fn fail_as_the_kernel(listener: RawFd, id: u64, (pid, tid): (i32, i32), errno: i32) {
+    notif::fail(listener, id, errno);
+    if errno == libc::EPIPE {
+        // SAFETY: plain system call; a thread that is gone makes it fail harmlessly.
+        unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGPIPE) };
+    }
+}
+
+/// True when the duplicate `fd` has `O_NONBLOCK` (it shares the caller's status flags),
+/// or its flags cannot be read.
+fn nonblocking(fd: Fd) -> bool {
+    // SAFETY: F_GETFL on our duplicate.
+    let fl = unsafe { libc::fcntl(fd.local, libc::F_GETFL) };
+    fl < 0 || fl & libc::O_NONBLOCK != 0
+}
+
+/// How a wait for a pipe ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    /// The pipe is ready.
+    Ready,
+    /// The notification no longer waits (the caller died).
+    Gone,
+    /// The caller has a signal to take: the kernel's pipe wait would end now.
+    Signal,
+}
+
+/// Waits until `fd` is ready for `events`, checking every [`WAIT_SLICE`] that
+/// notification `id` of thread `tid` still waits for its answer and that the thread has
+/// no signal to take (the filter's wait is killable only: the supervisor ends it).
+fn ready_while_waited(
+    listener: &OwnedFd,
+    (id, tid): (u64, i32),
+    fd: Fd,
+    events: libc::c_short,
+) -> Waited {
+    let mut before = 0;
+    loop {
+        // The kernel wakes one thread for a signal to the process: in a process of
+        // several, the signal is taken as this thread's when no other took it for a
+        // whole slice (an answer of ERESTARTSYS to a thread the kernel did not wake
+        // would reach the program as errno 512).
+        let p = target::pending(tid);
+        if p.thread != 0 || (p.process != 0 && (p.threads == 1 || p.process & before != 0)) {
+            return Waited::Signal;
+        }
+        before = p.process;
+        let mut p = libc::pollfd {
+            fd: fd.local,
+            events,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of ours.
+        let n = unsafe { libc::poll(&mut p, 1, WAIT_SLICE.as_millis() as i32) };
+        if !notif::valid(listener.as_raw_fd(), id) {
+            return Waited::Gone;
+        }
+        if n > 0 {
+            return Waited::Ready;
+        }
+    }
+}
+
+/// A transfer into a pipe served for a filtered process: from a regular file, or from
+/// another pipe.
 struct Transfer {
     listener: Arc<OwnedFd>,
     id: u64,
     tid: i32,
     pid: i32,
-    file: Fd,
-    pipe: Fd,
-    /// The duplicates `file` and `pipe` name, open for the transfer's life.
+    /// The file or pipe the bytes come from.
+    from: Fd,
+    /// The pipe they go into.
+    to: Fd,
+    /// The duplicates `from` and `to` name, open for the transfer's life.
     _keep: [OwnedFd; 2],
     /// The caller's offset pointer (0: none) and the offset read from it.
     off_ptr: u64,
     off: Option<i64>,
     len: usize,
     flags: u32,
+    /// From a pipe: `Some(true)` for a `tee`, `Some(false)` for a `splice`.
+    between_pipes: Option<bool>,
 }
 
 /// What one try of a [`Transfer`] did.
 enum Attempt {
     /// Answered.
     Done,
-    /// Not a regular file into a pipe: the call runs itself.
-    NotFileToPipe,
-    /// The pipe is full and the caller asked for blocking: nothing moved, not answered.
+    /// Not the transfer it seemed (the fds changed meanwhile): the call runs itself.
+    Elsewhere,
+    /// The pipe is full (or the source pipe empty) and the caller asked for blocking:
+    /// nothing moved, not answered.
     WouldBlock,
 }
 
 impl Transfer {
     fn attempt(&self) -> Attempt {
         let mut off = self.off;
-        let r = sv::file_to_pipe(
-            self.pid,
-            self.file,
-            self.pipe,
-            off.as_mut(),
-            self.len,
-            self.flags,
-        );
+        let (from, to, len, flags) = (self.from, self.to, self.len, self.flags);
+        let r = match self.between_pipes {
+            Some(tee) => sv::pipe_to_pipe(self.pid, from, to, len, flags, tee),
+            None => sv::file_to_pipe(self.pid, from, to, off.as_mut(), len, flags),
+        };
         let fd = self.listener.as_raw_fd();
         match r {
-            Spliced::NotFileToPipe => Attempt::NotFileToPipe,
+            Spliced::Elsewhere => Attempt::Elsewhere,
             Spliced::Failed(libc::EAGAIN) if self.blocking() => Attempt::WouldBlock,
             Spliced::Failed(e) => {
-                notif::fail(fd, self.id, e);
+                fail_as_the_kernel(fd, self.id, (self.pid, self.tid), e);
                 Attempt::Done
             }
             Spliced::Moved(n) => {
@@ -497,42 +786,35 @@ impl Transfer {
     }
 
     /// The caller asked for a blocking call: no `SPLICE_F_NONBLOCK`, no `O_NONBLOCK` on
-    /// the pipe (the duplicate shares its status flags).
+    /// the pipes (the duplicates share their status flags), as the hooks decide it.
     fn blocking(&self) -> bool {
-        // SAFETY: F_GETFL on our duplicate.
-        let fl = unsafe { libc::fcntl(self.pipe.local, libc::F_GETFL) };
-        self.flags & libc::SPLICE_F_NONBLOCK == 0 && fl >= 0 && fl & libc::O_NONBLOCK == 0
+        let source_pipe = self.between_pipes.is_some() && nonblocking(self.from);
+        self.flags & libc::SPLICE_F_NONBLOCK == 0 && !nonblocking(self.to) && !source_pipe
     }
 
-    /// Waits for room in the pipe, then tries again, for as long as the caller waits (its
-    /// death withdraws the notification; a signal for it ends the wait as the kernel's
-    /// pipe wait ends: `ERESTARTSYS`, nothing moved).
+    /// Waits for bytes in the source pipe (from a pipe) and room in the destination, then
+    /// tries again, for as long as the caller waits (its death withdraws the notification;
+    /// a signal for it ends the wait as the kernel's pipe wait ends: `ERESTARTSYS`, nothing
+    /// moved).
     fn wait_and_finish(self) {
-        let mut before = 0;
         loop {
-            // The kernel wakes one thread for a signal to the process: in a process of
-            // several, the signal is taken as this thread's when no other took it for a
-            // whole slice (an answer of ERESTARTSYS to a thread the kernel did not wake
-            // would reach the program as errno 512).
-            let p = target::pending(self.tid);
-            if p.thread != 0 || (p.process != 0 && (p.threads == 1 || p.process & before != 0)) {
-                return notif::fail(self.listener.as_raw_fd(), self.id, ERESTARTSYS);
+            let (listener, call) = (&self.listener, (self.id, self.tid));
+            let mut waited = Waited::Ready;
+            if self.between_pipes.is_some() {
+                waited = ready_while_waited(listener, call, self.from, libc::POLLIN);
             }
-            before = p.process;
-            let mut p = libc::pollfd {
-                fd: self.pipe.local,
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: one pollfd of ours.
-            unsafe { libc::poll(&mut p, 1, WAIT_SLICE.as_millis() as i32) };
-            if !notif::valid(self.listener.as_raw_fd(), self.id) {
-                return;
+            if waited == Waited::Ready {
+                waited = ready_while_waited(listener, call, self.to, libc::POLLOUT);
+            }
+            match waited {
+                Waited::Ready => {}
+                Waited::Gone => return,
+                Waited::Signal => return notif::fail(listener.as_raw_fd(), self.id, ERESTARTSYS),
             }
             match self.attempt() {
                 Attempt::WouldBlock => continue,
                 Attempt::Done => return,
-                Attempt::NotFileToPipe => {
+                Attempt::Elsewhere => {
                     return notif::proceed(self.listener.as_raw_fd(), self.id);
                 }
             }

@@ -8,41 +8,66 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 /// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread, which may not lead its process.
 const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
 
-/// Sends `fd` over the unix socket `sock` (`SCM_RIGHTS`). Async-signal-safe (no
-/// allocation): it runs in the child before exec.
-pub fn send_fd(sock: RawFd, fd: RawFd) {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
+/// Longest program name a message carries.
+const NAME_MAX: usize = 4096;
+
+/// Sends `fd` over the unix socket `sock` (`SCM_RIGHTS`), with `program`'s name for the
+/// supervisor's messages. Async-signal-safe (no allocation): it runs in a child before
+/// exec.
+pub fn send_fd(sock: RawFd, fd: RawFd, program: &[u8]) {
+    send(sock, 0, Some(fd), program);
+}
+
+/// Sends why there is no listener (`errno`, never 0) with `program`'s name, as
+/// [`send_fd`] does.
+pub fn send_errno(sock: RawFd, errno: i32, program: &[u8]) {
+    send(sock, errno.max(1), None, program);
+}
+
+/// One message: 4 bytes of `errno` (0: the listener is attached), then the name.
+fn send(sock: RawFd, errno: i32, fd: Option<RawFd>, program: &[u8]) {
+    let head = errno.to_ne_bytes();
+    let name = program.get(..program.len().min(NAME_MAX)).unwrap_or(&[]);
+    let mut iov = [
+        libc::iovec {
+            iov_base: head.as_ptr().cast_mut().cast(),
+            iov_len: 4,
+        },
+        libc::iovec {
+            iov_base: name.as_ptr().cast_mut().cast(),
+            iov_len: name.len(),
+        },
+    ];
     // Room for one cmsghdr with one int, 8-aligned.
     let mut space = [0u64; 4];
     // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = space.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE only computes a size.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
-    // SAFETY: the control buffer holds one header with 4 bytes of data (checked size).
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
-        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = 2;
+    if let Some(fd) = fd {
+        msg.msg_control = space.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only computes a size.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
+        // SAFETY: the control buffer holds one header with 4 bytes of data (checked size).
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        }
     }
+    // SAFETY: msg describes our buffers.
+    unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
 }
 
-/// Receives what [`send_fd`] (or a 4-byte `errno`) sent: `Ok(Ok(fd))`, `Ok(Err(errno))`,
-/// or `Err` when the other end is gone without a word.
-pub fn recv_fd(sock: RawFd) -> Result<Result<OwnedFd, i32>, String> {
-    let mut buf = [0u8; 4];
+/// Receives what [`send_fd`] or [`send_errno`] sent: the listener or the `errno`, and the
+/// program's name; `Err` when the other end is gone without a word.
+pub fn recv_fd(sock: RawFd) -> Result<(Result<OwnedFd, i32>, String), String> {
+    let mut buf = vec![0u8; 4 + NAME_MAX];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
-        iov_len: 4,
+        iov_len: buf.len(),
     };
     let mut space = [0u64; 4];
     // SAFETY: plain data; the pointers set below outlive the recvmsg.
@@ -58,19 +83,21 @@ pub fn recv_fd(sock: RawFd) -> Result<Result<OwnedFd, i32>, String> {
             break n;
         }
     };
-    if n <= 0 {
-        return Err("the command never reached exec".into());
+    if n < 4 {
+        return Err("the program never reached exec".into());
     }
+    let name = String::from_utf8_lossy(&buf[4..n as usize]).into_owned();
     // SAFETY: recvmsg filled msg; the macros walk its control buffer.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
         if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
         {
             let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
-            return Ok(Ok(OwnedFd::from_raw_fd(fd)));
+            return Ok((Ok(OwnedFd::from_raw_fd(fd)), name));
         }
     }
-    Ok(Err(i32::from_ne_bytes(buf)))
+    let errno = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    Ok((Err(errno.max(1)), name))
 }
 
 /// A pidfd for thread `tid` (its own fd table, should it have one), or for the process
@@ -225,7 +252,11 @@ pub fn go_text(tid: i32) -> Vec<(u64, u64)> {
     let Ok(exe) = std::fs::read_link(format!("/proc/{tid}/exe")) else {
         return Vec::new();
     };
-    if !std::fs::read(format!("/proc/{tid}/exe")).is_ok_and(|d| super::is_go(&d)) {
+    let Ok(path) = std::ffi::CString::new(format!("/proc/{tid}/exe")) else {
+        return Vec::new();
+    };
+    use splicecow_core::supervised::{classify, Program};
+    if !matches!(classify(&path), Program::Go) {
         return Vec::new();
     }
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{tid}/maps")) else {
@@ -250,6 +281,52 @@ pub fn go_text(tid: i32) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The part of a shared file mapping that a range of addresses covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedFileMapping {
+    /// The file's device (as `st_dev`) and inode.
+    pub dev: u64,
+    /// See `dev`.
+    pub ino: u64,
+    /// The file bytes `[file_lo, file_hi)` the covered part shows.
+    pub file_lo: u64,
+    /// See `file_lo`.
+    pub file_hi: u64,
+}
+
+/// The shared file mappings of thread `tid`'s process that addresses `[addr, addr+len)`
+/// (rounded out to pages, as `mprotect` does) overlap, from `/proc/<tid>/maps`.
+pub fn shared_file_mappings(tid: i32, addr: u64, len: u64) -> Vec<SharedFileMapping> {
+    const PAGE: u64 = 4096;
+    let start = addr & !(PAGE - 1);
+    let end = addr.saturating_add(len).saturating_add(PAGE - 1) & !(PAGE - 1);
+    let Ok(maps) = std::fs::read(format!("/proc/{tid}/maps")) else {
+        return Vec::new();
+    };
+    maps.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            // start-end perms offset major:minor inode [path]
+            let text = std::str::from_utf8(line.get(..line.len().min(256))?).ok()?;
+            let mut words = text.split_ascii_whitespace();
+            let (lo, hi) = words.next()?.split_once('-')?;
+            let (lo, hi) = (
+                u64::from_str_radix(lo, 16).ok()?,
+                u64::from_str_radix(hi, 16).ok()?,
+            );
+            let shared = words.next()?.as_bytes().get(3) == Some(&b's');
+            let off = u64::from_str_radix(words.next()?, 16).ok()?;
+            let (dev, ino) = crate::domains::maps_line_file(line)?;
+            let (from, to) = (lo.max(start), hi.min(end));
+            (shared && from < to).then_some(SharedFileMapping {
+                dev,
+                ino,
+                file_lo: off + (from - lo),
+                file_hi: off + (to - lo),
+            })
+        })
+        .collect()
+}
+
 /// The user-notification ioctls (`linux/seccomp.h`; `libc` has the numbers).
 pub mod notif {
     use std::os::fd::RawFd;
@@ -257,9 +334,28 @@ pub mod notif {
     /// `SECCOMP_USER_NOTIF_FLAG_CONTINUE`: let the call run as it is.
     const FLAG_CONTINUE: u32 = 1;
 
-    /// Waits for the next notification; `None` when the listener failed for good.
+    /// Waits for the next notification; `None` when no process uses the filter any more
+    /// (the kernel reports `POLLHUP` then, Linux 5.9+) or the listener failed for good.
     pub fn recv(listener: RawFd) -> Option<libc::seccomp_notif> {
         loop {
+            let mut p = libc::pollfd {
+                fd: listener,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd of ours.
+            let r = unsafe { libc::poll(&mut p, 1, -1) };
+            if r < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return None;
+            }
+            if p.revents & libc::POLLIN == 0
+                && p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+            {
+                return None;
+            }
             // SAFETY: the kernel wants a zeroed struct and fills it.
             let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
             // SAFETY: n is the struct the ioctl fills.

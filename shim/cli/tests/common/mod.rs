@@ -75,6 +75,11 @@ impl TestDomain {
         TestDomain(format!("test-cli-{tag}-{}-{n}", std::process::id()))
     }
 
+    /// The domain's name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
     /// `run --domain NAME` followed by `rest`.
     pub fn run_args<'a>(&'a self, rest: &[&'a str]) -> Vec<&'a str> {
         let mut v = vec!["run", "--domain", self.0.as_str()];

@@ -2,15 +2,27 @@
  *
  *   prog splice FILE LEN [MUTATOR ARGS...]  splice LEN bytes of FILE (with an offset
  *        pointer) into stdout, a pipe; then run MUTATOR in a child process and wait
+ *        (exits with the mutator's status when it fails)
  *   prog pwrite|write|ftruncate|truncate|punch FILE   change FILE (16 'X' at 4096, or
  *        cut at 30000, or punch 100..65100)
+ *   prog via tee|splice FILE LEN [MUTATOR ARGS...]  splice LEN bytes of FILE into a pipe
+ *        of its own, tee or splice them from there into stdout, then run MUTATOR in a
+ *        child process and wait
+ *   prog marked FILE [MUTATOR ARGS...]  splice bytes 0..32768 of FILE into stdout, write
+ *        16 'M' into it, splice bytes 32768..61440, then run MUTATOR (16 pipe buffers)
+ *   prog mprotect FILE   map FILE shared read-only, mprotect it writable, store 16 'X'
+ *        at 4096 through the mapping
+ *   prog map-splice FILE LEN   map FILE shared and writable first, then splice LEN bytes
+ *        of it into stdout, then store 16 'X' at 4096 through the mapping
+ *   prog dedupe FILE     FIDEDUPERANGE of bytes 4096..8192 from FILE.twin, a copy made
+ *        here, into FILE (the same bytes: only the pages change; exit 6: unsupported)
  *   prog fidelity FILE   trapped calls with bad arguments: one "name result errno" line
  *        each (a segment of FILE is live meanwhile)
- *   prog signals FILE    blocking splices, sendfiles and writes into a full pipe that a
+ *   prog signals FILE    blocking splices, sendfiles and writes (also into a pipe that
+ *        holds spliced bytes) into a full pipe that a
  *        timer signal interrupts (also with a second thread in the process), with and
  *        without SA_RESTART (a child empties the pipe later for the restarted ones):
- *        one "name result errno" line each, with the
- *        offsets and handler counts after them
+ *        one "name result errno" line each, with the offsets and handler counts
  *   prog storm FILE      with a SA_RESTART timer signal every 37 us: 3000 splices of 4096
  *        bytes of FILE (offset pointer) into an empty pipe, each read out and checked,
  *        and 3000 pwrites; counts what went wrong (a splice moving its bytes twice, a
@@ -20,6 +32,11 @@
  *        piece (at 640*i+100); then the children's pipes are copied to stdout in order
  *   prog threads FILE    splice FILE into stdout, then 8 threads at once each write 'X'
  *        (pwrite, write, punch: 16 bytes every 256) all over their eighth of FILE
+ *   prog epipe FILE [ignore]   splice FILE and then tee and write into a pipe whose
+ *        reader is closed (SIGPIPE ignored with "ignore"): "name result errno" lines,
+ *        or death by SIGPIPE at the first
+ *   prog interleave FILE N   N times: splice page i%15 of FILE into stdout, then write
+ *        the 8-byte marker "M%07d" of i into it
  *   prog pwrite-loop FILE N   N 64-byte pwrites; prints the nanoseconds per call
  *   prog write-loop FILE N    N 1 MiB pwrites; prints the nanoseconds per call
  *   prog splice-loop FILE N   N times: splice FILE (1 MiB chunks) into a 1 MiB pipe and
@@ -34,11 +51,14 @@
 #include <signal.h>
 #include <sys/time.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <linux/fs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -51,9 +71,45 @@ static void report(const char *name, long r) {
     fflush(stdout);
 }
 
+/* A twin of FILE with the same bytes, then bytes 4096..8192 of FILE deduplicated
+ * against it: the kernel drops FILE's pages of that range from the page cache (it zeroes
+ * the part of a large folio it cannot split off, which a pipe may still show). */
+static int dedupe(const char *file) {
+    static char bytes[1 << 20];
+    int fd = open(file, O_RDWR);
+    char twin[4096];
+    snprintf(twin, sizeof twin, "%s.twin", file);
+    int t = open(twin, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || t < 0) return 2;
+    ssize_t n = read(fd, bytes, sizeof bytes);
+    if (n < 8192 || write(t, bytes, n) != n || fsync(t)) return 3;
+    struct {
+        struct file_dedupe_range range;
+        struct file_dedupe_range_info info;
+    } req;
+    memset(&req, 0, sizeof req);
+    req.range.src_offset = 4096;
+    req.range.src_length = 4096;
+    req.range.dest_count = 1;
+    req.info.dest_fd = fd;
+    req.info.dest_offset = 4096;
+    if (ioctl(t, FIDEDUPERANGE, &req))
+        return errno == EOPNOTSUPP || errno == EINVAL || errno == ENOTTY ? 6 : 3;
+    return req.info.status == FILE_DEDUPE_RANGE_SAME && req.info.bytes_deduped == 4096 ? 0 : 3;
+}
+
 static int mutate(const char *how, const char *file) {
     char x[16];
     memset(x, 'X', sizeof x);
+    if (!strcmp(how, "dedupe")) return dedupe(file);
+    if (!strcmp(how, "mprotect")) {
+        int fd = open(file, O_RDWR);
+        char *p = fd < 0 ? MAP_FAILED : mmap(NULL, 65536, PROT_READ, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) return 2;
+        if (mprotect(p, 65536, PROT_READ | PROT_WRITE)) return 3;
+        memset(p + 4096, 'X', 16);
+        return munmap(p, 65536) ? 3 : 0;
+    }
     int fd = open(file, O_RDWR);
     if (fd < 0) return 2;
     if (!strcmp(how, "pwrite")) return pwrite(fd, x, 16, 4096) == 16 ? 0 : 3;
@@ -114,6 +170,17 @@ static int fidelity(const char *file) {
     report("fill", write(full[1], (char[4096]){0}, 4096));
     report("splice_full_nonblock", splice(fd, NULL, full[1], NULL, 16, 0));
     report("splice_full_flag", splice(fd, NULL, keep[1], NULL, 16, SPLICE_F_NONBLOCK) >= 0);
+    int empty[2];
+    if (pipe(empty)) return 2;
+    report("tee_notpipe", tee(fd, p[1], 16, 0));
+    report("tee_same", tee(keep[0], keep[1], 16, 0));
+    report("tee_empty_nonblock", tee(empty[0], p[1], 16, SPLICE_F_NONBLOCK));
+    report("tee_badflags", tee(keep[0], p[1], 16, 0x100));
+    report("tee_live", tee(keep[0], p[1], 100, 0));
+    loff_t poff = 0;
+    report("splice_pipe_offset", splice(keep[0], &poff, p[1], NULL, 16, 0));
+    report("splice_pipes", splice(keep[0], NULL, p[1], NULL, 50, 0));
+    report("splice_pipes_empty", splice(empty[0], NULL, p[1], NULL, 50, SPLICE_F_NONBLOCK));
     report("io_uring_setup", syscall(425, 1, NULL));
     return 0;
 }
@@ -283,6 +350,26 @@ static int signals(const char *file) {
         close(p[1]);
         if (c > 0) waitpid(c, NULL, 0);
         close(p[0]);
+        /* writes into a pipe that holds spliced bytes (tracked: the supervisor writes
+         * them), full, then with room for part of the write */
+        for (int room = 0; room < 2; room++) {
+            if (pipe(p)) return 3;
+            fcntl(p[1], F_SETPIPE_SZ, room ? 8192 : 4096);
+            loff_t so2 = 0;
+            if (splice(fd, &so2, p[1], NULL, 4096, 0) != 4096) return 3;
+            if (restart) c = drain_later(p, 400);
+            caught = 0;
+            alarm_in(150, restart);
+            static char big2[3 * 4096];
+            snprintf(name, sizeof name, "write_tracked_%s_%s", room ? "partial" : "full", tag);
+            report(name, write(p[1], big2, room ? sizeof big2 : 100));
+            snprintf(name, sizeof name, "write_tracked_%s_%s_caught", room ? "partial" : "full",
+                     tag);
+            report(name, caught);
+            close(p[1]);
+            if (c > 0) waitpid(c, NULL, 0);
+            close(p[0]);
+        }
         /* pwrite into the file while the signal is pending: it runs as usual */
         caught = 0;
         alarm_in(1, restart);
@@ -343,6 +430,16 @@ static int splice_all(int fd, size_t len, size_t extra) {
     while (off < (loff_t)len) {
         ssize_t n = splice(fd, &off, 1, NULL, len - off, 0);
         if (n <= 0) return -1;
+    }
+    return 0;
+}
+
+/* Splices LEN bytes of fd (from offset 0, through an offset pointer) into stdout. */
+static int splice_out(int fd, size_t len) {
+    loff_t off = 0;
+    while (off < (loff_t)len) {
+        ssize_t n = splice(fd, &off, 1, NULL, len - off, 0);
+        if (n <= 0) return 3;
     }
     return 0;
 }
@@ -497,6 +594,48 @@ static int splice_loop(const char *file, long n) {
     return 0;
 }
 
+static int map_splice(const char *file, size_t len) {
+    int fd = open(file, O_RDWR);
+    char *p = fd < 0 ? MAP_FAILED : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) return 2;
+    if (splice_out(fd, len)) return 3;
+    memset(p + 4096, 'X', 16);
+    return munmap(p, len) ? 3 : 0;
+}
+
+/* Through a pipe of its own: FILE into it, then tee or splice into stdout. */
+static int via(const char *how, const char *file, size_t len) {
+    int fd = open(file, O_RDONLY), p[2];
+    if (fd < 0 || pipe(p)) return 2;
+    fcntl(p[1], F_SETPIPE_SZ, (int)len);
+    loff_t off = 0;
+    while (off < (loff_t)len) {
+        ssize_t n = splice(fd, &off, p[1], NULL, len - off, 0);
+        if (n <= 0) return 3;
+    }
+    size_t moved = 0;
+    while (moved < len) {
+        ssize_t n = !strcmp(how, "tee") ? tee(p[0], 1, len - moved, 0)
+                                        : splice(p[0], NULL, 1, NULL, len - moved, 0);
+        if (n <= 0) return 3;
+        moved += n;
+        if (!strcmp(how, "tee")) break; /* tee does not consume: once is all */
+    }
+    return moved == len ? 0 : 4;
+}
+
+static int marked_splice(const char *file) {
+    int fd = open(file, O_RDONLY);
+    if (fd < 0) return 2;
+    loff_t off = 0;
+    while (off < 32768)
+        if (splice(fd, &off, 1, NULL, 32768 - off, 0) <= 0) return 3;
+    if (write(1, "MMMMMMMMMMMMMMMM", 16) != 16) return 3;
+    while (off < 61440)
+        if (splice(fd, &off, 1, NULL, 61440 - off, 0) <= 0) return 3;
+    return 0;
+}
+
 static int pwrite_loop(const char *file, long n) {
     int fd = open(file, O_RDWR);
     if (fd < 0) return 2;
@@ -511,6 +650,41 @@ static int pwrite_loop(const char *file, long n) {
     return 0;
 }
 
+static int epipe(const char *file, int ignore) {
+    if (ignore) signal(SIGPIPE, SIG_IGN);
+    int fd = open(file, O_RDONLY);
+    int p[2], q[2];
+    if (fd < 0 || pipe(p) || pipe(q)) return 2;
+    close(p[0]);
+    ssize_t r = splice(fd, NULL, p[1], NULL, 4096, 0);
+    printf("splice %zd %d\n", r, r < 0 ? errno : 0);
+    fflush(stdout);
+    if (write(q[1], "data", 4) != 4) return 3;
+    r = tee(q[0], p[1], 4, 0);
+    printf("tee %zd %d\n", r, r < 0 ? errno : 0);
+    fflush(stdout);
+    r = write(p[1], "data", 4);
+    printf("write %zd %d\n", r, r < 0 ? errno : 0);
+    return 0;
+}
+
+static int interleave(const char *file, long n) {
+    int fd = open(file, O_RDONLY);
+    if (fd < 0) return 2;
+    for (long i = 0; i < n; i++) {
+        loff_t off = (i % 15) * 4096;
+        for (size_t left = 4096; left;) {
+            ssize_t r = splice(fd, &off, 1, NULL, left, 0);
+            if (r <= 0) return 3;
+            left -= r;
+        }
+        char m[9];
+        snprintf(m, sizeof m, "M%07ld", i);
+        if (write(1, m, 8) != 8) return 4;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) return 1;
     if (!strcmp(argv[1], "pwrite-loop") && argc > 3) return pwrite_loop(argv[2], atol(argv[3]));
@@ -522,16 +696,29 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "forks") && argc > 3) return forks(argv[2], atoi(argv[3]));
     if (!strcmp(argv[1], "threads")) return threads(argv[2]);
     if (!strcmp(argv[1], "pending")) return pending(argv[2]);
+    if (!strcmp(argv[1], "interleave") && argc > 3) return interleave(argv[2], atol(argv[3]));
+    if (!strcmp(argv[1], "epipe")) return epipe(argv[2], argc > 3 && !strcmp(argv[3], "ignore"));
+    int marked = !strcmp(argv[1], "marked");
+    if ((!strcmp(argv[1], "via") && argc > 4) || marked) {
+        int r = marked ? marked_splice(argv[2]) : via(argv[2], argv[3], strtoul(argv[4], NULL, 10));
+        int m = marked ? 3 : 5;
+        if (r || argc <= m) return r;
+        pid_t c = fork();
+        if (c == 0) {
+            execv(argv[m], argv + m);
+            _exit(127);
+        }
+        int st;
+        waitpid(c, &st, 0);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 5;
+    }
+    if (!strcmp(argv[1], "map-splice") && argc > 3)
+        return map_splice(argv[2], strtoul(argv[3], NULL, 10));
     if (strcmp(argv[1], "splice")) return mutate(argv[1], argv[2]);
     if (argc < 4) return 1;
     int fd = open(argv[2], O_RDONLY);
     if (fd < 0) return 2;
-    size_t len = strtoul(argv[3], NULL, 10);
-    loff_t off = 0;
-    while (off < (loff_t)len) {
-        ssize_t n = splice(fd, &off, 1, NULL, len - off, 0);
-        if (n <= 0) return 3;
-    }
+    if (splice_out(fd, strtoul(argv[3], NULL, 10))) return 3;
     if (argc > 4) {
         pid_t c = fork();
         if (c == 0) {
@@ -540,7 +727,8 @@ int main(int argc, char **argv) {
         }
         int st;
         waitpid(c, &st, 0);
-        if (!WIFEXITED(st) || WEXITSTATUS(st)) return 5;
+        if (!WIFEXITED(st)) return 5;
+        if (WEXITSTATUS(st)) return WEXITSTATUS(st);
     }
     return 0;
 }

@@ -124,6 +124,15 @@ pub fn after_protect(start: usize, end: usize, prot: i32) {
     });
 }
 
+/// A shared file mapping `m` of a process whose address map is not kept here (strict
+/// mode's supervisor serving a filtered process) gains write access: counted (under this
+/// process, which outlives every process it serves: see the README, "Strict mode"), then
+/// its file range settled, as [`before_protect`] does for a mapping of this process.
+pub fn before_untracked_write_access(m: LocalMap) {
+    count(m, 1);
+    settle_mapped(m);
+}
+
 /// Settles the in-flight segments (and snapshots private mappings) of the file range a
 /// shared mapping covers.
 fn settle_mapped(m: LocalMap) {

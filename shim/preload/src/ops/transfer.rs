@@ -583,7 +583,7 @@ pub fn pipe_to_pipe(
         if let Some(d) = dst_slot {
             t.commit(d, r.max(0) as u64);
             if r > 0 {
-                t.add_holder(d, sys::getpid(), fd_out);
+                t.add_holder(d, subject::pid(), subject::fd(fd_out));
                 lifetime::noticed(fd_out);
             }
         }
@@ -634,6 +634,19 @@ pub fn write_into_pipe(
     key: FileKey,
     iov: &mut [libc::iovec],
 ) -> Option<isize> {
+    let blocking = status_flags(fd) & libc::O_NONBLOCK == 0;
+    write_into_pipe_waiting(reg, fd, key, iov, blocking)
+}
+
+/// [`write_into_pipe`], waiting for room only when `blocking` (else one non-blocking
+/// try: strict mode's supervisor, which must not wait in its loop, waits itself).
+pub fn write_into_pipe_waiting(
+    reg: &Registry,
+    fd: i32,
+    key: FileKey,
+    iov: &mut [libc::iovec],
+    blocking: bool,
+) -> Option<isize> {
     let flags = status_flags(fd);
     let writer = pipe::reopen(sys::getpid(), fd, key, libc::O_WRONLY | libc::O_NONBLOCK).ok()?;
     if flags & libc::O_DIRECT != 0 {
@@ -643,7 +656,6 @@ pub fn write_into_pipe(
         unsafe { libc::syscall(libc::SYS_fcntl, writer, libc::F_SETFL, own) };
     }
 
-    let blocking = flags & libc::O_NONBLOCK == 0;
     let want: usize = iov.iter().map(|v| v.iov_len).sum();
     let mut done = 0usize;
     let mut first = 0usize;

@@ -6,6 +6,7 @@ pub mod fdcache;
 pub mod fdhints;
 pub mod guard;
 pub mod pipe;
+pub mod program;
 pub mod real;
 pub mod runtime;
 pub mod subject;
