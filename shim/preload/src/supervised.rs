@@ -28,6 +28,9 @@ pub use splicecow_registry::env::Mode;
 /// hooks, so a number it learned could name another file later.
 pub fn join(domain: &str, mode: Mode, report_path: Option<&[u8]>) -> Result<(), String> {
     fdcache::turn_off();
+    // The registry asks for this process's and thread's ids several times per served
+    // call; a cache makes them free (kept right across `fork` by its handler).
+    sys::cache_ids();
     let report = report_path.map(|p| [p, b"\0"].concat());
     runtime::init_explicit(domain, mode, report)?;
     if let Some(reg) = &runtime::get().registry {
