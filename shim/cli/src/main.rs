@@ -141,9 +141,10 @@ pub struct RunArgs {
     /// default $SPLICECOW_REGISTRY_PIPES, else 2048).
     #[arg(long, value_name = "N", value_parser = parse_registry_pipes)]
     pub registry_pipes: Option<u32>,
-    /// Run a statically linked or Go CMD under a seccomp filter whose notifications
-    /// splicecow answers, so that the calls the preload cannot see are protected too
-    /// (sets no_new_privs: setuid programs are left out).
+    /// Run statically linked and Go programs of the domain (CMD, and those its
+    /// descendants exec) under a seccomp filter whose notifications splicecow answers, so
+    /// that the calls the preload cannot see are protected too (sets no_new_privs for
+    /// them: setuid programs are left out). Same as SPLICECOW_STRICT=1.
     #[arg(long)]
     pub strict: bool,
     /// The command to run and its arguments.
