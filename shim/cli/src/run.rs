@@ -124,9 +124,9 @@ pub fn main(args: RunArgs) -> i32 {
         });
     }
 
-    if strict_wanted(args.strict) && mode != Mode::Off {
-        strict(&mut cmd, &program, &domain, mode, report.as_deref());
-    }
+    let supervising = strict_wanted(args.strict)
+        && mode != Mode::Off
+        && strict(&mut cmd, &program, &domain, mode, report.as_deref());
 
     let spawned = cmd.spawn();
     let child = match spawned {
@@ -205,6 +205,11 @@ pub fn main(args: RunArgs) -> i32 {
         }
     }
     drop(registry);
+    if all_gone && supervising {
+        // What filtered processes spliced last is still recorded: their closes are not
+        // seen. The sweep retires what no process holds any more.
+        crate::strict::sweep();
+    }
     if all_gone {
         cleanup(created, &domain, temp_report.as_deref());
     } else {
@@ -243,8 +248,15 @@ fn strict_wanted(flag: bool) -> bool {
 /// Strict mode: starts the domain's supervisor (see `strict`), with a statically linked
 /// or Go CMD under the filter from its start; a dynamically linked CMD keeps the preload
 /// alone, and the static programs it or its descendants exec get the filter through the
-/// library's exec hooks. Says in one line why not when it cannot.
-fn strict(cmd: &mut Command, program: &OsStr, domain: &str, mode: Mode, report: Option<&Path>) {
+/// library's exec hooks. Says in one line why not when it cannot. True when the
+/// supervisor runs.
+fn strict(
+    cmd: &mut Command,
+    program: &OsStr,
+    domain: &str,
+    mode: Mode,
+    report: Option<&Path>,
+) -> bool {
     use crate::strict::Coverage;
     let shown = program.to_string_lossy();
     if !crate::strict::kernel_supports() {
@@ -252,7 +264,7 @@ fn strict(cmd: &mut Command, program: &OsStr, domain: &str, mode: Mode, report: 
             "splicecow: this kernel has no seccomp user notification: {shown} and its \
              children run without strict mode's filter"
         );
-        return;
+        return false;
     }
     let coverage = crate::strict::coverage(program);
     if coverage == Coverage::Setuid {
@@ -267,7 +279,7 @@ fn strict(cmd: &mut Command, program: &OsStr, domain: &str, mode: Mode, report: 
         mode,
         report,
     };
-    crate::strict::arrange(cmd, program, domain, coverage.filtered());
+    crate::strict::arrange(cmd, program, domain, coverage.filtered())
 }
 
 /// The first line of the `--fail-on-conflict` summary. `reported` is the number of

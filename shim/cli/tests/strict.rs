@@ -968,3 +968,23 @@ fn a_signal_storm_neither_repeats_nor_fails_trapped_calls() {
     assert!(plain.contains("storm_signals 1 0"), "{plain}");
     assert_eq!(plain, strict);
 }
+
+#[test]
+fn a_run_whose_static_splicer_read_its_own_pipe_removes_its_registry() {
+    let Some(prog) = prog() else { return };
+    let file = data_file("registry-left");
+    let domain = TestDomain::new("strict-registry-left");
+    // The splicer reads back what it spliced from a pipe of its own, then exits: nothing
+    // is in flight, though its last segment stays recorded (its close is not seen).
+    let out = splicecow()
+        .args(domain.run_args(&["--strict", "--"]))
+        .arg(prog)
+        .arg("splice-loop")
+        .arg(&file)
+        .arg("4")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let path = splicecow_registry::registry_path(domain.name());
+    assert!(!Path::new(&path).exists(), "{path} is left behind");
+}

@@ -40,6 +40,16 @@ pub fn join(domain: &str, mode: Mode, report_path: Option<&[u8]>) -> Result<(), 
     Ok(())
 }
 
+/// Sweeps the domain now: records of pipes that no process holds any more are retired.
+/// A filtered process's close is not seen, so the last segments it spliced stay live
+/// until a sweep; `splicecow run` calls this once CMD and its descendants are gone,
+/// before it decides whether its registry still holds bytes in flight.
+pub fn sweep() {
+    if let Some(reg) = &runtime::get().registry {
+        crate::ops::sweep::now(reg);
+    }
+}
+
 /// False when no mutation can conflict now (nothing live in any domain of the user):
 /// the supervisor then lets a call go ahead without looking at it.
 pub fn anything_live() -> bool {

@@ -99,6 +99,12 @@ pub struct Domain {
     pub report: Option<Vec<u8>>,
 }
 
+/// Retires what filtered processes left live in the domain (see [`sv::sweep`]): call
+/// once every process of the run is gone, and only after [`arrange`] returned true.
+pub fn sweep() {
+    sv::sweep();
+}
+
 /// The filtered-exec entry: `splicecow __filtered-exec PATH ARGV...` puts itself under
 /// the filter, hands the listener to the domain's supervisor (named in
 /// `SPLICECOW_SUPERVISOR`) and execs PATH with ARGV. The library's exec hooks exec it in
@@ -110,11 +116,13 @@ pub const FILTERED_EXEC: &str = "__filtered-exec";
 /// variables that tell the domain's exec hooks to use it. When `filter_cmd`, `cmd` itself
 /// starts under the filter. Prints one `splicecow:` line and leaves `cmd` alone when the
 /// supervisor cannot be set up; if installing the filter fails in a program, the
-/// supervisor prints the line and the program runs without it.
-pub fn arrange(cmd: &mut Command, program: &OsStr, domain: Domain, filter_cmd: bool) {
+/// supervisor prints the line and the program runs without it. True when the supervisor
+/// runs (it has joined the domain).
+pub fn arrange(cmd: &mut Command, program: &OsStr, domain: Domain, filter_cmd: bool) -> bool {
     let shown = program.to_string_lossy().into_owned();
     let unavailable = |e: &dyn std::fmt::Display| {
         eprintln!("splicecow: strict mode: {e}; {shown} runs without it");
+        false
     };
     if let Err(e) = sv::join(&domain.name, domain.mode, domain.report.as_deref()) {
         return unavailable(&e);
@@ -138,7 +146,7 @@ pub fn arrange(cmd: &mut Command, program: &OsStr, domain: Domain, filter_cmd: b
     cmd.env(names::STRICT, "1")
         .env(names::SUPERVISOR, supervisor);
     if !filter_cmd {
-        return;
+        return true;
     }
     let prog = filter::program();
     let no_supervisor = format!(
@@ -156,6 +164,7 @@ pub fn arrange(cmd: &mut Command, program: &OsStr, domain: Domain, filter_cmd: b
             Ok(())
         });
     }
+    true
 }
 
 /// The abstract unix socket a supervisor listens on for filters' listeners.

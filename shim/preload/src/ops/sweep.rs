@@ -35,6 +35,11 @@ pub fn maybe(reg: &Registry) {
     run_if_due(reg, SWEEP_INTERVAL_NS);
 }
 
+/// Sweeps now, however recent the last sweep.
+pub fn now(reg: &Registry) {
+    run(reg);
+}
+
 /// Sweeps because a table had no room, unless one just ran; true when it ran.
 pub fn for_room(reg: &Registry) -> bool {
     run_if_due(reg, FULL_SWEEP_INTERVAL_NS)
