@@ -27,7 +27,7 @@ use splicecow_test_harness::{
     all_values, compare, domain_stats, find_program, inode, library_path, pipe, queued_in_pipes_of,
     run_piped, run_with_timeout, strip_shim_env, target_dir, value_name, wait_for_fionread,
     wait_with_timeout, Api, Family, Mutation, Mutator, Protection, ScenarioReport, TempDomain,
-    TempFile, DEFAULT_SPLICE_LEN,
+    TempFile, XfsMount, DEFAULT_SPLICE_LEN,
 };
 
 /// How long one scenario process may take.
@@ -580,57 +580,6 @@ fn a_settler_killed_between_drain_and_refill_loses_nothing() {
         stats["settles"].as_u64() >= Some(1),
         "the settle was finished: {stats}"
     );
-}
-
-/// A loop-mounted XFS image with reflink, for the clone ioctls (ext4 has none).
-struct XfsMount {
-    dir: PathBuf,
-    image: PathBuf,
-}
-
-impl XfsMount {
-    /// Makes and mounts one; the error says why this machine cannot (not root, no
-    /// `mkfs.xfs`, no loop devices).
-    fn new() -> Result<XfsMount, String> {
-        let base = splicecow_test_harness::temp_path("xfs");
-        let (image, dir) = (base.with_extension("img"), base.with_extension("mnt"));
-        let run = |cmd: &mut Command| -> Result<(), String> {
-            let out = run_with_timeout(cmd, Duration::from_secs(60)).map_err(|e| e.to_string())?;
-            match out.status {
-                Some(s) if s.success() => Ok(()),
-                _ => Err(out.describe()),
-            }
-        };
-        File::create(&image)
-            .and_then(|f| f.set_len(320 << 20))
-            .map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mounted = run(Command::new("mkfs.xfs")
-            .args(["-q", "-f", "-m", "reflink=1"])
-            .arg(&image))
-        .and_then(|_| {
-            run(Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(&dir))
-        });
-        match mounted {
-            Ok(()) => Ok(XfsMount { dir, image }),
-            Err(e) => {
-                let _ = std::fs::remove_dir(&dir);
-                let _ = std::fs::remove_file(&image);
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Drop for XfsMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-        let _ = std::fs::remove_file(&self.image);
-    }
 }
 
 /// Issue 3: `ioctl(FICLONE)` into a spliced file, on XFS with reflink (ext4 answers

@@ -11,6 +11,7 @@
 mod common;
 
 use common::TestDomain;
+use splicecow_test_harness::XfsMount;
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -261,62 +262,6 @@ fn a_static_write_between_splices_keeps_its_place_in_strict_mode() {
         } else {
             assert!(changed > 0, "{under:?}: the hazard must show");
         }
-    }
-}
-
-/// A loop-mounted XFS image (reflink and dedupe; ext4 and tmpfs have neither), removed
-/// on drop.
-struct XfsMount {
-    dir: PathBuf,
-    image: PathBuf,
-}
-
-impl XfsMount {
-    /// Makes and mounts one; the error says why this machine cannot (not root, no
-    /// `mkfs.xfs`, no loop devices).
-    fn new() -> Result<XfsMount, String> {
-        let base =
-            std::env::temp_dir().join(format!("splicecow-strict-xfs-{}", std::process::id()));
-        let (image, dir) = (base.with_extension("img"), base.with_extension("mnt"));
-        let run = |cmd: &mut Command| -> Result<(), String> {
-            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-            match out.status.success() {
-                true => Ok(()),
-                false => Err(format!(
-                    "{cmd:?}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )),
-            }
-        };
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(320 << 20))
-            .map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mounted = run(Command::new("mkfs.xfs")
-            .args(["-q", "-f", "-m", "reflink=1"])
-            .arg(&image))
-        .and_then(|_| {
-            run(Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(&dir))
-        });
-        match mounted {
-            Ok(()) => Ok(XfsMount { dir, image }),
-            Err(e) => {
-                let _ = std::fs::remove_dir(&dir);
-                let _ = std::fs::remove_file(&image);
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Drop for XfsMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-        let _ = std::fs::remove_file(&self.image);
     }
 }
 
