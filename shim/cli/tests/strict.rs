@@ -115,12 +115,23 @@ fn late_read_status(
     read_late(cmd)
 }
 
-/// Runs `cmd` with stdout a pipe that is read only once every process is gone.
+/// Runs `cmd` with stdout a pipe that is read only once every process is gone: what a
+/// late reader gets. Fails the test if the run takes over a minute (a hang).
 fn read_late(mut cmd: Command) -> (std::process::ExitStatus, Vec<u8>) {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut out = child.stdout.take().unwrap();
-    let status = child.wait().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{cmd:?}: still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let mut got = Vec::new();
     out.read_to_end(&mut got).unwrap();
     (status, got)
@@ -147,11 +158,7 @@ impl Under {
 
 /// How many bytes of `got` differ from [`original`] (a missing or extra byte counts).
 fn changed_bytes(got: &[u8]) -> usize {
-    got.iter()
-        .zip(original())
-        .filter(|(a, b)| **a != *b)
-        .count()
-        + LEN.abs_diff(got.len())
+    differing(got, &original())
 }
 
 #[test]
@@ -161,16 +168,7 @@ fn static_splicer_and_mutator_are_protected_only_in_strict_mode() {
         for under in [Under::Nothing, Under::Run, Under::Strict] {
             let file = data_file(&format!("{mutation}-{under:?}"));
             let got = late_read(under, prog, &file, mutation);
-            let changed = changed_bytes(&got);
-            eprintln!("{mutation} under {under:?}: {changed} bytes differ");
-            if under == Under::Strict {
-                assert_eq!(changed, 0, "{mutation}: strict mode must be exact");
-            } else {
-                assert!(
-                    changed > 0,
-                    "{mutation} under {under:?}: the hazard must show"
-                );
-            }
+            check(mutation, under, changed_bytes(&got));
         }
     }
 }
@@ -223,13 +221,7 @@ fn static_tee_and_pipe_to_pipe_splice_are_protected_only_in_strict_mode() {
                 .arg(&file);
             let (status, got) = read_late(cmd);
             assert!(status.success(), "{how} under {under:?}: {status}");
-            let changed = changed_bytes(&got);
-            eprintln!("{how} under {under:?}: {changed} bytes differ");
-            if under == Under::Strict {
-                assert_eq!(changed, 0, "{how}: strict mode must be exact");
-            } else {
-                assert!(changed > 0, "{how} under {under:?}: the hazard must show");
-            }
+            check(how, under, changed_bytes(&got));
         }
     }
 }
@@ -254,14 +246,7 @@ fn a_static_write_between_splices_keeps_its_place_in_strict_mode() {
             .arg(&file);
         let (status, got) = read_late(cmd);
         assert!(status.success(), "under {under:?}: {status}");
-        let changed = got.iter().zip(&expected).filter(|(a, b)| a != b).count()
-            + expected.len().abs_diff(got.len());
-        eprintln!("marked under {under:?}: {changed} bytes differ");
-        if under == Under::Strict {
-            assert_eq!(changed, 0, "strict mode must be exact");
-        } else {
-            assert!(changed > 0, "{under:?}: the hazard must show");
-        }
+        check("marked", under, differing(&got, &expected));
     }
 }
 
@@ -470,8 +455,8 @@ fn late_read_run(
         dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut child = splicecow()
-        .args(domain.run_args(opts))
+    let mut cmd = splicecow();
+    cmd.args(domain.run_args(opts))
         .args(launcher)
         .arg(prog)
         .arg("splice")
@@ -481,16 +466,9 @@ fn late_read_run(
         .arg("pwrite")
         .arg(file)
         .env("PATH", path)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let status = child.wait().unwrap();
+        .envs(env);
+    let (status, got) = read_late(cmd);
     assert!(status.success(), "{launcher:?} {opts:?}: {status}");
-    let mut got = Vec::new();
-    out.read_to_end(&mut got).unwrap();
     got
 }
 
@@ -501,18 +479,8 @@ fn static_programs_a_dynamic_parent_execs_get_the_filter() {
         for strict in [false, true] {
             let file = data_file(&format!("exec-{}-{strict}", what.len()));
             let got = late_read_launched(strict, launcher, prog, &file);
-            let changed = got
-                .iter()
-                .zip(original())
-                .filter(|(a, b)| **a != *b)
-                .count()
-                + LEN.abs_diff(got.len());
-            eprintln!("{what}, strict={strict}: {changed} bytes differ");
-            if strict {
-                assert_eq!(changed, 0, "{what}: a static child must get the filter");
-            } else {
-                assert!(changed > 0, "{what} under plain run: the hazard must show");
-            }
+            let under = if strict { Under::Strict } else { Under::Run };
+            check(what, under, changed_bytes(&got));
         }
     }
 }
@@ -521,20 +489,13 @@ fn static_programs_a_dynamic_parent_execs_get_the_filter() {
 fn the_strict_variable_turns_strict_mode_on_and_bad_values_off() {
     let Some(prog) = prog() else { return };
     let sh = LAUNCHERS[0].1;
-    let differ = |got: Vec<u8>| {
-        got.iter()
-            .zip(original())
-            .filter(|(a, b)| **a != *b)
-            .count()
-            + LEN.abs_diff(got.len())
-    };
     let file = data_file("strict-variable-1");
     let got = late_read_run(&["--"], Some(("SPLICECOW_STRICT", "1")), sh, prog, &file);
-    assert_eq!(differ(got), 0, "SPLICECOW_STRICT=1 is --strict");
+    assert_eq!(changed_bytes(&got), 0, "SPLICECOW_STRICT=1 is --strict");
     let file = data_file("strict-variable-0");
     let got = late_read_run(&["--"], Some(("SPLICECOW_STRICT", "0")), sh, prog, &file);
     assert!(
-        differ(got) > 0,
+        changed_bytes(&got) > 0,
         "SPLICECOW_STRICT=0 is off: the hazard must show"
     );
 
@@ -742,30 +703,11 @@ fn command(under: Under, domain: &TestDomain, argv: &[OsString]) -> Command {
     cmd
 }
 
-/// Runs `argv` with stdout a pipe and reads the pipe only once every process is gone:
-/// what a late reader gets. Fails the test if the run takes over a minute (a hang).
+/// [`read_late`] of `argv` run as `under` says, which must succeed.
 fn late_read_argv(under: Under, argv: &[OsString]) -> Vec<u8> {
     let domain = TestDomain::new("strict-late-read");
-    let mut child = command(under, &domain, argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("{under:?} {argv:?}: still running after 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let (status, got) = read_late(command(under, &domain, argv));
     assert!(status.success(), "{under:?} {argv:?}: {status}");
-    let mut got = Vec::new();
-    out.read_to_end(&mut got).unwrap();
     got
 }
 
@@ -849,30 +791,9 @@ fn answers(prog: &Path, mode: &str, strict: bool) -> String {
         Under::Nothing
     };
     let argv: Vec<OsString> = vec![prog.into(), mode.into(), file.into()];
-    let mut child = command(under, &domain, &argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
     // The output is small (it fits in the pipe): read it once the run is over.
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("{mode} (strict: {strict}): still running after 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let (status, out) = read_late(command(under, &domain, &argv));
+    let out = String::from_utf8(out).unwrap();
     assert!(
         status.success(),
         "{mode} (strict: {strict}): {status}\n{out}"

@@ -241,6 +241,33 @@ static pid_t drain_later(int p[2], int ms) {
     return c;
 }
 
+/* Starts one interrupted case on pipe p: with restart, a child that drains p after
+ * 400 ms (so the call can finish); the counter reset; the signal due in 150 ms. Returns
+ * the child (or -1). */
+static pid_t arm(int p[2], int restart) {
+    pid_t c = restart ? drain_later(p, 400) : -1;
+    caught = 0;
+    alarm_in(150, restart);
+    return c;
+}
+
+/* Ends a case: closes p and waits for its drainer. */
+static void disarm(int p[2], pid_t c) {
+    close(p[1]);
+    if (c > 0) waitpid(c, NULL, 0);
+    close(p[0]);
+}
+
+/* report() under the name WHAT_TAGSUFFIX ("splice_off_intr_offset"), with the errno
+ * the call left. */
+static void report_as(const char *what, const char *tag, const char *suffix, long value) {
+    int e = errno;
+    char name[96];
+    snprintf(name, sizeof name, "%s_%s%s", what, tag, suffix);
+    errno = e;
+    report(name, value);
+}
+
 static volatile int stop_idle;
 static void *idle(void *arg) {
     (void)arg;
@@ -257,99 +284,59 @@ static int signals(const char *file) {
     report("splice_live", splice(fd, &off, keep[1], NULL, 4096, 0));
     for (int restart = 0; restart < 2; restart++) {
         const char *tag = restart ? "restart" : "intr";
-        char name[64];
         int p[2];
-        pid_t c = -1;
+        pid_t c;
         /* splice with an offset pointer, waiting in the supervisor's transfer thread */
         if (full_pipe(p)) return 3;
-        if (restart) c = drain_later(p, 400);
-        caught = 0;
         loff_t o = 100;
-        alarm_in(150, restart);
-        snprintf(name, sizeof name, "splice_off_%s", tag);
-        report(name, splice(fd, &o, p[1], NULL, 16, 0));
-        snprintf(name, sizeof name, "splice_off_%s_offset", tag);
-        report(name, (long)o);
-        snprintf(name, sizeof name, "splice_off_%s_caught", tag);
-        report(name, caught);
-        close(p[1]);
-        if (c > 0) waitpid(c, NULL, 0);
-        close(p[0]);
+        c = arm(p, restart);
+        report_as("splice_off", tag, "", splice(fd, &o, p[1], NULL, 16, 0));
+        report_as("splice_off", tag, "_offset", (long)o);
+        report_as("splice_off", tag, "_caught", caught);
+        disarm(p, c);
         /* splice at the file's own offset */
         if (full_pipe(p)) return 3;
-        if (restart) c = drain_later(p, 400);
-        caught = 0;
         lseek(fd, 200, SEEK_SET);
-        alarm_in(150, restart);
-        snprintf(name, sizeof name, "splice_cursor_%s", tag);
-        report(name, splice(fd, NULL, p[1], NULL, 32, 0));
-        snprintf(name, sizeof name, "splice_cursor_%s_lseek", tag);
-        report(name, lseek(fd, 0, SEEK_CUR));
-        snprintf(name, sizeof name, "splice_cursor_%s_caught", tag);
-        report(name, caught);
-        close(p[1]);
-        if (c > 0) waitpid(c, NULL, 0);
-        close(p[0]);
+        c = arm(p, restart);
+        report_as("splice_cursor", tag, "", splice(fd, NULL, p[1], NULL, 32, 0));
+        report_as("splice_cursor", tag, "_lseek", lseek(fd, 0, SEEK_CUR));
+        report_as("splice_cursor", tag, "_caught", caught);
+        disarm(p, c);
         /* splice with a second thread in the process (the timer's signal is the
          * process's: the kernel picks the thread) */
         if (full_pipe(p)) return 3;
-        if (restart) c = drain_later(p, 400);
         pthread_t th;
         stop_idle = 0;
         if (pthread_create(&th, NULL, idle, NULL)) return 3;
-        caught = 0;
         o = 100;
-        alarm_in(150, restart);
-        snprintf(name, sizeof name, "splice_threaded_%s", tag);
-        report(name, splice(fd, &o, p[1], NULL, 16, 0));
-        snprintf(name, sizeof name, "splice_threaded_%s_caught", tag);
-        report(name, caught);
+        c = arm(p, restart);
+        report_as("splice_threaded", tag, "", splice(fd, &o, p[1], NULL, 16, 0));
+        report_as("splice_threaded", tag, "_caught", caught);
         stop_idle = 1;
         pthread_join(th, NULL);
-        close(p[1]);
-        if (c > 0) waitpid(c, NULL, 0);
-        close(p[0]);
+        disarm(p, c);
         /* sendfile with an offset */
         if (full_pipe(p)) return 3;
-        if (restart) c = drain_later(p, 400);
-        caught = 0;
         off_t so = 300;
-        alarm_in(150, restart);
-        snprintf(name, sizeof name, "sendfile_%s", tag);
-        report(name, sendfile(p[1], fd, &so, 64));
-        snprintf(name, sizeof name, "sendfile_%s_offset", tag);
-        report(name, (long)so);
-        snprintf(name, sizeof name, "sendfile_%s_caught", tag);
-        report(name, caught);
-        close(p[1]);
-        if (c > 0) waitpid(c, NULL, 0);
-        close(p[0]);
+        c = arm(p, restart);
+        report_as("sendfile", tag, "", sendfile(p[1], fd, &so, 64));
+        report_as("sendfile", tag, "_offset", (long)so);
+        report_as("sendfile", tag, "_caught", caught);
+        disarm(p, c);
         /* write into a full pipe: nothing fits */
         if (full_pipe(p)) return 3;
-        if (restart) c = drain_later(p, 400);
-        caught = 0;
-        alarm_in(150, restart);
-        snprintf(name, sizeof name, "write_full_%s", tag);
-        report(name, write(p[1], (char[100]){0}, 100));
-        snprintf(name, sizeof name, "write_full_%s_caught", tag);
-        report(name, caught);
-        close(p[1]);
-        if (c > 0) waitpid(c, NULL, 0);
-        close(p[0]);
+        c = arm(p, restart);
+        report_as("write_full", tag, "", write(p[1], (char[100]){0}, 100));
+        report_as("write_full", tag, "_caught", caught);
+        disarm(p, c);
         /* a write larger than the room: part of it fits before it waits */
         if (pipe(p)) return 3;
         fcntl(p[1], F_SETPIPE_SZ, 4096);
-        if (restart) c = drain_later(p, 400);
-        caught = 0;
-        alarm_in(150, restart);
         static char big[3 * 4096];
-        snprintf(name, sizeof name, "write_partial_%s", tag);
-        report(name, write(p[1], big, sizeof big));
-        snprintf(name, sizeof name, "write_partial_%s_caught", tag);
-        report(name, caught);
-        close(p[1]);
-        if (c > 0) waitpid(c, NULL, 0);
-        close(p[0]);
+        c = arm(p, restart);
+        report_as("write_partial", tag, "", write(p[1], big, sizeof big));
+        report_as("write_partial", tag, "_caught", caught);
+        disarm(p, c);
         /* writes into a pipe that holds spliced bytes (tracked: the supervisor writes
          * them), full, then with room for part of the write */
         for (int room = 0; room < 2; room++) {
@@ -357,27 +344,18 @@ static int signals(const char *file) {
             fcntl(p[1], F_SETPIPE_SZ, room ? 8192 : 4096);
             loff_t so2 = 0;
             if (splice(fd, &so2, p[1], NULL, 4096, 0) != 4096) return 3;
-            if (restart) c = drain_later(p, 400);
-            caught = 0;
-            alarm_in(150, restart);
-            static char big2[3 * 4096];
-            snprintf(name, sizeof name, "write_tracked_%s_%s", room ? "partial" : "full", tag);
-            report(name, write(p[1], big2, room ? sizeof big2 : 100));
-            snprintf(name, sizeof name, "write_tracked_%s_%s_caught", room ? "partial" : "full",
-                     tag);
-            report(name, caught);
-            close(p[1]);
-            if (c > 0) waitpid(c, NULL, 0);
-            close(p[0]);
+            const char *what = room ? "write_tracked_partial" : "write_tracked_full";
+            c = arm(p, restart);
+            report_as(what, tag, "", write(p[1], big, room ? sizeof big : 100));
+            report_as(what, tag, "_caught", caught);
+            disarm(p, c);
         }
         /* pwrite into the file while the signal is pending: it runs as usual */
         caught = 0;
         alarm_in(1, restart);
         usleep(20000);
-        snprintf(name, sizeof name, "pwrite_after_%s", tag);
-        report(name, pwrite(fd, "abcdefgh", 8, 60000));
-        snprintf(name, sizeof name, "pwrite_after_%s_caught", tag);
-        report(name, caught);
+        report_as("pwrite_after", tag, "", pwrite(fd, "abcdefgh", 8, 60000));
+        report_as("pwrite_after", tag, "_caught", caught);
     }
     return 0;
 }
