@@ -10,7 +10,7 @@
 //!
 //! Like `hooks`, this is an entry floor: it builds intents and calls one operation.
 
-use crate::ops::intent::{Kind, Mutation, Span, Target};
+use crate::ops::intent::{Mutation, Target};
 use crate::ops::maps::LocalMap;
 use crate::ops::{clones, mappings, mutation, transfer};
 use crate::state::fd::FdKind;
@@ -19,6 +19,7 @@ use crate::state::{fdcache, guard::Inside, runtime};
 use splicecow_registry::{sys, FileKey};
 use std::ffi::CStr;
 
+pub use crate::ops::intent::{Kind, Span};
 pub use crate::state::program::{classify, Program};
 pub use splicecow_registry::env::Mode;
 
@@ -65,87 +66,6 @@ pub struct Fd {
     pub theirs: i32,
 }
 
-/// Which call changes a file (the detect report's `kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// `write`.
-    Write,
-    /// `writev`.
-    Writev,
-    /// `pwrite64`.
-    Pwrite,
-    /// `pwritev`, `pwritev2`.
-    Pwritev,
-    /// `fallocate` punching a hole.
-    PunchHole,
-    /// `fallocate` zeroing a range.
-    ZeroRange,
-    /// `fallocate` collapsing a range.
-    CollapseRange,
-    /// `fallocate` inserting a range.
-    InsertRange,
-    /// `ftruncate`.
-    Ftruncate,
-    /// `truncate`.
-    Truncate,
-    /// `open`, `openat`, `openat2`, `creat` with `O_TRUNC`.
-    OpenTruncate,
-    /// `copy_file_range` into the file.
-    CopyFileRange,
-    /// `sendfile` into the file.
-    SendfileInto,
-    /// `splice` from a pipe into the file.
-    SpliceInto,
-    /// A shared writable mapping of the file.
-    SharedMapping,
-}
-
-impl Change {
-    fn kind(self) -> Kind {
-        match self {
-            Change::Write => Kind::Write,
-            Change::Writev => Kind::Writev,
-            Change::Pwrite => Kind::Pwrite,
-            Change::Pwritev => Kind::Pwritev,
-            Change::PunchHole => Kind::PunchHole,
-            Change::ZeroRange => Kind::ZeroRange,
-            Change::CollapseRange => Kind::CollapseRange,
-            Change::InsertRange => Kind::InsertRange,
-            Change::Ftruncate => Kind::Ftruncate,
-            Change::Truncate => Kind::Truncate,
-            Change::OpenTruncate => Kind::OpenTruncate,
-            Change::CopyFileRange => Kind::CopyFileRange,
-            Change::SendfileInto => Kind::SendfileInto,
-            Change::SpliceInto => Kind::SpliceInto,
-            Change::SharedMapping => Kind::SharedMapping,
-        }
-    }
-}
-
-/// The bytes a change touches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Range {
-    /// `len` bytes at `off`.
-    At(i64, u64),
-    /// `len` bytes at the fd's offset; nothing for an `O_APPEND` fd.
-    Cursor(u64),
-    /// Everything from `off` on.
-    From(i64),
-    /// Everything from the fd's offset on; nothing for an `O_APPEND` or read-only fd.
-    FromCursor,
-}
-
-impl Range {
-    fn span(self) -> Span {
-        match self {
-            Range::At(off, len) => Span::At(off, len),
-            Range::Cursor(len) => Span::Cursor(len),
-            Range::From(off) => Span::From(off),
-            Range::FromCursor => Span::FromCursor,
-        }
-    }
-}
-
 /// Runs `f` inside the shim, acting for process `pid` with the fds `fds`.
 fn serving<T>(pid: i32, fds: [Fd; 2], f: impl FnOnce() -> T) -> T {
     let s = Subject {
@@ -158,11 +78,11 @@ fn serving<T>(pid: i32, fds: [Fd; 2], f: impl FnOnce() -> T) -> T {
 
 /// Before process `pid` changes the file open as `fd`: settles (protect) or reports
 /// (detect) what the change overlaps, exactly as the hooks do.
-pub fn before_change(pid: i32, fd: Fd, change: Change, range: Range) {
+pub fn before_change(pid: i32, fd: Fd, change: Kind, range: Span) {
     let m = Mutation {
         target: Target::Fd(fd.local),
-        span: range.span(),
-        kind: change.kind(),
+        span: range,
+        kind: change,
     };
     serving(pid, [fd, fd], || mutation::before(m));
 }
@@ -221,8 +141,8 @@ pub fn before_path_change(
     dirfd: i32,
     path: &CStr,
     follow: bool,
-    change: Change,
-    range: Range,
+    change: Kind,
+    range: Span,
 ) {
     let m = Mutation {
         target: Target::Path {
@@ -230,8 +150,8 @@ pub fn before_path_change(
             path: path.as_ptr(),
             follow,
         },
-        span: range.span(),
-        kind: change.kind(),
+        span: range,
+        kind: change,
     };
     let none = Fd {
         local: -1,
@@ -364,9 +284,9 @@ pub fn pipe_to_pipe(pid: i32, src: Fd, dst: Fd, len: usize, flags: u32, tee: boo
 /// `fd` (`write`, `writev`): a regular file's range is settled, as the hooks do. True
 /// when `fd` is a pipe the registry tracks (protect mode): the bytes must then go in
 /// through [`write_into_tracked_pipe`], so that no settle of the pipe reorders them.
-pub fn before_write(pid: i32, fd: Fd, len: u64, change: Change) -> bool {
+pub fn before_write(pid: i32, fd: Fd, len: u64, change: Kind) -> bool {
     let route = serving(pid, [fd, fd], || {
-        transfer::route_write(fd.local, len, change.kind())
+        transfer::route_write(fd.local, len, change)
     });
     matches!(route, transfer::WriteRoute::TrackedPipe(..))
 }

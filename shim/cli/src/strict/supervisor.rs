@@ -4,7 +4,7 @@
 //! that would block goes to a thread of its own, so the loop never waits for a pipe.
 
 use super::target::{self, notif, GetFd};
-use splicecow_core::supervised::{self as sv, Change, Fd, Range, Spliced};
+use splicecow_core::supervised::{self as sv, Fd, Kind, Span, Spliced};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -101,6 +101,16 @@ struct Call {
 impl Supervisor {
     fn fd(&self) -> RawFd {
         self.listener.as_raw_fd()
+    }
+
+    /// Call `c` of process `pid`, to be answered by a job (perhaps from another thread).
+    fn pending(&self, c: &Call, pid: i32) -> Pending {
+        Pending {
+            listener: Arc::clone(&self.listener),
+            id: c.id,
+            tid: c.tid,
+            pid,
+        }
     }
 
     fn handle(&mut self, n: &libc::seccomp_notif) {
@@ -220,46 +230,46 @@ impl Supervisor {
         let a = c.args;
         let fd_change = |change, range| Some((a[0], change, range));
         let what = match c.nr {
-            libc::SYS_pwrite64 => fd_change(Change::Pwrite, Range::At(a[3] as i64, a[2])),
-            libc::SYS_pwritev => fd_change(Change::Pwritev, Range::From(a[3] as i64)),
+            libc::SYS_pwrite64 => fd_change(Kind::Pwrite, Span::At(a[3] as i64, a[2])),
+            libc::SYS_pwritev => fd_change(Kind::Pwritev, Span::From(a[3] as i64)),
             libc::SYS_pwritev2 => {
                 if a[5] & libc::RWF_APPEND as u64 != 0 {
                     None
                 } else if a[3] as i64 == -1 {
-                    fd_change(Change::Pwritev, Range::FromCursor)
+                    fd_change(Kind::Pwritev, Span::FromCursor)
                 } else {
-                    fd_change(Change::Pwritev, Range::From(a[3] as i64))
+                    fd_change(Kind::Pwritev, Span::From(a[3] as i64))
                 }
             }
-            libc::SYS_ftruncate => fd_change(Change::Ftruncate, Range::From(a[1] as i64)),
+            libc::SYS_ftruncate => fd_change(Kind::Ftruncate, Span::From(a[1] as i64)),
             libc::SYS_fallocate => {
                 let (mode, off, len) = (a[1] as i32, a[2] as i64, a[3]);
                 if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
-                    fd_change(Change::PunchHole, Range::At(off, len))
+                    fd_change(Kind::PunchHole, Span::At(off, len))
                 } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
-                    fd_change(Change::ZeroRange, Range::At(off, len))
+                    fd_change(Kind::ZeroRange, Span::At(off, len))
                 } else if mode & libc::FALLOC_FL_COLLAPSE_RANGE != 0 {
-                    fd_change(Change::CollapseRange, Range::From(off))
+                    fd_change(Kind::CollapseRange, Span::From(off))
                 } else if mode & libc::FALLOC_FL_INSERT_RANGE != 0 {
-                    fd_change(Change::InsertRange, Range::From(off))
+                    fd_change(Kind::InsertRange, Span::From(off))
                 } else {
                     None
                 }
             }
             libc::SYS_copy_file_range => {
                 let range = match a[3] {
-                    0 => Some(Range::Cursor(a[4])),
-                    p => target::read_u64(c.tid, p).map(|off| Range::At(off as i64, a[4])),
+                    0 => Some(Span::Cursor(a[4])),
+                    p => target::read_u64(c.tid, p).map(|off| Span::At(off as i64, a[4])),
                 };
-                range.map(|r| (a[2], Change::CopyFileRange, r))
+                range.map(|r| (a[2], Kind::CopyFileRange, r))
             }
-            libc::SYS_sendfile => Some((a[0], Change::SendfileInto, Range::Cursor(a[3]))),
+            libc::SYS_sendfile => Some((a[0], Kind::SendfileInto, Span::Cursor(a[3]))),
             libc::SYS_splice => {
                 let range = match a[3] {
-                    0 => Some(Range::Cursor(a[4])),
-                    p => target::read_u64(c.tid, p).map(|off| Range::At(off as i64, a[4])),
+                    0 => Some(Span::Cursor(a[4])),
+                    p => target::read_u64(c.tid, p).map(|off| Span::At(off as i64, a[4])),
                 };
-                range.map(|r| (a[2], Change::SpliceInto, r))
+                range.map(|r| (a[2], Kind::SpliceInto, r))
             }
             libc::SYS_mmap => {
                 if let Some((_local, f)) = self.dup(c, a[4]) {
@@ -333,9 +343,9 @@ impl Supervisor {
     fn write(&mut self, c: &Call, pid: i32) -> bool {
         let a = c.args;
         let (change, len) = if c.nr == libc::SYS_write {
-            (Change::Write, Some(a[2]))
+            (Kind::Write, Some(a[2]))
         } else {
-            (Change::Writev, self.iov_len(c, a[1], a[2]))
+            (Kind::Writev, self.iov_len(c, a[1], a[2]))
         };
         let Some((local, f)) = self.dup(c, a[0]) else {
             return false;
@@ -351,10 +361,7 @@ impl Supervisor {
             return true;
         }
         let job = PipeWriteJob {
-            listener: Arc::clone(&self.listener),
-            id: c.id,
-            tid: c.tid,
-            pid,
+            call: self.pending(c, pid),
             pipe: f,
             _keep: local,
             data,
@@ -424,9 +431,9 @@ impl Supervisor {
     fn path_mutation(&mut self, c: &Call, pid: i32, dirfd: u64, path: u64, flags: u64, off: i64) {
         let flags = flags as i32;
         let (change, off) = if c.nr == libc::SYS_truncate {
-            (Change::Truncate, off)
+            (Kind::Truncate, off)
         } else if flags & libc::O_TRUNC != 0 {
-            (Change::OpenTruncate, 0)
+            (Kind::OpenTruncate, 0)
         } else {
             return;
         };
@@ -450,7 +457,7 @@ impl Supervisor {
             Some(local)
         };
         let dirfd = dir.as_ref().map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-        sv::before_path_change(pid, dirfd, &p, follow, change, Range::From(off));
+        sv::before_path_change(pid, dirfd, &p, follow, change, Span::From(off));
     }
 
     /// A `splice` or `sendfile` from a regular file into a pipe, or a `tee` or `splice`
@@ -504,10 +511,7 @@ impl Supervisor {
             return true;
         }
         let job = Transfer {
-            listener: Arc::clone(&self.listener),
-            id: c.id,
-            tid: c.tid,
-            pid,
+            call: self.pending(c, pid),
             from,
             to,
             _keep: [from_local, to_local],
@@ -522,13 +526,8 @@ impl Supervisor {
             Attempt::Elsewhere => false,
             Attempt::WouldBlock => {
                 // A blocking caller waits for room: in a thread of its own.
-                let spawned = std::thread::Builder::new()
-                    .name("splicecow-transfer".into())
-                    .spawn(move || job.wait_and_finish());
-                if spawned.is_err() {
-                    // No thread: the caller gets what a non-blocking call would.
-                    notif::fail(self.fd(), c.id, libc::EAGAIN);
-                }
+                let call = job.call.clone();
+                call.finish_in_thread("splicecow-transfer", move || job.wait_and_finish());
                 true
             }
         }
@@ -541,10 +540,7 @@ const MAX_PIPE_WRITE: u64 = 16 << 20;
 
 /// A `write`/`writev` into a tracked pipe served for a filtered process.
 struct PipeWriteJob {
-    listener: Arc<OwnedFd>,
-    id: u64,
-    tid: i32,
-    pid: i32,
+    call: Pending,
     pipe: Fd,
     /// The duplicate `pipe` names.
     _keep: OwnedFd,
@@ -560,14 +556,8 @@ impl PipeWriteJob {
         match self.attempt() {
             Some(true) => true,
             Some(false) => {
-                let fd = self.listener.as_raw_fd();
-                let id = self.id;
-                let spawned = std::thread::Builder::new()
-                    .name("splicecow-pipe-write".into())
-                    .spawn(move || self.wait_and_finish());
-                if spawned.is_err() {
-                    notif::fail(fd, id, libc::EAGAIN);
-                }
+                let call = self.call.clone();
+                call.finish_in_thread("splicecow-pipe-write", move || self.wait_and_finish());
                 true
             }
             None => false,
@@ -577,30 +567,29 @@ impl PipeWriteJob {
     /// One non-blocking try: `Some(true)` answered, `Some(false)` a blocking caller must
     /// wait for room, `None` the call runs itself.
     fn attempt(&mut self) -> Option<bool> {
-        let fd = self.listener.as_raw_fd();
         let rest = self.data.get(self.done..).unwrap_or_default();
-        match sv::write_into_tracked_pipe(self.pid, self.pipe, rest) {
+        match sv::write_into_tracked_pipe(self.call.pid, self.pipe, rest) {
             sv::PipeWrite::Direct if self.done == 0 => None,
             sv::PipeWrite::Direct => {
                 // The reader left after a part went in: what a blocking write returns.
-                notif::answer(fd, self.id, self.done as i64);
+                self.call.answer(self.done as i64);
                 Some(true)
             }
             sv::PipeWrite::Wrote(n) => {
                 self.done += n;
                 if self.done >= self.data.len() || !self.blocking() {
-                    notif::answer(fd, self.id, self.done as i64);
+                    self.call.answer(self.done as i64);
                     return Some(true);
                 }
                 Some(false)
             }
             sv::PipeWrite::Failed(libc::EAGAIN) if self.blocking() => Some(false),
             sv::PipeWrite::Failed(_) if self.done > 0 => {
-                notif::answer(fd, self.id, self.done as i64);
+                self.call.answer(self.done as i64);
                 Some(true)
             }
             sv::PipeWrite::Failed(e) => {
-                fail_as_the_kernel(fd, self.id, (self.pid, self.tid), e);
+                self.call.fail(e);
                 Some(true)
             }
         }
@@ -616,24 +605,16 @@ impl PipeWriteJob {
     /// ends it as it ends the kernel's pipe write: with the count written, if any.
     fn wait_and_finish(mut self) {
         loop {
-            let fd = self.listener.as_raw_fd();
-            match ready_while_waited(
-                &self.listener,
-                (self.id, self.tid),
-                self.pipe,
-                libc::POLLOUT,
-            ) {
+            match self.call.ready(self.pipe, libc::POLLOUT) {
                 Waited::Ready => {}
                 Waited::Gone => return,
-                Waited::Signal if self.done > 0 => {
-                    return notif::answer(fd, self.id, self.done as i64)
-                }
-                Waited::Signal => return notif::fail(fd, self.id, ERESTARTSYS),
+                Waited::Signal if self.done > 0 => return self.call.answer(self.done as i64),
+                Waited::Signal => return self.call.fail(ERESTARTSYS),
             }
             match self.attempt() {
                 Some(false) => continue,
                 Some(true) => return,
-                None => return notif::proceed(self.listener.as_raw_fd(), self.id),
+                None => return self.call.proceed(),
             }
         }
     }
@@ -649,18 +630,6 @@ const WAIT_SLICE: Duration = Duration::from_millis(10);
 /// turns it into `EINTR` or a restart, as the signal's handler asks (the caller has a
 /// signal pending whenever it is sent).
 const ERESTARTSYS: i32 = 512;
-
-/// Fails notification `id` of thread `tid` of process `pid` with `errno`, and, for
-/// `EPIPE`, raises `SIGPIPE` in that thread as the kernel's pipe write does (right after
-/// the answer: raised while the call still waits, it would withdraw the notification,
-/// and a restarting handler would bring the call back for ever).
-fn fail_as_the_kernel(listener: RawFd, id: u64, (pid, tid): (i32, i32), errno: i32) {
-    notif::fail(listener, id, errno);
-    if errno == libc::EPIPE {
-        // SAFETY: plain system call; a thread that is gone makes it fail harmlessly.
-        unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGPIPE) };
-    }
-}
 
 /// True when the duplicate `fd` has `O_NONBLOCK` (it shares the caller's status flags),
 /// or its flags cannot be read.
@@ -681,38 +650,76 @@ enum Waited {
     Signal,
 }
 
-/// Waits until `fd` is ready for `events`, checking every [`WAIT_SLICE`] that
-/// notification `id` of thread `tid` still waits for its answer and that the thread has
-/// no signal to take (the filter's wait is killable only: the supervisor ends it).
-fn ready_while_waited(
-    listener: &OwnedFd,
-    (id, tid): (u64, i32),
-    fd: Fd,
-    events: libc::c_short,
-) -> Waited {
-    let mut before = 0;
-    loop {
-        // The kernel wakes one thread for a signal to the process: in a process of
-        // several, the signal is taken as this thread's when no other took it for a
-        // whole slice (an answer of ERESTARTSYS to a thread the kernel did not wake
-        // would reach the program as errno 512).
-        let p = target::pending(tid);
-        if p.thread != 0 || (p.process != 0 && (p.threads == 1 || p.process & before != 0)) {
-            return Waited::Signal;
+/// A notification waiting for its answer while a thread of the supervisor works on it:
+/// its listener, its id, and the calling thread and process.
+#[derive(Clone)]
+struct Pending {
+    listener: Arc<OwnedFd>,
+    id: u64,
+    tid: i32,
+    pid: i32,
+}
+
+impl Pending {
+    /// Answers the call with `val` (it does not run).
+    fn answer(&self, val: i64) {
+        notif::answer(self.listener.as_raw_fd(), self.id, val);
+    }
+
+    /// Lets the call run itself.
+    fn proceed(&self) {
+        notif::proceed(self.listener.as_raw_fd(), self.id);
+    }
+
+    /// Fails the call with `errno`, and, for `EPIPE`, raises `SIGPIPE` in the calling
+    /// thread as the kernel's pipe write does (right after the answer: raised while the
+    /// call still waits, it would withdraw the notification, and a restarting handler
+    /// would bring the call back for ever).
+    fn fail(&self, errno: i32) {
+        notif::fail(self.listener.as_raw_fd(), self.id, errno);
+        if errno == libc::EPIPE {
+            // SAFETY: plain system call; a thread that is gone makes it fail harmlessly.
+            unsafe { libc::syscall(libc::SYS_tgkill, self.pid, self.tid, libc::SIGPIPE) };
         }
-        before = p.process;
-        let mut p = libc::pollfd {
-            fd: fd.local,
-            events,
-            revents: 0,
-        };
-        // SAFETY: one pollfd of ours.
-        let n = unsafe { libc::poll(&mut p, 1, WAIT_SLICE.as_millis() as i32) };
-        if !notif::valid(listener.as_raw_fd(), id) {
-            return Waited::Gone;
+    }
+
+    /// Runs `finish` in a thread named `name`; without a thread, the caller gets what a
+    /// non-blocking call would (`EAGAIN`).
+    fn finish_in_thread(&self, name: &str, finish: impl FnOnce() + Send + 'static) {
+        let spawned = std::thread::Builder::new().name(name.into()).spawn(finish);
+        if spawned.is_err() {
+            notif::fail(self.listener.as_raw_fd(), self.id, libc::EAGAIN);
         }
-        if n > 0 {
-            return Waited::Ready;
+    }
+
+    /// Waits until `fd` is ready for `events`, checking every [`WAIT_SLICE`] that the
+    /// notification still waits for its answer and that the calling thread has no signal
+    /// to take (the filter's wait is killable only: the supervisor ends it).
+    fn ready(&self, fd: Fd, events: libc::c_short) -> Waited {
+        let mut before = 0;
+        loop {
+            // The kernel wakes one thread for a signal to the process: in a process of
+            // several, the signal is taken as this thread's when no other took it for a
+            // whole slice (an answer of ERESTARTSYS to a thread the kernel did not wake
+            // would reach the program as errno 512).
+            let p = target::pending(self.tid);
+            if p.thread != 0 || (p.process != 0 && (p.threads == 1 || p.process & before != 0)) {
+                return Waited::Signal;
+            }
+            before = p.process;
+            let mut p = libc::pollfd {
+                fd: fd.local,
+                events,
+                revents: 0,
+            };
+            // SAFETY: one pollfd of ours.
+            let n = unsafe { libc::poll(&mut p, 1, WAIT_SLICE.as_millis() as i32) };
+            if !notif::valid(self.listener.as_raw_fd(), self.id) {
+                return Waited::Gone;
+            }
+            if n > 0 {
+                return Waited::Ready;
+            }
         }
     }
 }
@@ -720,10 +727,7 @@ fn ready_while_waited(
 /// A transfer into a pipe served for a filtered process: from a regular file, or from
 /// another pipe.
 struct Transfer {
-    listener: Arc<OwnedFd>,
-    id: u64,
-    tid: i32,
-    pid: i32,
+    call: Pending,
     /// The file or pipe the bytes come from.
     from: Fd,
     /// The pipe they go into.
@@ -755,30 +759,29 @@ impl Transfer {
         let mut off = self.off;
         let (from, to, len, flags) = (self.from, self.to, self.len, self.flags);
         let r = match self.between_pipes {
-            Some(tee) => sv::pipe_to_pipe(self.pid, from, to, len, flags, tee),
-            None => sv::file_to_pipe(self.pid, from, to, off.as_mut(), len, flags),
+            Some(tee) => sv::pipe_to_pipe(self.call.pid, from, to, len, flags, tee),
+            None => sv::file_to_pipe(self.call.pid, from, to, off.as_mut(), len, flags),
         };
-        let fd = self.listener.as_raw_fd();
         match r {
             Spliced::Elsewhere => Attempt::Elsewhere,
             Spliced::Failed(libc::EAGAIN) if self.blocking() => Attempt::WouldBlock,
             Spliced::Failed(e) => {
-                fail_as_the_kernel(fd, self.id, (self.pid, self.tid), e);
+                self.call.fail(e);
                 Attempt::Done
             }
             Spliced::Moved(n) => {
                 let written = match off {
                     Some(o) if self.off_ptr != 0 => {
-                        target::write_mem(self.tid, self.off_ptr, &o.to_ne_bytes())
+                        target::write_mem(self.call.tid, self.off_ptr, &o.to_ne_bytes())
                     }
                     _ => true,
                 };
                 if written {
-                    notif::answer(fd, self.id, n as i64);
+                    self.call.answer(n as i64);
                 } else {
                     // The bytes moved, then the offset could not be stored: the kernel
                     // says EFAULT then too.
-                    notif::fail(fd, self.id, libc::EFAULT);
+                    self.call.fail(libc::EFAULT);
                 }
                 Attempt::Done
             }
@@ -798,25 +801,22 @@ impl Transfer {
     /// moved).
     fn wait_and_finish(self) {
         loop {
-            let (listener, call) = (&self.listener, (self.id, self.tid));
             let mut waited = Waited::Ready;
             if self.between_pipes.is_some() {
-                waited = ready_while_waited(listener, call, self.from, libc::POLLIN);
+                waited = self.call.ready(self.from, libc::POLLIN);
             }
             if waited == Waited::Ready {
-                waited = ready_while_waited(listener, call, self.to, libc::POLLOUT);
+                waited = self.call.ready(self.to, libc::POLLOUT);
             }
             match waited {
                 Waited::Ready => {}
                 Waited::Gone => return,
-                Waited::Signal => return notif::fail(listener.as_raw_fd(), self.id, ERESTARTSYS),
+                Waited::Signal => return self.call.fail(ERESTARTSYS),
             }
             match self.attempt() {
                 Attempt::WouldBlock => continue,
                 Attempt::Done => return,
-                Attempt::Elsewhere => {
-                    return notif::proceed(self.listener.as_raw_fd(), self.id);
-                }
+                Attempt::Elsewhere => return self.call.proceed(),
             }
         }
     }
