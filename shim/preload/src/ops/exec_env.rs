@@ -21,14 +21,13 @@ pub type Argv = *const *const c_char;
 pub unsafe fn with_domain_env<T>(envp: Argv, f: impl FnOnce(Argv) -> T) -> T {
     let rt = runtime::get();
     if rt.mode != Mode::Off && !rt.exec_env.is_empty() {
-        // SAFETY: the caller's envp, as the exec call itself requires it.
-        let entries: Vec<&CStr> = unsafe { env_entries(envp) };
         let lost = rt.exec_env.iter().any(|wanted| {
             let name = match wanted.iter().position(|&b| b == b'=') {
                 Some(i) => wanted.split_at(i + 1).0,
                 None => wanted.as_slice(),
             };
-            let found = entries.iter().find(|e| e.to_bytes().starts_with(name));
+            // SAFETY: the caller's envp, as the exec call itself requires it.
+            let found = unsafe { c_strings(envp) }.find(|e| e.to_bytes().starts_with(name));
             match found {
                 Some(e) if name == b"LD_PRELOAD=" => {
                     !contains_library(e.to_bytes(), &rt.library_path)
@@ -47,26 +46,27 @@ pub unsafe fn with_domain_env<T>(envp: Argv, f: impl FnOnce(Argv) -> T) -> T {
     f(envp)
 }
 
-/// The entries of a null-terminated `envp` (none for null).
+/// The strings of a null-terminated array of C strings (`argv`, `envp`; none for null),
+/// in order, without allocating (an exec hook may run in a `vfork` child).
 ///
 /// # Safety
-/// As for [`with_domain_env`].
-unsafe fn env_entries<'a>(envp: Argv) -> Vec<&'a CStr> {
-    let mut out = Vec::new();
-    if envp.is_null() {
-        return out;
-    }
+/// `list` is null or a valid null-terminated array of C strings, which outlive the
+/// iterator.
+pub unsafe fn c_strings<'a>(list: Argv) -> impl Iterator<Item = &'a CStr> {
     let mut i = 0;
-    loop {
-        // SAFETY: envp is null-terminated; we stop at the terminator.
-        let p = unsafe { *envp.add(i) };
-        if p.is_null() {
-            return out;
+    std::iter::from_fn(move || {
+        if list.is_null() {
+            return None;
         }
-        // SAFETY: each entry is a NUL-terminated string.
-        out.push(unsafe { CStr::from_ptr(p) });
+        // SAFETY: the caller's null-terminated array; we stop at the terminator.
+        let p = unsafe { *list.add(i) };
+        if p.is_null() {
+            return None;
+        }
         i += 1;
-    }
+        // SAFETY: each entry is a NUL-terminated string.
+        Some(unsafe { CStr::from_ptr(p) })
+    })
 }
 
 /// True when an `LD_PRELOAD=...` entry names the library (space or colon separated).

@@ -6,7 +6,7 @@
 //! filter, hands the listener to the supervisor, and then execs PATH with ARGV and the
 //! same environment. Programs the preload serves exec as they are.
 
-use crate::ops::exec_env::Argv;
+use crate::ops::exec_env::{c_strings, Argv};
 use crate::state::program::{classify, find_in_path, CPath, Program};
 use crate::state::runtime;
 use libc::c_char;
@@ -123,24 +123,18 @@ pub unsafe fn redirect(
     out.argv[1] = ENTRY.as_ptr();
     out.argv[2] = out.target.as_cstr().as_ptr();
     let mut n = 3;
-    if !argv.is_null() {
-        loop {
-            // SAFETY: argv is null-terminated; we stop at the terminator.
-            let arg = unsafe { *argv.add(n - 3) };
-            if arg.is_null() {
-                break;
-            }
-            if n == MAX_ARGS + 3 {
-                runtime::warn(&format!(
-                    "more than {MAX_ARGS} arguments: {shown} runs without strict mode's filter"
-                ));
-                return false;
-            }
-            if let Some(slot) = out.argv.get_mut(n) {
-                *slot = arg;
-            }
-            n += 1;
+    // SAFETY: exec requires argv to be null or a null-terminated array of C strings.
+    for arg in unsafe { c_strings(argv) } {
+        if n == MAX_ARGS + 3 {
+            runtime::warn(&format!(
+                "more than {MAX_ARGS} arguments: {shown} runs without strict mode's filter"
+            ));
+            return false;
         }
+        if let Some(slot) = out.argv.get_mut(n) {
+            *slot = arg.as_ptr();
+        }
+        n += 1;
     }
     if let Some(slot) = out.argv.get_mut(n) {
         *slot = std::ptr::null();
@@ -188,24 +182,11 @@ fn search_path() -> Option<&'static [u8]> {
 /// # Safety
 /// `envp` is null or a null-terminated array of C strings.
 unsafe fn env_value<'a>(envp: Argv, name: &str) -> Option<&'a [u8]> {
-    if envp.is_null() {
-        return None;
-    }
-    let mut i = 0;
-    loop {
-        // SAFETY: envp is null-terminated; we stop at the terminator.
-        let p = unsafe { *envp.add(i) };
-        if p.is_null() {
-            return None;
-        }
-        // SAFETY: each entry is a NUL-terminated string.
-        let entry = unsafe { CStr::from_ptr(p) }.to_bytes();
-        let value = entry
+    // SAFETY: as the caller promises.
+    unsafe { c_strings(envp) }.find_map(|entry| {
+        entry
+            .to_bytes()
             .strip_prefix(name.as_bytes())
-            .and_then(|rest| rest.strip_prefix(b"="));
-        if value.is_some() {
-            return value;
-        }
-        i += 1;
-    }
+            .and_then(|rest| rest.strip_prefix(b"="))
+    })
 }
